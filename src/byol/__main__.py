@@ -1,0 +1,5 @@
+import sys
+
+from byol.cli import main
+
+sys.exit(main())

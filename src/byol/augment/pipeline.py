@@ -1,0 +1,200 @@
+"""BYOL's two view distributions T and T' (paper Table 6, released ``augmentations.py``; SPEC §3).
+
+Order for one view: random resized crop → horizontal flip → colour jitter (random order per image, clip after
+each op) → grayscale → Gaussian blur → solarise → clip → normalise. Each image draws its own parameters from
+a ``torch.Generator`` on the batch's device, so a seed reproduces the same views and the whole pipeline runs
+where the batch lives (on the GPU when there is one), with no Python loop over images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from byol.augment import functional as AF
+from byol.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """One view distribution. The defaults are the released code's T (``view1``)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_log_ratio: tuple[float, float] = (math.log(3 / 4), math.log(4 / 3))
+    flip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+    solarize_threshold: float = 0.5
+
+
+# Released code: view1 blurs always and never solarises; view2 blurs 10% and solarises 20% of the time.
+BYOL_T = ViewConfig()
+BYOL_T_PRIME = ViewConfig(blur_prob=0.1, solarize_prob=0.2)
+
+
+def _both(t: ViewConfig, t_prime: ViewConfig, **changes: Any) -> tuple[ViewConfig, ViewConfig]:
+    return dataclasses.replace(t, **changes), dataclasses.replace(t_prime, **changes)
+
+
+_NO_COLOR: dict[str, Any] = {"jitter_prob": 0.0, "grayscale_prob": 0.0}
+_NO_BLUR_SOLARIZE: dict[str, Any] = {"blur_prob": 0.0, "solarize_prob": 0.0}
+
+# The paper's Table 17 (appendix F.2), by the paper's names, as (T, T').
+PRESETS: dict[str, tuple[ViewConfig, ViewConfig]] = {
+    "byol": (BYOL_T, BYOL_T_PRIME),
+    "remove-flip": _both(BYOL_T, BYOL_T_PRIME, flip_prob=0.0),
+    "remove-blur": _both(BYOL_T, BYOL_T_PRIME, blur_prob=0.0),
+    "remove-color": _both(BYOL_T, BYOL_T_PRIME, **_NO_COLOR),
+    "remove-color-jittering": _both(BYOL_T, BYOL_T_PRIME, jitter_prob=0.0),
+    "remove-grayscale": _both(BYOL_T, BYOL_T_PRIME, grayscale_prob=0.0),
+    "remove-blur-in-t-prime": (BYOL_T, dataclasses.replace(BYOL_T_PRIME, blur_prob=0.0)),
+    "remove-solarize-in-t-prime": (BYOL_T, dataclasses.replace(BYOL_T_PRIME, solarize_prob=0.0)),
+    "remove-blur-and-solarize-in-t-prime": (BYOL_T, dataclasses.replace(BYOL_T_PRIME, **_NO_BLUR_SOLARIZE)),
+    "symmetric-blur-solarize": _both(BYOL_T, BYOL_T_PRIME, blur_prob=0.5, solarize_prob=0.1),
+    "crop-only": _both(BYOL_T, BYOL_T_PRIME, flip_prob=0.0, **_NO_COLOR, **_NO_BLUR_SOLARIZE),
+    "crop-and-flip-only": _both(BYOL_T, BYOL_T_PRIME, **_NO_COLOR, **_NO_BLUR_SOLARIZE),
+    "crop-and-color-only": _both(BYOL_T, BYOL_T_PRIME, flip_prob=0.0, **_NO_BLUR_SOLARIZE),
+    "crop-and-blur-only": _both(BYOL_T, BYOL_T_PRIME, flip_prob=0.0, **_NO_COLOR, solarize_prob=0.0, blur_prob=1.0),
+}
+# Linear evaluation trains on random crop + flip (SPEC §5).
+LINEAR_EVAL_VIEW = PRESETS["crop-and-flip-only"][0]
+
+
+def get_views(preset: str) -> tuple[ViewConfig, ViewConfig]:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown augmentation preset {preset!r}; valid presets are: {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=generator, device=generator.device) * (high - low) + low
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator) -> Tensor:
+    return torch.rand(n, generator=generator, device=generator.device) < p
+
+
+def sample_crop_boxes(n: int, height: int, width: int, view: ViewConfig, generator: torch.Generator) -> Tensor:
+    """(N, 4) boxes (top, left, h, w): area ~ U(scale)·H·W, aspect ~ exp(U(log-ratio)), one attempt.
+
+    As in the released ``_distorted_bounding_box_crop`` there is no retry loop: the sides are clipped to the
+    image, then the box is placed uniformly.
+    """
+    area = _uniform(n, *view.crop_scale, generator) * height * width
+    ratio = torch.exp(_uniform(n, *view.crop_log_ratio, generator))  # width / height
+    w = torch.sqrt(area * ratio).clamp(max=width)
+    h = torch.sqrt(area / ratio).clamp(max=height)
+    top = torch.rand(n, generator=generator, device=generator.device) * (height - h)
+    left = torch.rand(n, generator=generator, device=generator.device) * (width - w)
+    return torch.stack((top, left, h, w), dim=1)
+
+
+_JITTER_OPS: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
+    AF.adjust_brightness,
+    AF.adjust_contrast,
+    AF.adjust_saturation,
+    AF.adjust_hue,
+)
+
+
+def _apply_to(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Tensor) -> Tensor:
+    """x with op(images, *their params) applied to the images selected by mask, clipped to [0, 1].
+
+    The others stay untouched; no work is done when no image is selected.
+    """
+    index = mask.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return x
+    if index.numel() == x.shape[0]:
+        return op(x, *params).clamp(0.0, 1.0)
+    selected = op(x.index_select(0, index), *(p.index_select(0, index) for p in params)).clamp(0.0, 1.0)
+    return x.index_copy(0, index, selected)
+
+
+class ViewPipeline:
+    """Samples one view of each image of a batch: float (N, C, H, W) in [0, 1] → normalised (N, C, S, S)."""
+
+    def __init__(self, view: ViewConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.view = view
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.kernel_size = AF.blur_kernel_size(image_size)
+
+    def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> Tensor:
+        """``crop=False`` for batches already cropped to image_size at decode time (image folders)."""
+        view, n = self.view, images.shape[0]
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if crop:
+            boxes = sample_crop_boxes(n, x.shape[-2], x.shape[-1], view, generator)
+            x = AF.resized_crop(x, boxes, self.image_size).clamp_(0.0, 1.0)
+        elif x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(f"uncropped batch must be {self.image_size} px, got {tuple(x.shape[-2:])}")
+
+        flip = _bernoulli(n, view.flip_prob, generator)
+        x = AF.hflip(x, flip)
+
+        jitter = _bernoulli(n, view.jitter_prob, generator)
+        factors = (
+            _uniform(n, -view.brightness, view.brightness, generator),
+            _uniform(n, 1 - view.contrast, 1 + view.contrast, generator),
+            _uniform(n, 1 - view.saturation, 1 + view.saturation, generator),
+            _uniform(n, -view.hue, view.hue, generator),
+        )
+        order = torch.rand(n, 4, generator=generator, device=generator.device).argsort(dim=1)
+        for position in range(4):
+            for op_index, op in enumerate(_JITTER_OPS):
+                x = _apply_to(x, jitter & (order[:, position] == op_index), op, factors[op_index])
+
+        grayscale = _bernoulli(n, view.grayscale_prob, generator)
+        x = _apply_to(x, grayscale, AF.to_grayscale)
+
+        blur = _bernoulli(n, view.blur_prob, generator)
+        sigma = _uniform(n, *view.blur_sigma, generator)
+        x = _apply_to(x, blur, functools.partial(AF.gaussian_blur, kernel_size=self.kernel_size), sigma)
+
+        solarize = _bernoulli(n, view.solarize_prob, generator)
+        x = _apply_to(x, solarize, functools.partial(AF.solarize, threshold=view.solarize_threshold))
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class TwoViews:
+    """The pair (t(x), t'(x)), t ~ T and t' ~ T', drawn independently per image."""
+
+    def __init__(self, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        t, t_prime = get_views(preset)
+        self.t = ViewPipeline(t, image_size, mean, std)
+        self.t_prime = ViewPipeline(t_prime, image_size, mean, std)
+
+    def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> tuple[Tensor, Tensor]:
+        return self.t(images, generator, crop), self.t_prime(images, generator, crop)
+
+
+def evaluation_view(images: Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Deterministic evaluation input: the whole image resized to image_size (bicubic), normalised.
+
+    In-memory datasets (28–96 px) are evaluated on the whole image; image folders are centre-cropped at
+    decode time (224/256 of the shorter side, SPEC §3) before reaching here.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        n, _, h, w = x.shape
+        boxes = torch.tensor([[0.0, 0.0, float(h), float(w)]], device=x.device).expand(n, 4)
+        x = AF.resized_crop(x, boxes, image_size).clamp_(0.0, 1.0)
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t

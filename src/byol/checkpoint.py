@@ -1,0 +1,105 @@
+"""Checkpoints that are never half-written and never run code when read.
+
+A checkpoint is written to a temporary file in the same directory, flushed and fsynced, then atomically
+renamed over its final name (and the directory entry fsynced), so a crash or a kill at any moment leaves
+either the old set of checkpoints or the new one. The last ``keep`` checkpoints are kept. Reading uses
+``torch.load(weights_only=True)``, which refuses pickled objects that could execute code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from byol.errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d{9})\.pt$")
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:09d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints, oldest first (temporary files of interrupted saves are ignored)."""
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Calls ``write(file)`` on a temporary file, then renames it to ``path``; on error ``path`` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_directory(path.parent)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
+    """Writes the checkpoint of ``step`` atomically, then deletes all but the newest ``keep``."""
+    path = checkpoint_path(run_dir, step)
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as e:
+        previous = list_checkpoints(run_dir)
+        kept = f"the last good checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; {kept}") from None
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Reads a checkpoint without unpickling arbitrary objects; a bad file raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated, tampered or foreign file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read safely (truncated, corrupted or not a byol checkpoint): {reason}"
+        ) from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise CheckpointError(f"{path} is not a byol checkpoint (no 'format' entry)")
+    return payload
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run directory, or a clear error when there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist")
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise CheckpointError(
+            f"run directory {run_dir} holds no checkpoint (expected {run_dir / CHECKPOINT_DIR}/step_*.pt)"
+        )
+    return checkpoints[-1]

@@ -1,0 +1,128 @@
+"""The `byol` command line: parses arguments and calls the library, nothing more.
+
+Errors the user can fix (a bad flag, preset, key, path or file) print one message and exit with status 2;
+a run that cannot go on (a non-finite loss) exits with status 1. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from byol.config import PRESETS, Config, apply_overrides, get_preset, valid_keys, validate
+from byol.errors import ByolError, ConfigError
+
+log = logging.getLogger("byol")
+
+# Short flags for the most used config keys; any key is also settable as --section.field VALUE.
+SHORTCUTS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, str]:
+    """["--optim.base_lr", "0.3", "--train.seed=1"] → {"optim.base_lr": "0.3", "train.seed": "1"}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise ConfigError(
+                f"unrecognised argument {token!r}; config overrides look like --section.key VALUE, "
+                "valid keys are:\n  " + "\n  ".join(valid_keys())
+            )
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"{token} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def build_config(args: argparse.Namespace, extra: Sequence[str]) -> Config:
+    """The preset, then the shortcut flags, then the dotted overrides; validated."""
+    overrides = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
+    overrides.update(parse_overrides(extra))
+    return validate(apply_overrides(get_preset(args.preset), overrides))
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        help=f"config preset: {', '.join(PRESETS)} (default: {default_preset})",
+    )
+    parser.add_argument(
+        "--dataset", help="dataset name (synthetic, fashion-mnist, cifar10, cifar100, stl10, imagefolder)"
+    )
+    parser.add_argument("--data-dir", dest="data_dir", help="directory holding the dataset's files")
+    parser.add_argument("--epochs", help="number of pretraining epochs")
+    parser.add_argument("--seed", help="random seed")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.train import pretrain
+
+    if args.resume:
+        if extra or any(getattr(args, f) is not None for f in SHORTCUTS):
+            raise ConfigError("--resume continues a run with its saved config; drop the other config flags")
+        pretrain(Config(), args.run_dir, resume=True, progress=not args.quiet)
+    else:
+        config = build_config(args, extra)
+        pretrain(config, args.run_dir, progress=not args.quiet)
+    print(f"run directory: {args.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="byol",
+        description="BYOL (Bootstrap Your Own Latent): self-supervised pretraining and the paper's evaluations.",
+        epilog="Config keys can be overridden on any training command as --section.key VALUE "
+        "(e.g. --optim.base_lr 0.3); `byol pretrain --help` lists the sections.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder with BYOL",
+        description="Pretrain with BYOL. Any config key can be set as --section.key VALUE; sections: "
+        "model, optim, target, data, augment, train (e.g. --optim.base_lr 0.3 --target.base_ema 0.99).",
+    )
+    _add_config_flags(p, "imagenet-1000ep")
+    p.add_argument("--run-dir", default="runs/byol", type=Path, help="where checkpoints and logs go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_pretrain, accepts_overrides=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler: Callable[[argparse.Namespace, Sequence[str]], int] = args.handler
+    try:
+        return handler(args, extra)
+    except ByolError as e:
+        print(f"byol {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"byol {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130

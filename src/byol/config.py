@@ -1,0 +1,289 @@
+"""One typed configuration for a BYOL run, the paper's presets, and overrides by dotted key.
+
+Defaults equal the released code's 1000-epoch ImageNet configuration (``configs/byol.py``). The presets
+``imagenet-{40,100,300,1000}ep`` change only what the released configs change (base lr, weight decay, τ_base
+and the number of epochs, SPEC §4). CPU presets (``tiny``, ``cpu-demo``) shrink the network and the heads;
+each deviation is named in its docstring.
+
+A config is never mutated after a run starts; overrides build a new one (``--optim.base_lr 0.3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from byol.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and heads (paper section 3.3). ``predictor_hidden = 0`` removes the predictor (Table 5b)."""
+
+    depth: int = 50
+    width: float = 1.0
+    stem: str = "imagenet"
+    projector_hidden: int = 4096
+    projection_dim: int = 256
+    predictor_hidden: int = 4096
+    zero_init_residual: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """LARS and its schedule (SPEC §4): lr = base_lr · batch_size / 256, warm-up, cosine decay."""
+
+    base_lr: float = 0.2
+    weight_decay: float = 1.5e-6
+    momentum: float = 0.9
+    eta: float = 1e-3
+    batch_size: int = 4096
+    warmup_epochs: float = 10.0
+    predictor_lr_scale: float = 1.0
+    projector_lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The target network: τ_base of the cosine EMA schedule, and how ξ is initialised (copy or random)."""
+
+    base_ema: float = 0.996
+    init: str = "copy"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to pretrain on (``byol.data.DATASETS``), where its files are, and the view size."""
+
+    dataset: str = "imagefolder"
+    data_dir: str = ""
+    image_size: int = 224
+    num_workers: int = 4
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The view distributions T and T' by preset name (``byol.augment.PRESETS``; the paper's Table 17)."""
+
+    preset: str = "byol"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length of the run, seeds, logging and checkpointing."""
+
+    epochs: float = 1000.0
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    online_probe: bool = True
+    knn_every: int = 0
+    max_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        return apply_overrides(cls(), flatten(data))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"base_lr": 0.3}} → {"optim.base_lr": 0.3}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def valid_keys() -> list[str]:
+    return sorted(flatten(Config().to_dict()))
+
+
+def _convert(key: str, value: Any, annotation: Any) -> Any:
+    """Turns a command-line string (or a JSON value) into the field's declared type."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError
+            return text in {"true", "1", "yes"}
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """A new config with the dotted keys replaced; unknown keys are refused with the list of valid ones."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        section_config = getattr(config, section, None)
+        if not dataclasses.is_dataclass(section_config) or name not in {
+            f.name for f in dataclasses.fields(section_config)
+        }:
+            raise ConfigError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid_keys()))
+        hints = typing.get_type_hints(type(section_config))
+        sections.setdefault(section, {})[name] = _convert(key, value, hints[name])
+    replaced = {s: dataclasses.replace(getattr(config, s), **v) for s, v in sections.items()}
+    return dataclasses.replace(config, **replaced)
+
+
+def _released(epochs: int, base_lr: float, weight_decay: float, base_ema: float) -> Callable[[], Config]:
+    def preset() -> Config:
+        return Config(
+            optim=OptimConfig(base_lr=base_lr, weight_decay=weight_decay),
+            target=TargetConfig(base_ema=base_ema),
+            train=TrainConfig(epochs=float(epochs)),
+        )
+
+    preset.__doc__ = (
+        f"Released code, ImageNet ResNet-50, {epochs} epochs at batch 4096: base lr {base_lr}, "
+        f"wd {weight_decay}, τ_base {base_ema}."
+    )
+    return preset
+
+
+def tiny() -> Config:
+    """For tests on a CPU: a width-1/8 ResNet-18 with the cifar stem on 16 px synthetic images.
+
+    Deviations from the paper, all for speed: 8-channel encoder, heads 64 → 32 (predictor 64), batch 32,
+    2 epochs of warm-up-free training on a 256-image synthetic set.
+    """
+    return Config(
+        model=ModelConfig(
+            depth=18, width=0.125, stem="cifar", projector_hidden=64, projection_dim=32, predictor_hidden=64
+        ),
+        optim=OptimConfig(base_lr=1.0, weight_decay=1e-6, batch_size=32, warmup_epochs=0.0),
+        target=TargetConfig(base_ema=0.99),
+        data=DataConfig(dataset="synthetic", image_size=16, num_workers=0),
+        train=TrainConfig(epochs=2.0, log_every=1, checkpoint_every=4, knn_every=0),
+    )
+
+
+def cpu_demo() -> Config:
+    """Fashion-MNIST on a 2-core CPU in a few minutes (what `byol demo` runs).
+
+    Deviations from the paper, all for the time budget: a width-1/4 ResNet-18 (16-channel stem) with the
+    cifar stem at 28 px, projector 1024 → 128 and predictor 1024 (the paper: 4096 → 256), batch 256.
+    """
+    return Config(
+        model=ModelConfig(
+            depth=18,
+            width=0.25,
+            stem="cifar",
+            projector_hidden=1024,
+            projection_dim=128,
+            predictor_hidden=1024,
+        ),
+        optim=OptimConfig(base_lr=2.0, weight_decay=1e-6, batch_size=256, warmup_epochs=0.5),
+        target=TargetConfig(base_ema=0.99),
+        data=DataConfig(dataset="fashion-mnist", image_size=28, num_workers=0),
+        train=TrainConfig(epochs=3.0, log_every=10, checkpoint_every=200),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "imagenet-40ep": _released(40, 0.45, 1e-6, 0.97),
+    "imagenet-100ep": _released(100, 0.45, 1e-6, 0.99),
+    "imagenet-300ep": _released(300, 0.3, 1e-6, 0.99),
+    "imagenet-1000ep": _released(1000, 0.2, 1.5e-6, 0.996),
+    "tiny": tiny,
+    "cpu-demo": cpu_demo,
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def validate(config: Config) -> Config:
+    """Refuses impossible or unknown values, naming the field and what it accepts. Returns the config."""
+    from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
+    from byol.data import DATASETS
+    from byol.networks import BLOCKS_PER_STAGE, STEMS
+
+    m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
+    choices: list[tuple[str, object, tuple[object, ...]]] = [
+        ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
+        ("model.stem", m.stem, STEMS),
+        ("target.init", t.init, ("copy", "random")),
+        ("data.dataset", d.dataset, tuple(DATASETS)),
+        ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
+    ]
+    for key, value, valid in choices:
+        if value not in valid:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, valid))}")
+    checks: list[tuple[str, bool, str]] = [
+        ("model.width", m.width > 0, "must be > 0"),
+        ("model.projector_hidden", m.projector_hidden > 0, "must be > 0"),
+        ("model.projection_dim", m.projection_dim > 0, "must be > 0"),
+        ("model.predictor_hidden", m.predictor_hidden >= 0, "must be >= 0 (0 removes the predictor)"),
+        ("optim.base_lr", o.base_lr >= 0, "must be >= 0"),
+        ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
+        ("optim.momentum", 0 <= o.momentum < 1, "must lie in [0, 1)"),
+        ("optim.eta", o.eta > 0, "must be > 0"),
+        ("optim.batch_size", o.batch_size >= 2, "must be >= 2 (BN needs a batch)"),
+        (
+            "optim.warmup_epochs",
+            o.warmup_epochs >= 0,
+            "must be >= 0 (warm-up longer than the run is cut to it)",
+        ),
+        ("optim.predictor_lr_scale", o.predictor_lr_scale >= 0, "must be >= 0"),
+        ("optim.projector_lr_scale", o.projector_lr_scale >= 0, "must be >= 0"),
+        ("target.base_ema", 0 <= t.base_ema <= 1, "must lie in [0, 1]"),
+        (
+            "data.image_size",
+            d.image_size >= (8 if m.stem == "cifar" else 32),
+            "is too small for the stem (>= 8 px for cifar, >= 32 px for imagenet)",
+        ),
+        ("data.num_workers", d.num_workers >= 0, "must be >= 0"),
+        ("train.epochs", tr.epochs > 0, "must be > 0"),
+        ("train.log_every", tr.log_every > 0, "must be > 0"),
+        ("train.checkpoint_every", tr.checkpoint_every > 0, "must be > 0"),
+        ("train.keep_checkpoints", tr.keep_checkpoints >= 1, "must be >= 1"),
+        ("train.knn_every", tr.knn_every >= 0, "must be >= 0 (0 disables the kNN monitor)"),
+        ("train.max_steps", tr.max_steps >= 0, "must be >= 0 (0: train.epochs decides)"),
+    ]
+    for key, ok, requirement in checks:
+        if not ok:
+            section, _, name = key.partition(".")
+            value = getattr(getattr(config, section), name)
+            raise ConfigError(f"{key} = {value!r} {requirement}")
+    return config

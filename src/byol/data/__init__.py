@@ -1,0 +1,42 @@
+"""Datasets, all read from local files (none downloaded), and the batches the training loop consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from byol.data.arrays import ArrayDataset, cifar10, cifar100, fashion_mnist, stl10, synthetic
+from byol.data.folder import ImageFolder
+from byol.data.loaders import Batch, Dataset, TrainBatches, epoch_permutation, eval_batches
+from byol.errors import ConfigError
+
+DATASETS: dict[str, Callable[[str, str, int], Dataset]] = {
+    "synthetic": lambda split, data_dir, size: synthetic(split, image_size=size),
+    "fashion-mnist": lambda split, data_dir, size: fashion_mnist(split, data_dir),
+    "cifar10": lambda split, data_dir, size: cifar10(split, data_dir),
+    "cifar100": lambda split, data_dir, size: cifar100(split, data_dir),
+    "stl10": lambda split, data_dir, size: stl10(split, data_dir),
+    "imagefolder": lambda split, data_dir, size: ImageFolder.scan(data_dir, split),
+}
+# What each dataset pretrains on by default (STL-10: its 100k unlabelled images plus the labelled train set).
+PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
+
+
+def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32) -> Dataset:
+    """A split of a dataset by name; ``image_size`` only matters for the synthetic one."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid datasets are: {', '.join(DATASETS)}")
+    return DATASETS[name](split, data_dir, image_size)
+
+
+__all__ = [
+    "DATASETS",
+    "PRETRAIN_SPLIT",
+    "ArrayDataset",
+    "Batch",
+    "Dataset",
+    "ImageFolder",
+    "TrainBatches",
+    "epoch_permutation",
+    "eval_batches",
+    "load_dataset",
+]

@@ -1,0 +1,152 @@
+"""Class-per-folder image trees (the ImageNet layout), decoded with Pillow in DataLoader workers.
+
+For pretraining, each worker decodes an image and takes both views' random resized crops at decode time
+(bicubic, to the view size), so only fixed-size uint8 crops cross to the main process; flip, colour, blur
+and solarise then run batched on the device. For evaluation the crop is the centre 224/256 of the shorter
+side (SPEC §3).
+
+A truncated or unreadable image is skipped with a warning naming the file; the skipped paths travel with the
+batch so the training loop can count and report them. After ``MAX_CONSECUTIVE_FAILURES`` unreadable files in
+a row the run stops: that is a broken dataset, not a bad file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from byol.augment.pipeline import ViewConfig
+from byol.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+MAX_CONSECUTIVE_FAILURES = 50
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 224 / 256
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """root/<class>/<image> (or root/<split>/<class>/<image>); labels follow the sorted class names."""
+
+    name: str
+    root: Path
+    paths: tuple[Path, ...]
+    labels: Tensor
+    classes: tuple[str, ...]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def scan(cls, data_dir: str, split: str) -> ImageFolder:
+        base = Path(data_dir)
+        if not data_dir or not base.is_dir():
+            raise DataError(f"imagefolder: --data-dir {data_dir!r} is not a directory (expected <dir>/<class>/*.jpg)")
+        root = base / split if (base / split).is_dir() else base
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+        if not class_dirs:
+            raise DataError(f"imagefolder: {root} holds no class folders (expected {root}/<class>/<image>.jpg)")
+        paths: list[Path] = []
+        labels: list[int] = []
+        for label, class_dir in enumerate(class_dirs):
+            files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(
+                    f"imagefolder: class folder {class_dir} is empty (expected files ending in "
+                    f"{', '.join(IMAGE_EXTENSIONS)})"
+                )
+            paths.extend(files)
+            labels.extend([label] * len(files))
+        return cls("imagefolder", root, tuple(paths), torch.tensor(labels), tuple(d.name for d in class_dirs))
+
+
+Box = tuple[float, float, float, float]
+
+
+def _random_box(width: int, height: int, view: ViewConfig, rng: np.random.Generator) -> Box:
+    """The released crop law (area fraction, log aspect ratio, one attempt, clipped), as a PIL box."""
+    area = rng.uniform(*view.crop_scale) * width * height
+    ratio = math.exp(rng.uniform(*view.crop_log_ratio))
+    w = min(math.sqrt(area * ratio), width)
+    h = min(math.sqrt(area / ratio), height)
+    left = rng.uniform(0, width - w)
+    top = rng.uniform(0, height - h)
+    return (left, top, left + w, top + h)
+
+
+def _centre_box(width: int, height: int) -> Box:
+    side = min(width, height) * EVAL_CROP_FRACTION
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class FolderCrops(torch.utils.data.Dataset):
+    """Decoded crops of an :class:`ImageFolder`: two random views (``views`` given) or one centre crop.
+
+    Items are (crop1, crop2, label, skipped_paths); crop2 is an empty tensor for the centre crop. Random
+    crops are seeded by (seed, epoch, index), so the crops do not depend on worker count or order.
+    """
+
+    def __init__(
+        self, folder: ImageFolder, size: int, views: tuple[ViewConfig, ViewConfig] | None, seed: int = 0
+    ) -> None:
+        self.folder, self.size, self.views, self.seed = folder, size, views, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def _decode(self, index: int) -> Image.Image:
+        path = self.folder.paths[index]
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, tuple[str, ...]]:
+        skipped: list[str] = []
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            i = (index + attempt) % len(self.folder)
+            try:
+                image = self._decode(i)
+                break
+            except (
+                OSError,
+                UnidentifiedImageError,
+                SyntaxError,
+                ValueError,
+                Image.DecompressionBombError,
+            ) as e:
+                log.warning("skipping unreadable image %s (%s)", self.folder.paths[i], e)
+                skipped.append(str(self.folder.paths[i]))
+        else:
+            raise DataError(
+                f"{MAX_CONSECUTIVE_FAILURES} unreadable images in a row from {self.folder.paths[index]} on: "
+                "the dataset looks broken"
+            )
+        label = int(self.folder.labels[i])
+        size = (self.size, self.size)
+        if self.views is None:
+            crop = image.resize(size, Image.Resampling.BICUBIC, box=_centre_box(*image.size))
+            return _to_tensor(crop), torch.empty(0, dtype=torch.uint8), label, tuple(skipped)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        crops = [
+            image.resize(size, Image.Resampling.BICUBIC, box=_random_box(*image.size, view, rng)) for view in self.views
+        ]
+        return _to_tensor(crops[0]), _to_tensor(crops[1]), label, tuple(skipped)

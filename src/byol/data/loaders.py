@@ -1,0 +1,125 @@
+"""Batches for training and evaluation, one interface over in-memory arrays and image folders.
+
+In-memory datasets live on the training device as uint8 and are gathered by index: cropping and the rest of
+the view pipeline then run batched on that device. Image folders go through a DataLoader whose workers
+decode and crop. Either way the order of an epoch is a seeded permutation of (seed, epoch), so a run
+resumed at step k sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from byol.augment.pipeline import ViewConfig
+from byol.data.arrays import ArrayDataset
+from byol.data.folder import FolderCrops, ImageFolder
+
+Dataset = ArrayDataset | ImageFolder
+
+
+@dataclass
+class Batch:
+    """uint8 images (N, C, H, W) on the device and their labels. For image folders, ``images`` is the first
+    view's decoded crop and ``second_crop`` the second's; ``skipped`` lists files that could not be read."""
+
+    images: Tensor
+    labels: Tensor
+    second_crop: Tensor | None = None
+    skipped: tuple[str, ...] = ()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
+    """The shuffled order of an epoch, identical on every rank; each rank takes every world_size-th index."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)[rank::world_size]
+
+
+class TrainBatches:
+    """Shuffled, full batches (the last partial batch of an epoch is dropped) of a dataset."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        views: tuple[ViewConfig, ViewConfig] | None = None,
+        image_size: int = 224,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.steps_per_epoch = len(dataset) // world_size // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"dataset {dataset.name} has {len(dataset)} images, fewer than one batch of "
+                f"{batch_size} per rank on {world_size} rank(s)"
+            )
+        if isinstance(dataset, ArrayDataset):
+            self.images = dataset.images.to(device)
+            self.labels = dataset.labels.to(device)
+        else:
+            if views is None:
+                raise ValueError("image folders need the view configs to crop at decode time")
+            self.crops = FolderCrops(dataset, image_size, views, seed)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from its ``start_step``-th on."""
+        order = epoch_permutation(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
+        order = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
+        order = order[start_step:]
+        if isinstance(self.dataset, ArrayDataset):
+            for indices in order.to(self.device):
+                yield Batch(self.images[indices], self.labels[indices])
+            return
+        self.crops.epoch = epoch
+        loader = torch.utils.data.DataLoader(
+            self.crops,
+            batch_sampler=order.tolist(),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=_collate,
+        )
+        for crop1, crop2, labels, skipped in loader:
+            yield Batch(
+                crop1.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+                crop2.to(self.device, non_blocking=True),
+                skipped,
+            )
+
+
+def _collate(
+    items: list[tuple[Tensor, Tensor, int, tuple[str, ...]]],
+) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...]]:
+    crop1 = torch.stack([item[0] for item in items])
+    crop2 = torch.stack([item[1] for item in items])
+    labels = torch.tensor([item[2] for item in items])
+    return crop1, crop2, labels, tuple(path for item in items for path in item[3])
+
+
+def eval_batches(
+    dataset: Dataset, batch_size: int, device: torch.device, image_size: int, num_workers: int = 0
+) -> Iterator[Batch]:
+    """Every image once, in order, unaugmented (image folders: centre crop at decode time)."""
+    if isinstance(dataset, ArrayDataset):
+        for start in range(0, len(dataset), batch_size):
+            yield Batch(
+                dataset.images[start : start + batch_size].to(device),
+                dataset.labels[start : start + batch_size].to(device),
+            )
+        return
+    loader = torch.utils.data.DataLoader(
+        FolderCrops(dataset, image_size, None),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    for crop, _, labels, skipped in loader:
+        yield Batch(crop.to(device), labels.to(device), None, skipped)

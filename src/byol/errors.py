@@ -1,0 +1,29 @@
+"""Errors that speak to the user. The CLI turns them into a message and an exit status, never a traceback."""
+
+
+class ByolError(Exception):
+    """Base class. ``exit_code`` is what the command line exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(ByolError):
+    """A bad preset, key, value or flag: the user's input is wrong (exit status 2)."""
+
+    exit_code = 2
+
+
+class DataError(ByolError):
+    """A missing, empty, corrupt or wrongly formatted dataset (exit status 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(ByolError):
+    """A missing, truncated, tampered or incompatible checkpoint (exit status 2)."""
+
+    exit_code = 2
+
+
+class TrainingError(ByolError):
+    """Training cannot go on, e.g. a non-finite loss (exit status 1)."""

@@ -1,0 +1,121 @@
+"""LARS (You et al. 2017) exactly as BYOL's released code applies it (``optimizers.py``; SPEC §4).
+
+For each parameter w with gradient g, in this order:
+
+    u     = g + wd·w                                  weight decay enters before the trust ratio
+    trust = η·‖w‖/‖u‖,   or 1 when ‖w‖ = 0 or ‖u‖ = 0    layer-wise adaptation
+    μ     ← m·μ + trust·u                              momentum on the adapted update (no dampening)
+    w     ← w − lr·μ                                   the learning rate multiplies the momentum buffer
+
+with η = 1e-3 and m = 0.9, no Nesterov. Parameters excluded by :func:`is_excluded_from_lars` (biases and
+normalisation γ/β) skip BOTH the weight decay and the trust ratio: for them the step is plain momentum SGD,
+μ ← m·μ + g, w ← w − lr·μ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def is_excluded_from_lars(module: nn.Module, param_name: str) -> bool:
+    """The released code's rule: biases (``path[-1] == 'b'``) and normalisation-layer parameters."""
+    return param_name == "bias" or isinstance(module, _NORM_LAYERS)
+
+
+def lars_param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr_scales: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter groups for :class:`LARS`: excluded parameters get no weight decay and no adaptation.
+
+    ``lr_scales`` maps a sub-module prefix (``"predictor"``) to a learning-rate multiplier (paper App. I).
+    Each group carries ``lr_scale``; the training loop sets ``lr = lr_scale · schedule(step)``.
+    """
+    scales = dict(lr_scales or {})
+    groups: dict[tuple[bool, float], list[Tensor]] = {}
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            full_name = f"{module_name}.{param_name}" if module_name else param_name
+            scale = next((s for prefix, s in scales.items() if full_name.startswith(prefix + ".")), 1.0)
+            groups.setdefault((is_excluded_from_lars(module, param_name), scale), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if excluded else weight_decay,
+            "lars_adaptation": not excluded,
+            "lr_scale": scale,
+        }
+        for (excluded, scale), params in sorted(groups.items())
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling with the update order of the module docstring.
+
+    Group options: ``lr``, ``weight_decay``, ``momentum``, ``eta`` and ``lars_adaptation`` (False for the
+    excluded parameters, which also get weight_decay 0 from :func:`lars_param_groups`).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 1e-3,
+    ) -> None:
+        if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or eta <= 0:
+            raise ValueError(
+                f"LARS needs lr >= 0, weight_decay >= 0, 0 <= momentum < 1 and eta > 0; "
+                f"got lr={lr}, weight_decay={weight_decay}, momentum={momentum}, eta={eta}"
+            )
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "eta": eta,
+            "lars_adaptation": True,
+            "lr_scale": 1.0,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            updates: list[Tensor] | tuple[Tensor, ...] = [p.grad for p in params]
+            if group["weight_decay"] != 0.0:
+                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+            if group["lars_adaptation"]:
+                w_norms = torch._foreach_norm(params)
+                u_norms = torch._foreach_norm(updates)
+                trust = [
+                    torch.where((w > 0) & (u > 0), group["eta"] * w / u, torch.ones_like(w))
+                    for w, u in zip(w_norms, u_norms, strict=True)
+                ]
+                updates = torch._foreach_mul(updates, trust)
+            buffers = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss

@@ -1,0 +1,323 @@
+"""BYOL pretraining: explicit state, one step function, and the loop (paper section 3, released ``byol_experiment``).
+
+One step (:func:`train_step`):
+  1. lr_k from the warm-up + cosine schedule, τ_k from the cosine EMA schedule;
+  2. each view goes through the online network on its own, so BN statistics are per view;
+  3. the target network runs both views in train mode (batch statistics) under no_grad;
+  4. loss = L(p1, sg z'2) + L(p2, sg z'1) (+ the online probe's cross-entropy on stop-gradient y);
+  5. a non-finite loss stops the run before the optimizer touches the weights;
+  6. LARS step on θ, then ξ ← τ_k·ξ + (1 − τ_k)·θ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from byol.augment import TwoViews, get_views
+from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from byol.config import Config
+from byol.data import PRETRAIN_SPLIT, Batch, Dataset, TrainBatches, load_dataset
+from byol.ema import target_ema, update_target
+from byol.errors import CheckpointError, ConfigError, TrainingError
+from byol.loss import byol_loss, projection_std
+from byol.networks import OnlineNetwork, TargetNetwork, build_online_network
+from byol.optim import LARS, lars_param_groups
+from byol.schedules import learning_rate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    return device
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Everything the step needs from the config and the dataset size, counted in optimizer steps."""
+
+    max_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    batch_size: int
+    base_lr: float
+    base_ema: float
+
+    @classmethod
+    def create(cls, config: Config, steps_per_epoch: int) -> Schedule:
+        max_steps = config.train.max_steps or max(1, round(config.train.epochs * steps_per_epoch))
+        warmup = min(max_steps, round(config.optim.warmup_epochs * steps_per_epoch))
+        return cls(
+            max_steps,
+            warmup,
+            steps_per_epoch,
+            config.optim.batch_size,
+            config.optim.base_lr,
+            config.target.base_ema,
+        )
+
+
+@dataclass
+class TrainState:
+    """Online θ (with the online probe), target ξ, optimizer, step and the augmentation RNG."""
+
+    online: OnlineNetwork
+    target: TargetNetwork
+    probe: nn.Linear | None
+    optimizer: LARS
+    generator: torch.Generator
+    step: int = 0
+
+    def trainable(self) -> nn.ModuleDict:
+        modules: dict[str, nn.Module] = {"online": self.online}
+        if self.probe is not None:
+            modules["probe"] = self.probe
+        return nn.ModuleDict(modules)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "probe": self.probe.state_dict() if self.probe is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        try:
+            self.online.load_state_dict(payload["online"])
+            self.target.load_state_dict(payload["target"])
+            if self.probe is not None:
+                self.probe.load_state_dict(payload["probe"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint does not match this architecture: {first}") from None
+        self.generator.set_state(payload["generator"])
+        self.step = int(payload["step"])
+
+
+def create_state(config: Config, in_channels: int, num_classes: int, device: torch.device) -> TrainState:
+    """Fresh networks and optimizer, seeded by ``config.train.seed``."""
+    torch.manual_seed(config.train.seed)
+    m = config.model
+    online = build_online_network(
+        m.depth,
+        m.width,
+        m.stem,
+        in_channels,
+        m.projector_hidden,
+        m.projection_dim,
+        m.predictor_hidden or None,
+        m.zero_init_residual,
+    ).to(device)
+    target = online.make_target(copy_weights=config.target.init == "copy").to(device)
+    probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if config.train.online_probe else None
+    modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
+    groups = lars_param_groups(
+        modules,
+        config.optim.weight_decay,
+        {
+            "online.predictor": config.optim.predictor_lr_scale,
+            "online.projector": config.optim.projector_lr_scale,
+        },
+    )
+    optimizer = LARS(
+        groups, weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, eta=config.optim.eta
+    )
+    generator = torch.Generator(device=device).manual_seed(config.train.seed)
+    return TrainState(online, target, probe, optimizer, generator)
+
+
+def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    if batch.second_crop is None:
+        return views(batch.images, generator)
+    return views.t(batch.images, generator, crop=False), views.t_prime(batch.second_crop, generator, crop=False)
+
+
+def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, schedule: Schedule) -> dict[str, Any]:
+    """One optimizer step of BYOL on a pair of augmented batches; returns the step's metrics as tensors."""
+    lr = learning_rate(state.step, schedule.base_lr, schedule.batch_size, schedule.max_steps, schedule.warmup_steps)
+    tau = target_ema(state.step, schedule.base_ema, schedule.max_steps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+    state.online.train()
+    state.target.train()
+    online1 = state.online(view1)  # each view is its own BN batch
+    online2 = state.online(view2)
+    with torch.no_grad():
+        target1 = state.target(view1)
+        target2 = state.target(view2)
+    loss = byol_loss(online1.p, online2.p, target1, target2)
+    metrics: dict[str, Any] = {"byol_loss": loss.detach()}
+
+    total = loss
+    if state.probe is not None:
+        labelled = labels >= 0
+        if bool(labelled.any()):
+            logits = state.probe(online1.y.detach()[labelled])
+            probe_loss = F.cross_entropy(logits, labels[labelled])
+            total = total + probe_loss
+            metrics["probe_loss"] = probe_loss.detach()
+            metrics["probe_acc"] = (logits.argmax(1) == labels[labelled]).float().mean()
+
+    if not torch.isfinite(total):
+        raise TrainingError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    state.optimizer.step()
+    update_target(state.target, state.online, tau)
+    state.step += 1
+
+    metrics.update(lr=lr, tau=tau, proj_std=projection_std(online1.z))
+    return metrics
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def checkpoint_payload(state: TrainState, config: Config, epoch_info: dict[str, int]) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(config.to_dict()),
+        "state": state.state_dict(),
+        "data": epoch_info,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }
+
+
+def pretrain(
+    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
+) -> tuple[TrainState, Dataset]:
+    """Runs (or resumes) a pretraining run in ``run_dir``: checkpoints, config.json and metrics.jsonl."""
+    run_dir = Path(run_dir)
+    if resume:
+        payload = load_checkpoint(latest_checkpoint(run_dir))
+        config = Config.from_dict(json.loads(payload["config"]))
+    elif list_checkpoints(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+
+    # ---- data
+    device = resolve_device(config.train.device)
+    _seed_everything(config.train.seed)
+    dataset = load_dataset(
+        config.data.dataset,
+        PRETRAIN_SPLIT.get(config.data.dataset, "train"),
+        config.data.data_dir,
+        config.data.image_size,
+    )
+    view_configs = get_views(config.augment.preset)
+    batches = TrainBatches(
+        dataset,
+        config.optim.batch_size,
+        config.train.seed,
+        device,
+        view_configs,
+        config.data.image_size,
+        config.data.num_workers,
+    )
+    views = TwoViews(config.augment.preset, config.data.image_size, dataset.mean, dataset.std)
+    schedule = Schedule.create(config, batches.steps_per_epoch)
+
+    # ---- state
+    state = create_state(config, dataset.channels, len(dataset.classes), device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / METRICS_FILE
+    if resume:
+        state.load_state_dict(payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        random.setstate(payload["rng"]["python"])
+        _truncate_metrics(metrics_path, state.step)
+        log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
+    else:
+        metrics_path.unlink(missing_ok=True)
+    config.save(run_dir / CONFIG_FILE)
+
+    # ---- loop
+    collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
+    warned_collapse, skipped_files = False, 0
+    bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not progress)
+    last_time, last_step = time.perf_counter(), state.step
+    with open(metrics_path, "a") as metrics_log:
+        while state.step < schedule.max_steps:
+            epoch, offset = divmod(state.step, schedule.steps_per_epoch)
+            for batch in batches.epoch(epoch, offset):
+                skipped_files += len(batch.skipped)
+                view1, view2 = make_views(views, batch, state.generator)
+                metrics = train_step(state, view1, view2, batch.labels, schedule)
+                step = state.step
+
+                if step % config.train.log_every == 0 or step == schedule.max_steps:
+                    now = time.perf_counter()
+                    record = {k: float(v) for k, v in metrics.items()}
+                    images_per_s = (step - last_step) * schedule.batch_size / max(now - last_time, 1e-9)
+                    record.update(step=step, epoch=step / schedule.steps_per_epoch)
+                    metrics_log.write(json.dumps(record) + "\n")
+                    metrics_log.flush()
+                    bar.set_postfix(
+                        loss=f"{record['byol_loss']:.3f}",
+                        tau=f"{record['tau']:.4f}",
+                        lr=f"{record['lr']:.3g}",
+                        img_s=f"{images_per_s:.0f}",
+                    )
+                    last_time, last_step = now, step
+                    if record["proj_std"] < collapse_floor and not warned_collapse:
+                        log.warning(
+                            "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
+                            step,
+                            record["proj_std"],
+                            collapse_floor,
+                        )
+                        warned_collapse = True
+                bar.update(1)
+
+                if step % config.train.checkpoint_every == 0 or step == schedule.max_steps:
+                    save_checkpoint(
+                        run_dir,
+                        step,
+                        checkpoint_payload(state, config, {"epoch": step // schedule.steps_per_epoch}),
+                        config.train.keep_checkpoints,
+                    )
+                if step >= schedule.max_steps:
+                    break
+    bar.close()
+    if skipped_files:
+        log.warning("%d unreadable image(s) were skipped during pretraining (see the warnings above)", skipped_files)
+    return state, dataset

@@ -1,0 +1,59 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from byol.ema import target_ema, update_target
+from byol.networks import build_online_network
+
+
+def test_tau_schedule_closed_form():
+    assert target_ema(0, 0.996, 1000) == 0.996
+    assert target_ema(1000, 0.996, 1000) == 1.0
+    assert target_ema(500, 0.996, 1000) == pytest.approx(1 - 0.004 * 0.5)
+    k, big_k = 250, 1000
+    assert target_ema(k, 0.99, big_k) == pytest.approx(1 - 0.01 * (math.cos(math.pi * k / big_k) + 1) / 2)
+    assert target_ema(2000, 0.99, 1000) == 1.0  # past the end it stays at 1
+    taus = [target_ema(k, 0.9, 100) for k in range(101)]
+    assert all(a <= b for a, b in itertools.pairwise(taus))
+
+
+def test_tau_schedule_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        target_ema(0, 1.5, 10)
+    with pytest.raises(ValueError):
+        target_ema(0, 0.9, 0)
+
+
+def _pair():
+    online = build_online_network(18, 0.125, "cifar", 3, 16, 8, 16)
+    target = online.make_target(copy_weights=False)
+    return online, target
+
+
+def test_update_is_the_convex_combination_of_parameters():
+    online, target = _pair()
+    before = {n: p.clone() for n, p in target.named_parameters()}
+    theta = dict(online.named_parameters())
+    update_target(target, online, 0.9)
+    for name, param in target.named_parameters():
+        torch.testing.assert_close(param, 0.9 * before[name] + 0.1 * theta[name])
+
+
+def test_tau_one_leaves_target_and_tau_zero_copies_online():
+    online, target = _pair()
+    before = {n: p.clone() for n, p in target.named_parameters()}
+    update_target(target, online, 1.0)
+    assert all(torch.equal(p, before[n]) for n, p in target.named_parameters())
+    update_target(target, online, 0.0)
+    theta = dict(online.named_parameters())
+    assert all(torch.equal(p, theta[n]) for n, p in target.named_parameters())
+
+
+def test_bn_buffers_are_not_averaged():
+    online, target = _pair()
+    online.train()(torch.rand(8, 3, 16, 16))  # moves the online running statistics only
+    before = {n: b.clone() for n, b in target.named_buffers()}
+    update_target(target, online, 0.5)
+    assert all(torch.equal(b, before[n]) for n, b in target.named_buffers())

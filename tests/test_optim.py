@@ -1,0 +1,77 @@
+import pytest
+import torch
+from torch import nn
+
+from byol.optim import LARS, is_excluded_from_lars, lars_param_groups
+
+ETA, MOMENTUM, WD, LR = 1e-3, 0.9, 0.5, 0.1
+
+
+def _model():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]]))
+        model[0].bias.copy_(torch.tensor([0.5, -0.5]))
+    return model
+
+
+def _set_grads(model, scale=1.0):
+    for p in model.parameters():
+        p.grad = torch.full_like(p, scale) + torch.arange(p.numel(), dtype=p.dtype).view_as(p) * 0.1
+
+
+def test_exclusion_rule_names_biases_and_norm_parameters():
+    model = _model()
+    groups = lars_param_groups(model, WD)
+    excluded = [g for g in groups if not g["lars_adaptation"]]
+    assert len(excluded) == 1 and excluded[0]["weight_decay"] == 0.0
+    assert {id(p) for p in excluded[0]["params"]} == {
+        id(model[0].bias),
+        id(model[1].weight),
+        id(model[1].bias),
+    }
+    assert is_excluded_from_lars(model[1], "weight") and not is_excluded_from_lars(model[0], "weight")
+
+
+def test_two_lars_steps_equal_the_formula():
+    model = _model()
+    opt = LARS(lars_param_groups(model, WD), lr=LR, momentum=MOMENTUM, eta=ETA)
+    w0 = model[0].weight.detach().clone()
+    b0 = model[0].bias.detach().clone()
+    mu_w, mu_b = torch.zeros_like(w0), torch.zeros_like(b0)
+    w, b = w0, b0
+    for scale in (1.0, -2.0):
+        _set_grads(model, scale)
+        g_w, g_b = model[0].weight.grad.clone(), model[0].bias.grad.clone()
+        opt.step()
+        u = g_w + WD * w
+        trust = ETA * w.norm() / u.norm()
+        mu_w = MOMENTUM * mu_w + trust * u
+        w = w - LR * mu_w
+        mu_b = MOMENTUM * mu_b + g_b  # excluded: plain momentum SGD, no decay, no trust ratio
+        b = b - LR * mu_b
+        torch.testing.assert_close(model[0].weight.detach(), w)
+        torch.testing.assert_close(model[0].bias.detach(), b)
+
+
+def test_zero_norm_weight_uses_trust_one():
+    model = _model()
+    with torch.no_grad():
+        model[0].weight.zero_()
+    opt = LARS(lars_param_groups(model, WD), lr=LR, momentum=MOMENTUM, eta=ETA)
+    _set_grads(model)
+    g = model[0].weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(model[0].weight.detach(), -LR * g)  # u = g (w = 0), trust = 1
+
+
+def test_lr_scale_groups_for_a_named_submodule():
+    model = nn.ModuleDict({"predictor": nn.Linear(2, 2), "encoder": nn.Linear(2, 2)})
+    groups = lars_param_groups(model, WD, {"predictor": 10.0})
+    scaled = [g for g in groups if g["lr_scale"] == 10.0]
+    assert {id(p) for g in scaled for p in g["params"]} == {id(p) for p in model["predictor"].parameters()}
+
+
+def test_bad_hyperparameters_are_refused():
+    with pytest.raises(ValueError, match="momentum"):
+        LARS(_model().parameters(), momentum=1.5)
