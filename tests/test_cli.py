@@ -76,3 +76,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert f"resuming {run} at step {steps[-1]} of 32" in result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 33))  # no step lost, none repeated
+
+
+def test_bench_augment_prints_throughput_and_share(capsys):
+    assert main(["bench", "augment", "--preset", "tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "224 px" in out and "view pipeline share of the step" in out

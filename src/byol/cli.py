@@ -85,6 +85,23 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.bench import bench_augment
+    from byol.train import resolve_device
+
+    config = build_config(args, extra)
+    timings, view_s, step_s = bench_augment(config, args.repeats)
+    device = resolve_device(config.train.device)
+    print(f"view pipeline (T and T', preset {config.augment.preset!r}), 256 RGB images, device {device}:")
+    for t in timings:
+        print(f"  {t.image_size:>4} px: {t.pairs_per_s:10.0f} view pairs/s ({2 * t.pairs_per_s:.0f} views/s)")
+    batch = config.optim.batch_size
+    print(f"preset {args.preset!r} ({config.data.dataset}, {config.data.image_size} px, batch {batch}):")
+    print(f"  views {view_s * 1e3:.1f} ms, whole step {step_s * 1e3:.1f} ms, {batch / step_s:.0f} images/s")
+    print(f"  view pipeline share of the step: {100 * view_s / step_s:.1f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byol",
@@ -106,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_pretrain, accepts_overrides=True)
+
+    bench = sub.add_parser("bench", help="benchmarks (print numbers, assert nothing)")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    b = bench_sub.add_parser(
+        "augment",
+        help="view-pipeline throughput and its share of a training step",
+        description="Times the T/T' view pipeline on 256 random images at 32, 96 and 224 px on the current "
+        "device, then its share of a whole training step for the chosen preset (random inputs).",
+    )
+    _add_config_flags(b, "cpu-demo")
+    b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
+    b.set_defaults(handler=cmd_bench_augment, accepts_overrides=True)
     return parser
 
 

@@ -125,6 +125,24 @@ def _apply_to(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Tenso
     return x.index_copy(0, index, selected)
 
 
+@dataclass
+class ViewParams:
+    """Every random choice of one view, per image (tensors of shape (N,) unless noted)."""
+
+    boxes: Tensor  # (N, 4) crop boxes (top, left, height, width) in pixels
+    flip: Tensor
+    jitter: Tensor
+    brightness: Tensor
+    contrast: Tensor
+    saturation: Tensor
+    hue: Tensor
+    jitter_order: Tensor  # (N, 4): a permutation of (brightness, contrast, saturation, hue) per image
+    grayscale: Tensor
+    blur: Tensor
+    blur_sigma: Tensor
+    solarize: Tensor
+
+
 class ViewPipeline:
     """Samples one view of each image of a batch: float (N, C, H, W) in [0, 1] → normalised (N, C, S, S)."""
 
@@ -135,41 +153,48 @@ class ViewPipeline:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.kernel_size = AF.blur_kernel_size(image_size)
 
-    def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> Tensor:
-        """``crop=False`` for batches already cropped to image_size at decode time (image folders)."""
-        view, n = self.view, images.shape[0]
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
+        """Draws every parameter of n views, in a fixed order, from ``generator`` (on the batch's device)."""
+        view = self.view
+        return ViewParams(
+            boxes=sample_crop_boxes(n, height, width, view, generator),
+            flip=_bernoulli(n, view.flip_prob, generator),
+            jitter=_bernoulli(n, view.jitter_prob, generator),
+            brightness=_uniform(n, -view.brightness, view.brightness, generator),
+            contrast=_uniform(n, 1 - view.contrast, 1 + view.contrast, generator),
+            saturation=_uniform(n, 1 - view.saturation, 1 + view.saturation, generator),
+            hue=_uniform(n, -view.hue, view.hue, generator),
+            jitter_order=torch.rand(n, 4, generator=generator, device=generator.device).argsort(dim=1),
+            grayscale=_bernoulli(n, view.grayscale_prob, generator),
+            blur=_bernoulli(n, view.blur_prob, generator),
+            blur_sigma=_uniform(n, *view.blur_sigma, generator),
+            solarize=_bernoulli(n, view.solarize_prob, generator),
+        )
+
+    def apply(self, images: Tensor, params: ViewParams, crop: bool = True) -> Tensor:
+        """The view of each image under its parameters; ``crop=False`` skips the crop (already done)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if crop:
-            boxes = sample_crop_boxes(n, x.shape[-2], x.shape[-1], view, generator)
-            x = AF.resized_crop(x, boxes, self.image_size).clamp_(0.0, 1.0)
+            x = AF.resized_crop(x, params.boxes, self.image_size).clamp_(0.0, 1.0)
         elif x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"uncropped batch must be {self.image_size} px, got {tuple(x.shape[-2:])}")
-
-        flip = _bernoulli(n, view.flip_prob, generator)
-        x = AF.hflip(x, flip)
-
-        jitter = _bernoulli(n, view.jitter_prob, generator)
-        factors = (
-            _uniform(n, -view.brightness, view.brightness, generator),
-            _uniform(n, 1 - view.contrast, 1 + view.contrast, generator),
-            _uniform(n, 1 - view.saturation, 1 + view.saturation, generator),
-            _uniform(n, -view.hue, view.hue, generator),
-        )
-        order = torch.rand(n, 4, generator=generator, device=generator.device).argsort(dim=1)
+        x = AF.hflip(x, params.flip)
+        factors = (params.brightness, params.contrast, params.saturation, params.hue)
         for position in range(4):
             for op_index, op in enumerate(_JITTER_OPS):
-                x = _apply_to(x, jitter & (order[:, position] == op_index), op, factors[op_index])
-
-        grayscale = _bernoulli(n, view.grayscale_prob, generator)
-        x = _apply_to(x, grayscale, AF.to_grayscale)
-
-        blur = _bernoulli(n, view.blur_prob, generator)
-        sigma = _uniform(n, *view.blur_sigma, generator)
-        x = _apply_to(x, blur, functools.partial(AF.gaussian_blur, kernel_size=self.kernel_size), sigma)
-
-        solarize = _bernoulli(n, view.solarize_prob, generator)
-        x = _apply_to(x, solarize, functools.partial(AF.solarize, threshold=view.solarize_threshold))
+                selected = params.jitter & (params.jitter_order[:, position] == op_index)
+                x = _apply_to(x, selected, op, factors[op_index])
+        x = _apply_to(x, params.grayscale, AF.to_grayscale)
+        x = _apply_to(
+            x, params.blur, functools.partial(AF.gaussian_blur, kernel_size=self.kernel_size), params.blur_sigma
+        )
+        x = _apply_to(x, params.solarize, functools.partial(AF.solarize, threshold=self.view.solarize_threshold))
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> Tensor:
+        """``crop=False`` for batches already cropped to image_size at decode time (image folders)."""
+        params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], generator)
+        return self.apply(images, params, crop)
 
 
 class TwoViews:

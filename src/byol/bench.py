@@ -1,0 +1,73 @@
+"""Benchmarks: they print numbers and assert nothing. Timings are medians over repeats, after warm-up.
+
+``bench_augment`` times the view pipeline alone (256 images at 32, 96 and 224 px) and its share of a full
+training step of a preset. ``bench_step`` (issue 7) splits a step into network work and everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from byol.augment import TwoViews
+from byol.config import Config
+from byol.train import Schedule, create_state, resolve_device, train_step
+
+# (channels, native size) of the in-memory datasets, so benchmarks need no files: inputs are random bytes.
+NATIVE_SHAPE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class AugmentTiming:
+    image_size: int
+    pairs_per_s: float
+
+
+def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming], float, float]:
+    """Pairs/s of the T/T' pipeline on 256 RGB images per size; then, for the preset's own batch, the
+    seconds of the views and of a whole training step (views included)."""
+    device = resolve_device(config.train.device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    timings = []
+    for size in (32, 96, 224):
+        views = TwoViews(config.augment.preset, size, [0.5] * 3, [0.25] * 3)
+        images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
+        seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
+        timings.append(AugmentTiming(size, 256 / seconds))
+
+    channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
+    batch = config.optim.batch_size
+    images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    views = TwoViews(config.augment.preset, config.data.image_size, [0.5] * channels, [0.25] * channels)
+    state = create_state(config, channels, 10, device)
+    schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
+    view_seconds = median_seconds(lambda: views(images, generator), device, repeats)
+    step_seconds = median_seconds(
+        lambda: train_step(state, *views(images, generator), labels, schedule), device, repeats
+    )
+    return timings, view_seconds, step_seconds
