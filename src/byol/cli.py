@@ -102,6 +102,84 @@ def cmd_bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"the label fraction must lie in (0, 1], got {value}")
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.evaluate.finetune import FinetuneConfig
+    from byol.evaluate.linear import LinearConfig
+    from byol.evaluate.runner import EvaluationRequest, run_evaluation
+
+    request = EvaluationRequest(
+        protocol=args.command,
+        run=args.run,
+        dataset=args.dataset or "",
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        init=args.init,
+        device=args.device,
+        k=getattr(args, "k", 200),
+        temperature=getattr(args, "temperature", 0.1),
+        linear=LinearConfig(args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed)
+        if args.command == "linear"
+        else LinearConfig(),
+        finetune=FinetuneConfig(
+            args.label_fraction, args.lrs, args.epochs, args.batch_size, args.weight_decay, args.val_size, args.seed
+        )
+        if args.command == "finetune"
+        else FinetuneConfig(),
+    )
+    result, path = run_evaluation(request, progress=not args.quiet)
+    print(
+        f"{result['protocol']} on {result['dataset']} ({result['init']} encoder): top-1 {result['top1']:.2f}%, "
+        f"top-5 {result['top5']:.2f}%, mean per-class {result['mean_per_class']:.2f}%"
+    )
+    print(f"written to {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.report import write_report
+
+    print(f"report written to {write_report(args.run)}")
+    return 0
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
+    parser.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
+    parser.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
+    parser.add_argument("--image-size", type=int, default=0, help="input size (default: the run's view size)")
+    parser.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained",
+        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
+    )  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the classifier")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byol",
@@ -135,6 +213,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(b, "cpu-demo")
     b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
     b.set_defaults(handler=cmd_bench_augment, accepts_overrides=True)
+
+    k = sub.add_parser("knn", help="kNN accuracy of a run's online encoder (cosine, weighted vote)")
+    _add_eval_flags(k)
+    k.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
+    k.add_argument("--temperature", type=float, default=0.1, help="vote temperature (default 0.1)")
+    k.set_defaults(handler=cmd_evaluate)
+
+    lin = sub.add_parser(
+        "linear",
+        help="linear evaluation of a run's frozen online encoder",
+        description="Linear evaluation (paper §4.1): frozen online encoder with BN in inference mode, a linear "
+        "layer trained with SGD Nesterov and a cosine schedule; the learning rate is swept on a validation "
+        "split held out from the training set, then the test accuracy of the chosen one is reported.",
+    )
+    _add_eval_flags(lin)
+    lin.add_argument(
+        "--mode",
+        choices=("augmented", "cached"),
+        default="augmented",
+        help="augmented: random crop + flip each epoch (the paper); cached: features once (fast)",
+    )
+    lin.add_argument(
+        "--lrs",
+        type=_floats,
+        default=(0.4, 0.3, 0.2, 0.1, 0.05),
+        help="base learning rates to sweep, scaled by batch/256 (default: the paper's)",
+    )
+    lin.add_argument("--epochs", type=int, default=80, help="epochs (default 80, the released code)")
+    lin.add_argument("--batch-size", type=int, default=256)
+    lin.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
+    lin.set_defaults(handler=cmd_evaluate)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="semi-supervised fine-tuning on a class-balanced fraction of the labels",
+        description="Fine-tune the whole online encoder and a linear head on a seeded, class-balanced subset "
+        "of the labels (paper §4.2); lr and epochs are chosen on a held-out validation split.",
+    )
+    _add_eval_flags(ft)
+    ft.add_argument("--label-fraction", type=_fraction, default=0.01, help="fraction of labels in (0, 1] (0.01, 0.1)")
+    ft.add_argument("--lrs", type=_floats, default=(0.01, 0.02, 0.05, 0.1, 0.005), help="learning rates to sweep")
+    ft.add_argument("--epochs", type=_ints, default=(30, 50), help="epoch counts to sweep (comma-separated)")
+    ft.add_argument("--batch-size", type=int, default=1024)
+    ft.add_argument("--weight-decay", type=float, default=0.0)
+    ft.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
+    ft.set_defaults(handler=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
+    rep.add_argument("run", type=Path, help="run directory")
+    rep.set_defaults(handler=cmd_report)
     return parser
 
 

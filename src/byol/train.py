@@ -29,7 +29,7 @@ from tqdm import tqdm
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from byol.config import Config
-from byol.data import PRETRAIN_SPLIT, Batch, Dataset, TrainBatches, load_dataset
+from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, TrainingError
 from byol.loss import byol_loss, projection_std
@@ -223,6 +223,27 @@ def checkpoint_payload(state: TrainState, config: Config, epoch_info: dict[str, 
     }
 
 
+class KnnMonitor:
+    """kNN accuracy of the online encoder every few epochs, on up to 10k training and 10k test images."""
+
+    MAX_IMAGES = 10_000
+
+    def __init__(self, config: Config, train: Dataset, device: torch.device) -> None:
+        d = config.data
+        test = load_dataset(d.dataset, TEST_SPLIT.get(d.dataset, "test"), d.data_dir, d.image_size)
+        generator = torch.Generator().manual_seed(config.train.seed)
+        labelled = (train.labels >= 0).nonzero().squeeze(1)
+        self.train = train.subset(labelled[torch.randperm(len(labelled), generator=generator)[: self.MAX_IMAGES]])
+        self.test = test.subset(torch.randperm(len(test), generator=generator)[: self.MAX_IMAGES])
+        self.image_size, self.device = d.image_size, device
+
+    def __call__(self, encoder: nn.Module) -> float:
+        from byol.evaluate.knn import knn_evaluation  # evaluation is optional for the loop
+
+        result = knn_evaluation(encoder, self.train, self.test, self.image_size, self.device, progress=False)
+        return float(result["top1"])
+
+
 def pretrain(
     config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
 ) -> tuple[TrainState, Dataset]:
@@ -269,6 +290,7 @@ def pretrain(
     else:
         metrics_path.unlink(missing_ok=True)
     config.save(run_dir / CONFIG_FILE)
+    knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 else None
 
     # ---- loop
     collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
@@ -307,6 +329,13 @@ def pretrain(
                         )
                         warned_collapse = True
                 bar.update(1)
+
+                epoch_done, epoch_end = divmod(step, schedule.steps_per_epoch)
+                if knn_monitor is not None and epoch_end == 0 and epoch_done % config.train.knn_every == 0:
+                    knn_top1 = knn_monitor(state.online.encoder)
+                    metrics_log.write(json.dumps({"step": step, "epoch": epoch_done, "knn_top1": knn_top1}) + "\n")
+                    metrics_log.flush()
+                    log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, knn_top1)
 
                 if step % config.train.checkpoint_every == 0 or step == schedule.max_steps:
                     save_checkpoint(

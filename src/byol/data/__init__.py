@@ -19,6 +19,8 @@ DATASETS: dict[str, Callable[[str, str, int], Dataset]] = {
 }
 # What each dataset pretrains on by default (STL-10: its 100k unlabelled images plus the labelled train set).
 PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
+# The split evaluations test on (ImageNet-style folders: the validation set is the public test set).
+TEST_SPLIT = {"imagefolder": "val"}
 
 
 def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32) -> Dataset:
@@ -31,6 +33,7 @@ def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32
 __all__ = [
     "DATASETS",
     "PRETRAIN_SPLIT",
+    "TEST_SPLIT",
     "ArrayDataset",
     "Batch",
     "Dataset",

@@ -12,6 +12,7 @@ a row the run stops: that is a broken dataset, not a bad file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class ImageFolder:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, indices: Tensor) -> ImageFolder:
+        chosen = indices.tolist()
+        return dataclasses.replace(self, paths=tuple(self.paths[i] for i in chosen), labels=self.labels[indices])
 
     @classmethod
     def scan(cls, data_dir: str, split: str) -> ImageFolder:

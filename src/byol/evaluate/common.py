@@ -1,0 +1,139 @@
+"""What every evaluation protocol shares: the encoder to evaluate, its features, splits and metrics.
+
+The encoder evaluated is always the ONLINE encoder f_θ of a run (SPEC §7: evaluating the target is a bug
+peers shipped). ``init="random"`` gives a freshly initialised encoder of the same architecture and seed, the
+baseline every table should show.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from byol.augment import evaluation_view
+from byol.checkpoint import latest_checkpoint, load_checkpoint
+from byol.config import Config
+from byol.data import Dataset, eval_batches
+from byol.errors import CheckpointError, ConfigError
+from byol.networks import ResNet
+
+EVAL_DIR = "eval"
+INITS = ("pretrained", "random")
+
+
+@dataclass
+class Pretrained:
+    """An encoder with the config of the run it came from."""
+
+    encoder: ResNet
+    config: Config
+    in_channels: int
+    source: str
+
+
+def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrained:
+    """The online encoder of a run directory (its latest checkpoint) or of a checkpoint file.
+
+    ``init="random"`` returns the same architecture, freshly initialised with the run's seed.
+    """
+    if init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+    path = Path(path)
+    checkpoint = latest_checkpoint(path) if path.is_dir() else path
+    payload = load_checkpoint(checkpoint)
+    try:
+        config = Config.from_dict(json.loads(payload["config"]))
+        online = payload["state"]["online"]
+        in_channels = int(online["encoder.stem.0.weight"].shape[1])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{checkpoint} is not a byol pretraining checkpoint ({e})") from None
+    m = config.model
+    torch.manual_seed(config.train.seed)
+    encoder = ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+    if init == "pretrained":
+        weights = {k.removeprefix("encoder."): v for k, v in online.items() if k.startswith("encoder.")}
+        try:
+            encoder.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{checkpoint} does not match its own architecture ({first})") from None
+    return Pretrained(encoder, config, in_channels, str(checkpoint))
+
+
+def check_compatible(pretrained: Pretrained, dataset: Dataset) -> None:
+    if dataset.channels != pretrained.in_channels:
+        raise ConfigError(
+            f"the encoder takes {pretrained.in_channels}-channel images but {dataset.name} has {dataset.channels}; "
+            "transfer needs datasets with the same number of channels"
+        )
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: torch.nn.Module,
+    dataset: Dataset,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 512,
+    num_workers: int = 0,
+    desc: str = "features",
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Representations y = f(x) of every image (unaugmented, BN in inference mode) and their labels."""
+    encoder.eval().to(device)
+    features, labels = [], []
+    total = (len(dataset) + batch_size - 1) // batch_size
+    for batch in tqdm(
+        eval_batches(dataset, batch_size, device, image_size, num_workers), total=total, desc=desc, disable=not progress
+    ):
+        x = evaluation_view(batch.images, image_size, dataset.mean, dataset.std)
+        features.append(encoder(x).float().cpu())
+        labels.append(batch.labels.cpu())
+    return torch.cat(features), torch.cat(labels)
+
+
+def split_train_val(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices of a seeded held-out validation split of the TRAINING set and of the rest."""
+    if not 0 < val_size < len(labels):
+        raise ConfigError(f"validation size must lie in (0, {len(labels)}), got {val_size}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """A class-balanced, seeded subset: round(fraction · count_c) images of every class c (at least one)."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"label fraction must lie in (0, 1], got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique(sorted=True).tolist():
+        members = (labels == c).nonzero().squeeze(1)
+        keep = max(1, round(fraction * len(members)))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:keep]])
+    return torch.cat(chosen).sort().values
+
+
+def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """Top-1, top-5 and mean per-class accuracy, in percent."""
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    correct1 = top5[:, 0] == labels
+    per_class = [correct1[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
+    return {
+        "top1": 100 * correct1.float().mean().item(),
+        "top5": 100 * (top5 == labels[:, None]).any(dim=1).float().mean().item(),
+        "mean_per_class": 100 * sum(per_class) / len(per_class),
+    }
+
+
+def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
+    """Writes an evaluation's numbers to <run_dir>/eval/<name>.json, where `byol report` finds them."""
+    path = Path(run_dir) / EVAL_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,135 @@
+"""Semi-supervised fine-tuning on a class-balanced fraction of the labels (paper section 4.2, App. C.2).
+
+The whole online encoder and a new linear head are trained on a seeded, class-balanced subset of the training
+labels (1% or 10% in the paper) with SGD, Nesterov momentum 0.9 and a cosine schedule, on random crop + flip
+views, BN in training mode. The learning rate and the number of epochs are chosen on a validation split held
+out from the rest of the training set; the chosen pair is refitted on the labelled subset and evaluated once
+on the test set.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
+from byol.data import Dataset, TrainBatches, eval_batches
+from byol.evaluate.common import balanced_subset, classification_metrics
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Paper: lr swept over {0.01, 0.02, 0.05, 0.1, 0.005}, epochs over {30, 50}, batch 1024."""
+
+    label_fraction: float = 0.01
+    lrs: Sequence[float] = field(default=(0.01, 0.02, 0.05, 0.1, 0.005))
+    epochs: Sequence[int] = field(default=(30, 50))
+    batch_size: int = 1024
+    weight_decay: float = 0.0
+    val_size: int = 0  # 0: min(10 000, 10% of the training set)
+    seed: int = 0
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, out_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(out_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+def _fit(
+    encoder: nn.Module,
+    out_dim: int,
+    labelled: Dataset,
+    image_size: int,
+    device: torch.device,
+    lr: float,
+    epochs: int,
+    config: FinetuneConfig,
+) -> Classifier:
+    torch.manual_seed(config.seed)
+    model = Classifier(copy.deepcopy(encoder), out_dim, len(labelled.classes)).to(device)
+    batch_size = min(config.batch_size, len(labelled))
+    source = TrainBatches(labelled, batch_size, config.seed, device, (LINEAR_EVAL_VIEW, LINEAR_EVAL_VIEW), image_size)
+    view = ViewPipeline(LINEAR_EVAL_VIEW, image_size, labelled.mean, labelled.std)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    )
+    total, step = epochs * source.steps_per_epoch, 0
+    model.train()
+    for epoch in range(epochs):
+        for batch in source.epoch(epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            x = view(batch.images, generator, crop=batch.second_crop is None)
+            loss = F.cross_entropy(model(x), batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return model
+
+
+@torch.no_grad()
+def _evaluate(model: Classifier, dataset: Dataset, image_size: int, device: torch.device) -> dict[str, float]:
+    model.eval()
+    logits, labels = [], []
+    for batch in eval_batches(dataset, 512, device, image_size):
+        logits.append(model(evaluation_view(batch.images, image_size, dataset.mean, dataset.std)).float().cpu())
+        labels.append(batch.labels.cpu())
+    return classification_metrics(torch.cat(logits), torch.cat(labels), len(dataset.classes))
+
+
+def finetune_evaluation(
+    encoder: nn.Module,
+    out_dim: int,
+    train: Dataset,
+    test: Dataset,
+    image_size: int,
+    device: torch.device,
+    config: FinetuneConfig = FinetuneConfig(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sweep (lr, epochs) on the validation split, refit the best on the labelled subset, test once."""
+    labelled_index = balanced_subset(train.labels, config.label_fraction, config.seed)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[labelled_index] = False
+    rest_index = rest.nonzero().squeeze(1)
+    val_size = config.val_size or min(10_000, len(train) // 10)
+    val_size = min(val_size, len(rest_index))
+    if val_size == 0:
+        raise ValueError("no training images are left for a validation split; lower the label fraction")
+    val_index = rest_index[torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))][
+        :val_size
+    ]
+    labelled, val = train.subset(labelled_index), train.subset(val_index)
+
+    sweep = []
+    grid = list(itertools.product(config.lrs, config.epochs))
+    for lr, epochs in tqdm(grid, desc="fine-tune sweep (validation split)", disable=not progress):
+        model = _fit(encoder, out_dim, labelled, image_size, device, lr, epochs, config)
+        sweep.append({"lr": lr, "epochs": epochs, "val": _evaluate(model, val, image_size, device)})
+    best = max(sweep, key=lambda r: r["val"]["top1"])
+    model = _fit(encoder, out_dim, labelled, image_size, device, best["lr"], best["epochs"], config)
+    return {
+        "protocol": f"fine-tune on {100 * config.label_fraction:g}% of the labels",
+        **_evaluate(model, test, image_size, device),
+        "labelled_images": len(labelled_index),
+        "chosen_lr": best["lr"],
+        "chosen_epochs": best["epochs"],
+        "sweep": sweep,
+        "settings": asdict(config) | {"lrs": list(config.lrs), "epochs": list(config.epochs)},
+    }

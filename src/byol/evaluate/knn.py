@@ -1,0 +1,70 @@
+"""Weighted k-nearest-neighbour classifier on ℓ2-normalised features (the kNN monitor of lightly/solo-learn).
+
+Each test image votes with its k most cosine-similar training images, each neighbour weighted by
+exp(similarity / T); the class with the largest total weight wins. Defaults k = 200, T = 0.1 (SPEC §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from byol.data import Dataset
+from byol.evaluate.common import classification_metrics, extract_features
+
+
+@torch.no_grad()
+def knn_scores(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Per-class vote weights (N_test, num_classes); argmax is the prediction, top-5 reads from it too."""
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+    train = F.normalize(train_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, test_features.shape[0], chunk_size):
+        query = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
+        similarity, index = (query @ train.T).topk(k, dim=1)  # (n, k)
+        weights = torch.exp(similarity / temperature)
+        votes = torch.zeros(query.shape[0], num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[index], weights)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_evaluation(
+    encoder: torch.nn.Module,
+    train: Dataset,
+    test: Dataset,
+    image_size: int,
+    device: torch.device,
+    k: int = 200,
+    temperature: float = 0.1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """kNN top-1 / top-5 / mean per-class accuracy of the test set against the training set's features."""
+    train_features, train_labels = extract_features(
+        encoder, train, image_size, device, desc="train features", progress=progress
+    )
+    test_features, test_labels = extract_features(
+        encoder, test, image_size, device, desc="test features", progress=progress
+    )
+    labelled = train_labels >= 0
+    scores = knn_scores(
+        train_features[labelled], train_labels[labelled], test_features, len(train.classes), k, temperature
+    )
+    return {
+        "protocol": f"kNN (k={k}, T={temperature})",
+        **classification_metrics(scores, test_labels, len(train.classes)),
+        "settings": {"k": k, "temperature": temperature},
+    }

@@ -1,0 +1,76 @@
+"""One entry point for the command line: load a run's online encoder, the datasets, run a protocol, save JSON.
+
+Transfer is the same call with another dataset than the run was pretrained on (same channel count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from byol.data import TEST_SPLIT, load_dataset
+from byol.errors import ConfigError
+from byol.evaluate.common import check_compatible, load_encoder_from_run, write_result
+from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
+from byol.evaluate.knn import knn_evaluation
+from byol.evaluate.linear import LinearConfig, linear_evaluation
+from byol.train import resolve_device
+
+PROTOCOLS = ("knn", "linear", "finetune")
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    protocol: str
+    run: Path
+    dataset: str = ""  # "" → the dataset the run was pretrained on
+    data_dir: str | None = None
+    image_size: int = 0  # 0 → the run's view size
+    init: str = "pretrained"
+    device: str = "auto"
+    k: int = 200
+    temperature: float = 0.1
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Runs the protocol and writes <run>/eval/<protocol>_<dataset>_<init>.json; returns the result and path."""
+    if request.protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {request.protocol!r}")
+    pretrained = load_encoder_from_run(request.run, request.init)
+    run_data = pretrained.config.data
+    name = request.dataset or run_data.dataset
+    data_dir = (
+        request.data_dir if request.data_dir is not None else (run_data.data_dir if name == run_data.dataset else "")
+    )
+    image_size = request.image_size or run_data.image_size
+    train = load_dataset(name, "train", data_dir, image_size)
+    test = load_dataset(name, TEST_SPLIT.get(name, "test"), data_dir, image_size)
+    check_compatible(pretrained, train)
+    device = resolve_device(request.device)
+    encoder = pretrained.encoder
+
+    if request.protocol == "knn":
+        result = knn_evaluation(encoder, train, test, image_size, device, request.k, request.temperature, progress)
+    elif request.protocol == "linear":
+        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress)
+    else:
+        result = finetune_evaluation(
+            encoder, encoder.out_dim, train, test, image_size, device, request.finetune, progress
+        )
+    result.update(
+        dataset=name,
+        init=request.init,
+        checkpoint=pretrained.source,
+        encoder="online",
+        pretrained_on=run_data.dataset,
+    )
+    run_dir = request.run if request.run.is_dir() else request.run.parent.parent
+    protocol_tag = {
+        "linear": f"linear-{request.linear.mode}",
+        "finetune": f"finetune-{request.finetune.label_fraction:g}",
+    }
+    tag = f"{protocol_tag.get(request.protocol, request.protocol)}_{name}_{request.init}"
+    return result, write_result(run_dir, tag, result)

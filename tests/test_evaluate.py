@@ -1,0 +1,161 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from byol.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from byol.cli import main
+from byol.config import apply_overrides, get_preset
+from byol.data import ArrayDataset, load_dataset
+from byol.errors import CheckpointError, ConfigError
+from byol.evaluate import (
+    LinearConfig,
+    balanced_subset,
+    classification_metrics,
+    knn_scores,
+    linear_evaluation,
+    load_encoder_from_run,
+)
+from byol.evaluate.runner import EvaluationRequest, run_evaluation
+from byol.report import write_report
+from byol.train import pretrain
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    config = apply_overrides(get_preset("tiny"), {"train.knn_every": 1})
+    pretrain(config, path, progress=False)
+    return path
+
+
+def test_knn_on_hand_made_features():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    test = torch.tensor([[2.0, 0.1], [0.05, 3.0], [-1.0, 0.2]])
+    scores = knn_scores(train, labels, test, 3, k=2, temperature=0.1)
+    assert scores.argmax(1).tolist() == [0, 1, 2]
+    # weights are exp(cos / T) over the k nearest: the first query's two neighbours are both class 0
+    cos = torch.nn.functional.normalize(test[:1], dim=1) @ torch.nn.functional.normalize(train[:2], dim=1).T
+    torch.testing.assert_close(scores[0, 0], torch.exp(cos / 0.1).sum())
+    assert scores[0, 1] == 0 and scores[0, 2] == 0
+
+
+def test_metrics_top1_top5_and_mean_per_class():
+    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0], [0, 5.0, 1, 0, 0, 0], [5.0, 0, 0, 0, 0, 1]])
+    m = classification_metrics(logits, torch.tensor([0, 0, 5]), 6)
+    assert m["top1"] == pytest.approx(100 / 3) and m["top5"] == pytest.approx(100.0)
+    assert m["mean_per_class"] == pytest.approx(25.0)  # class 0: 1/2 right, class 5: 0/1
+
+
+def _separable(n_per_class=200, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    images = torch.rand(len(labels), 3, 4, 4, generator=g) * 60
+    images[torch.arange(len(labels)), labels % 3] += 150 * (labels[:, None, None] >= 0)  # class sets a channel
+    images[:, :, 0, 0] = (labels * 60).view(-1, 1).float()  # and a pixel level
+    return ArrayDataset("blobs", images.to(torch.uint8), labels, tuple("abcd"), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_linear_protocol_on_separable_features_exceeds_95_percent():
+    train, test = _separable(), _separable(seed=1)
+    config = LinearConfig(mode="cached", base_lrs=(0.1, 0.4), epochs=30, batch_size=64, val_size=100)
+    result = linear_evaluation(nn.Flatten(), train, test, 4, CPU, config, progress=False)
+    assert result["top1"] > 95 and result["chosen_base_lr"] in (0.1, 0.4)
+
+
+def test_hyperparameters_are_chosen_without_the_test_split():
+    train, test = _separable(), _separable(seed=1)
+    scrambled = ArrayDataset("blobs", torch.zeros_like(test.images), torch.zeros_like(test.labels), test.classes,
+                             test.mean, test.std)  # fmt: skip
+    config = LinearConfig(mode="cached", base_lrs=(0.001, 0.4), epochs=5, batch_size=64, val_size=100)
+    real = linear_evaluation(nn.Flatten(), train, test, 4, CPU, config, progress=False)
+    fake = linear_evaluation(nn.Flatten(), train, scrambled, 4, CPU, config, progress=False)
+    assert real["sweep"] == fake["sweep"] and real["chosen_base_lr"] == fake["chosen_base_lr"]
+    assert real["top1"] != fake["top1"]
+
+
+def test_bn_statistics_do_not_change_during_linear_evaluation(run_dir):
+    encoder = load_encoder_from_run(run_dir).encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    data = load_dataset("synthetic", "train", image_size=16)
+    test = load_dataset("synthetic", "test", image_size=16)
+    config = LinearConfig(mode="augmented", base_lrs=(0.1,), epochs=1, batch_size=64, val_size=64)
+    linear_evaluation(encoder, data, test, 16, CPU, config, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+
+
+def test_label_subset_is_class_balanced_and_seeded():
+    labels = torch.arange(10).repeat_interleave(100)
+    subset = balanced_subset(labels, 0.1, seed=3)
+    assert torch.bincount(labels[subset]).tolist() == [10] * 10
+    assert torch.equal(subset, balanced_subset(labels, 0.1, seed=3))
+    assert not torch.equal(subset, balanced_subset(labels, 0.1, seed=4))
+    assert torch.bincount(labels[balanced_subset(labels, 0.001, 0)]).tolist() == [1] * 10
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="label fraction"):
+            balanced_subset(labels, bad, 0)
+
+
+def test_the_online_encoder_is_the_one_evaluated(run_dir):
+    payload = load_checkpoint(latest_checkpoint(run_dir))
+    encoder = load_encoder_from_run(run_dir).encoder
+    weight = encoder.stem[0].weight
+    assert torch.equal(weight, payload["state"]["online"]["encoder.stem.0.weight"])
+    assert not torch.equal(weight, payload["state"]["target"]["encoder.stem.0.weight"])
+    random = load_encoder_from_run(run_dir, init="random").encoder
+    assert not torch.equal(random.stem[0].weight, weight) and random.out_dim == encoder.out_dim
+
+
+def test_protocols_write_json_and_the_report_collects_them(run_dir, capsys):
+    assert main(["knn", str(run_dir), "--quiet"]) == 0
+    assert main(["knn", str(run_dir), "--quiet", "--init", "random"]) == 0
+    assert main(["finetune", str(run_dir), "--quiet", "--label-fraction", "0.1", "--epochs", "1", "--lrs", "0.05",
+                 "--batch-size", "16"]) == 0  # fmt: skip
+    knn = json.loads((run_dir / "eval" / "knn_synthetic_pretrained.json").read_text())
+    assert knn["encoder"] == "online" and 0 <= knn["top1"] <= 100
+    ft = json.loads((run_dir / "eval" / "finetune-0.1_synthetic_pretrained.json").read_text())
+    assert ft["labelled_images"] == 50 and ft["chosen_epochs"] == 1  # round(10% of 51 or 52) = 5 per class
+    report = write_report(run_dir)
+    text = report.read_text()
+    assert "kNN (k=200, T=0.1) | synthetic | random" in text and "fine-tune on 10% of the labels" in text
+    for plot in ("loss.png", "tau.png", "learning_rate.png", "collapse.png", "accuracy.png"):
+        assert (report.parent / plot).stat().st_size > 5000
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "knn_top1" in r] == [1, 2]  # the kNN monitor ran every epoch
+
+
+def test_transfer_to_another_dataset(run_dir, tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(20)]}
+        (root / name).write_bytes(pickle.dumps(batch))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    request = EvaluationRequest("knn", run_dir, dataset="cifar10", data_dir=str(tmp_path), image_size=16, k=5)
+    result, path = run_evaluation(request, progress=False)
+    assert result["dataset"] == "cifar10" and result["pretrained_on"] == "synthetic"
+    assert path.name == "knn_cifar10_pretrained.json"
+
+
+def test_bad_checkpoints_and_fractions_are_refused(run_dir, tmp_path, capsys):
+    payload = load_checkpoint(latest_checkpoint(run_dir))
+    config = json.loads(payload["config"])
+    config["model"]["depth"] = 34  # the weights are a ResNet-18's
+    payload["config"] = json.dumps(config)
+    save_checkpoint(tmp_path / "other", 1, payload)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_encoder_from_run(tmp_path / "other")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(latest_checkpoint(run_dir).read_bytes()[:1000])
+    assert main(["knn", str(broken), "--quiet"]) == 2
+    assert "cannot be read safely" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", str(run_dir), "--label-fraction", "1.5"])
+    assert e.value.code == 2 and "must lie in (0, 1]" in capsys.readouterr().err
