@@ -166,6 +166,20 @@ def cmd_report(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.demo import default_run_dir, format_table, run_demo
+
+    config = build_config(args, extra)
+    run_dir = args.run_dir or default_run_dir()
+    summary = run_demo(run_dir, config, progress=not args.quiet)
+    print(f"\nFashion-MNIST test set, after {summary['pretrain_seconds'] / 60:.1f} min of BYOL pretraining "
+          f"({summary['total_seconds'] / 60:.1f} min in all):")  # fmt: skip
+    print(format_table(summary))
+    print(f"\nreport: {summary['report']}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
@@ -259,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--weight-decay", type=float, default=0.0)
     ft.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
     ft.set_defaults(handler=cmd_evaluate)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: BYOL on Fashion-MNIST on a CPU, evaluated against a random-init encoder",
+        description="Pretrains with the cpu-demo preset on Fashion-MNIST, evaluates the online encoder and a "
+        "random-init encoder of the same architecture with the same kNN and linear protocols, writes the "
+        "report and prints the table. Config overrides (--section.key VALUE) apply to the pretraining.",
+    )
+    _add_config_flags(demo, "cpu-demo")
+    demo.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<date>-<time>")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=cmd_demo, accepts_overrides=True)
 
     rep = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
     rep.add_argument("run", type=Path, help="run directory")

@@ -24,20 +24,31 @@ from byol.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Encoder and heads (paper section 3.3). ``predictor_hidden = 0`` removes the predictor (Table 5b)."""
+    """Encoder and heads (paper section 3.3).
+
+    ``predictor``: mlp (the paper), none (Table 5b), or closed-form (the optimal linear predictor solved by
+    least squares on each batch, appendix I.2). Depths count Linear layers (Table 14).
+    """
 
     depth: int = 50
     width: float = 1.0
     stem: str = "imagenet"
     projector_hidden: int = 4096
     projection_dim: int = 256
+    projector_depth: int = 2
+    predictor: str = "mlp"
     predictor_hidden: int = 4096
+    predictor_depth: int = 2
     zero_init_residual: bool = False
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """LARS and its schedule (SPEC §4): lr = base_lr · batch_size / 256, warm-up, cosine decay."""
+    """LARS and its schedule (SPEC §4): lr = base_lr · batch_size / 256, warm-up, cosine decay.
+
+    ``accumulation_steps`` N emulates ``batch_size`` B with N micro-batches of B/N (each view of each
+    micro-batch its own BN batch): gradients are averaged and θ and ξ are updated once per B (Table 16).
+    """
 
     base_lr: float = 0.2
     weight_decay: float = 1.5e-6
@@ -47,14 +58,30 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     predictor_lr_scale: float = 1.0
     projector_lr_scale: float = 1.0
+    accumulation_steps: int = 1
 
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """The target network: τ_base of the cosine EMA schedule, and how ξ is initialised (copy or random)."""
+    """The target network: τ_base of the cosine EMA schedule, and how ξ is initialised (copy or random).
+
+    ``network``: ema (BYOL's moving average), or no target network, the targets coming from the online
+    network with (online-sg) or without (online) a stop-gradient (appendix F.4, Table 19).
+    """
 
     base_ema: float = 0.996
     init: str = "copy"
+    network: str = "ema"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The unified objective of section 5 / appendix F.4: β weighs the contrastive (negative pairs) term,
+    α is its temperature; β = 0 is BYOL. ``normalize=False`` drops the ℓ2 normalisation (appendix F.6)."""
+
+    beta: float = 0.0
+    temperature: float = 0.1
+    normalize: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,12 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Length of the run, seeds, logging and checkpointing."""
+    """Length of the run, seeds, logging, checkpointing and speed switches.
+
+    ``precision``: fp32, bf16 (autocast; the loss and the optimizer stay fp32) or auto (bf16 on CUDA, fp32 on
+    CPU). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when bf16 is used: the
+    fast pair on both GPUs and bf16-capable CPUs).
+    """
 
     epochs: float = 1000.0
     seed: int = 0
@@ -87,6 +119,8 @@ class TrainConfig:
     online_probe: bool = True
     knn_every: int = 0
     max_steps: int = 0
+    precision: str = "auto"
+    memory_format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -94,6 +128,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -244,6 +279,10 @@ def validate(config: Config) -> Config:
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
         ("model.stem", m.stem, STEMS),
         ("target.init", t.init, ("copy", "random")),
+        ("target.network", t.network, ("ema", "online-sg", "online")),
+        ("model.predictor", m.predictor, ("mlp", "none", "closed-form")),
+        ("train.precision", tr.precision, ("auto", "fp32", "bf16")),
+        ("train.memory_format", tr.memory_format, ("auto", "channels_last", "contiguous")),
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
@@ -254,7 +293,17 @@ def validate(config: Config) -> Config:
         ("model.width", m.width > 0, "must be > 0"),
         ("model.projector_hidden", m.projector_hidden > 0, "must be > 0"),
         ("model.projection_dim", m.projection_dim > 0, "must be > 0"),
-        ("model.predictor_hidden", m.predictor_hidden >= 0, "must be >= 0 (0 removes the predictor)"),
+        ("model.predictor_hidden", m.predictor_hidden > 0, "must be > 0 (model.predictor none removes it)"),
+        ("model.projector_depth", m.projector_depth >= 1, "must be >= 1"),
+        ("model.predictor_depth", m.predictor_depth >= 1, "must be >= 1"),
+        ("optim.accumulation_steps", o.accumulation_steps >= 1, "must be >= 1"),
+        (
+            "optim.batch_size",
+            o.batch_size % o.accumulation_steps == 0 and o.batch_size // o.accumulation_steps >= 2,
+            "must be divisible by optim.accumulation_steps into micro-batches of >= 2",
+        ),
+        ("loss.temperature", config.loss.temperature > 0, "must be > 0"),
+        ("loss.beta", config.loss.beta >= 0, "must be >= 0"),
         ("optim.base_lr", o.base_lr >= 0, "must be >= 0"),
         ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
         ("optim.momentum", 0 <= o.momentum < 1, "must lie in [0, 1)"),

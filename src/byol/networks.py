@@ -155,17 +155,25 @@ class ResNet(nn.Module):
 class MLP(nn.Module):
     """The paper's projector / predictor: Linear → BN → ReLU → Linear, output not batch-normalised.
 
-    As in the released code the first Linear has a bias and the last has none.
+    As in the released code the hidden Linear layers have a bias and the last has none. ``depth`` counts the
+    Linear layers (Table 14 varies it): 1 is a single linear map, 2 the paper's head, 3 adds a hidden layer.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, depth: int = 2) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.BatchNorm1d(hidden_dim, eps=BN_EPS, momentum=BN_MOMENTUM),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden_dim, out_dim, bias=False),
-        )
+        if depth < 1:
+            raise ValueError(f"MLP depth must be >= 1, got {depth}")
+        layers: list[nn.Module] = []
+        width = in_dim
+        for _ in range(depth - 1):
+            layers += [
+                nn.Linear(width, hidden_dim),
+                nn.BatchNorm1d(hidden_dim, eps=BN_EPS, momentum=BN_MOMENTUM),
+                nn.ReLU(inplace=True),
+            ]
+            width = hidden_dim
+        layers.append(nn.Linear(width, out_dim, bias=False))
+        self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
         _init_released_code(self)
 
@@ -247,11 +255,15 @@ def build_online_network(
     projection_dim: int = 256,
     predictor_hidden: int | None = 4096,
     zero_init_residual: bool = False,
+    projector_depth: int = 2,
+    predictor_depth: int = 2,
 ) -> OnlineNetwork:
     """The online network of the paper; ``predictor_hidden=None`` builds it without a predictor."""
     encoder = ResNet(depth, width, stem, in_channels, zero_init_residual)
-    projector = MLP(encoder.out_dim, projector_hidden, projection_dim)
-    predictor = None if predictor_hidden is None else MLP(projection_dim, predictor_hidden, projection_dim)
+    projector = MLP(encoder.out_dim, projector_hidden, projection_dim, projector_depth)
+    predictor = (
+        None if predictor_hidden is None else MLP(projection_dim, predictor_hidden, projection_dim, predictor_depth)
+    )
     return OnlineNetwork(encoder, projector, predictor)
 
 

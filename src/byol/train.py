@@ -5,6 +5,7 @@ One step (:func:`train_step`):
   2. each view goes through the online network on its own, so BN statistics are per view;
   3. the target network runs both views in train mode (batch statistics) under no_grad;
   4. loss = L(p1, sg z'2) + L(p2, sg z'1) (+ the online probe's cross-entropy on stop-gradient y);
+     the paper's ablations (section 5, appendices F and I) change this through :class:`Objective`;
   5. a non-finite loss stops the run before the optimizer touches the weights;
   6. LARS step on θ, then ξ ← τ_k·ξ + (1 − τ_k)·θ.
 """
@@ -16,7 +17,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ from byol.config import Config
 from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, TrainingError
-from byol.loss import byol_loss, projection_std
-from byol.networks import OnlineNetwork, TargetNetwork, build_online_network
+from byol.loss import closed_form_predictor, projection_std, unified_loss
+from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
 from byol.optim import LARS, lars_param_groups
+from byol.precision import Precision
 from byol.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -81,27 +83,54 @@ class Schedule:
         )
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a step optimises. The defaults are BYOL; the rest are the paper's ablations.
+
+    target_network: ema | online-sg | online (section 5, appendix F.4); predictor: mlp | none | closed-form
+    (appendix I.2); beta, temperature: the unified objective's negative-pairs weight and temperature;
+    normalize: the ℓ2 normalisation of the regression loss (appendix F.6); accumulation_steps: micro-batches
+    per optimizer step (Table 16).
+    """
+
+    target_network: str = "ema"
+    predictor: str = "mlp"
+    beta: float = 0.0
+    temperature: float = 0.1
+    normalize: bool = True
+    accumulation_steps: int = 1
+
+    @classmethod
+    def from_config(cls, config: Config) -> Objective:
+        loss = config.loss
+        return cls(
+            config.target.network,
+            config.model.predictor,
+            loss.beta,
+            loss.temperature,
+            loss.normalize,
+            config.optim.accumulation_steps,
+        )
+
+
 @dataclass
 class TrainState:
-    """Online θ (with the online probe), target ξ, optimizer, step and the augmentation RNG."""
+    """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
+    augmentation RNG, plus how the step runs (objective, precision)."""
 
     online: OnlineNetwork
-    target: TargetNetwork
+    target: TargetNetwork | None
     probe: nn.Linear | None
     optimizer: LARS
     generator: torch.Generator
     step: int = 0
-
-    def trainable(self) -> nn.ModuleDict:
-        modules: dict[str, nn.Module] = {"online": self.online}
-        if self.probe is not None:
-            modules["probe"] = self.probe
-        return nn.ModuleDict(modules)
+    objective: Objective = field(default_factory=Objective)
+    precision: Precision = field(default_factory=Precision)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "online": self.online.state_dict(),
-            "target": self.target.state_dict(),
+            "target": self.target.state_dict() if self.target is not None else {},
             "probe": self.probe.state_dict() if self.probe is not None else {},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -111,7 +140,8 @@ class TrainState:
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         try:
             self.online.load_state_dict(payload["online"])
-            self.target.load_state_dict(payload["target"])
+            if self.target is not None:
+                self.target.load_state_dict(payload["target"])
             if self.probe is not None:
                 self.probe.load_state_dict(payload["probe"])
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -133,10 +163,14 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
         in_channels,
         m.projector_hidden,
         m.projection_dim,
-        m.predictor_hidden or None,
+        m.predictor_hidden if m.predictor == "mlp" else None,
         m.zero_init_residual,
+        m.projector_depth,
+        m.predictor_depth,
     ).to(device)
-    target = online.make_target(copy_weights=config.target.init == "copy").to(device)
+    target = None
+    if config.target.network == "ema":
+        target = online.make_target(copy_weights=config.target.init == "copy").to(device)
     probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if config.train.online_probe else None
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
     groups = lars_param_groups(
@@ -151,7 +185,11 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
         groups, weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, eta=config.optim.eta
     )
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
-    return TrainState(online, target, probe, optimizer, generator)
+    precision = Precision.create(config.train.precision, config.train.memory_format, device)
+    precision.prepare(online)
+    if target is not None:
+        precision.prepare(target)
+    return TrainState(online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision)
 
 
 def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -160,43 +198,74 @@ def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tup
     return views.t(batch.images, generator, crop=False), views.t_prime(batch.second_crop, generator, crop=False)
 
 
+def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs]:
+    """The objective on one (micro-)batch; returns it and the online outputs of the first view."""
+    objective = state.objective
+    with state.precision.context(view1.device):
+        online1 = state.online(view1)  # each view is its own BN batch
+        online2 = state.online(view2)
+        if state.target is not None:
+            with torch.no_grad():  # the target runs in train mode: batch statistics, as the online network
+                z1, z2 = state.target(view1), state.target(view2)
+        else:  # no target network: the online projections (stop-gradient or not, decided by the loss)
+            z1, z2 = online1.z, online2.z
+    p1, p2 = online1.p.float(), online2.p.float()
+    z1, z2 = z1.float(), z2.float()
+    if objective.predictor == "closed-form":
+        # one linear map for both view orders, regressing each view's target on the other's projection
+        weight = closed_form_predictor(torch.cat((p1, p2)), torch.cat((z2, z1)))
+        p1, p2 = p1 @ weight.T, p2 @ weight.T
+    loss = unified_loss(
+        p1,
+        p2,
+        z1,
+        z2,
+        beta=objective.beta,
+        alpha=objective.temperature,
+        normalize=objective.normalize,
+        stop_gradient=objective.target_network != "online",
+    )
+    return loss, online1
+
+
 def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, schedule: Schedule) -> dict[str, Any]:
-    """One optimizer step of BYOL on a pair of augmented batches; returns the step's metrics as tensors."""
+    """One optimizer step on a pair of augmented batches; returns the step's metrics (tensors and floats).
+
+    With N accumulation steps the batch is split into N micro-batches whose gradients are averaged; the
+    optimizer, the target update and the τ / lr schedules all advance once per call.
+    """
     lr = learning_rate(state.step, schedule.base_lr, schedule.batch_size, schedule.max_steps, schedule.warmup_steps)
     tau = target_ema(state.step, schedule.base_ema, schedule.max_steps)
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
-
     state.online.train()
-    state.target.train()
-    online1 = state.online(view1)  # each view is its own BN batch
-    online2 = state.online(view2)
-    with torch.no_grad():
-        target1 = state.target(view1)
-        target2 = state.target(view2)
-    loss = byol_loss(online1.p, online2.p, target1, target2)
-    metrics: dict[str, Any] = {"byol_loss": loss.detach()}
+    if state.target is not None:
+        state.target.train()
+    view1, view2 = state.precision.input(view1), state.precision.input(view2)
 
-    total = loss
-    if state.probe is not None:
-        labelled = labels >= 0
-        if bool(labelled.any()):
-            logits = state.probe(online1.y.detach()[labelled])
-            probe_loss = F.cross_entropy(logits, labels[labelled])
-            total = total + probe_loss
-            metrics["probe_loss"] = probe_loss.detach()
-            metrics["probe_acc"] = (logits.argmax(1) == labels[labelled]).float().mean()
-
-    if not torch.isfinite(total):
-        raise TrainingError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+    n = state.objective.accumulation_steps
+    totals: dict[str, Tensor] = {}
     state.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    for v1, v2, y in zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True):
+        loss, online1 = _loss(state, v1, v2)
+        parts = {"byol_loss": loss}
+        if state.probe is not None and bool((y >= 0).any()):
+            labelled = y >= 0
+            logits = state.probe(online1.y.detach().float()[labelled])  # stop-gradient: the encoder is untouched
+            parts["probe_loss"] = F.cross_entropy(logits, y[labelled])
+            parts["probe_acc"] = (logits.argmax(1) == y[labelled]).float().mean()
+        total = loss + parts.get("probe_loss", 0.0)
+        if not torch.isfinite(total):
+            raise TrainingError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+        (total / n).backward()
+        parts["proj_std"] = projection_std(online1.z)
+        for key, value in parts.items():
+            totals[key] = totals.get(key, 0.0) + value.detach() / n
     state.optimizer.step()
-    update_target(state.target, state.online, tau)
+    if state.target is not None:
+        update_target(state.target, state.online, tau)
     state.step += 1
-
-    metrics.update(lr=lr, tau=tau, proj_std=projection_std(online1.z))
-    return metrics
+    return {**totals, "lr": lr, "tau": tau}
 
 
 def _seed_everything(seed: int) -> None:

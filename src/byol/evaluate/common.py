@@ -22,6 +22,7 @@ from byol.config import Config
 from byol.data import Dataset, eval_batches
 from byol.errors import CheckpointError, ConfigError
 from byol.networks import ResNet
+from byol.precision import FP32, Precision
 
 EVAL_DIR = "eval"
 INITS = ("pretrained", "random")
@@ -84,16 +85,18 @@ def extract_features(
     num_workers: int = 0,
     desc: str = "features",
     progress: bool = True,
+    precision: Precision = FP32,
 ) -> tuple[Tensor, Tensor]:
     """Representations y = f(x) of every image (unaugmented, BN in inference mode) and their labels."""
-    encoder.eval().to(device)
+    precision.prepare(encoder.eval().to(device))
     features, labels = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
     for batch in tqdm(
         eval_batches(dataset, batch_size, device, image_size, num_workers), total=total, desc=desc, disable=not progress
     ):
-        x = evaluation_view(batch.images, image_size, dataset.mean, dataset.std)
-        features.append(encoder(x).float().cpu())
+        x = precision.input(evaluation_view(batch.images, image_size, dataset.mean, dataset.std))
+        with precision.context(device):
+            features.append(encoder(x).float().cpu())
         labels.append(batch.labels.cpu())
     return torch.cat(features), torch.cat(labels)
 

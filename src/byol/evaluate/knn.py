@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from byol.data import Dataset
 from byol.evaluate.common import classification_metrics, extract_features
+from byol.precision import FP32, Precision
 
 
 @torch.no_grad()
@@ -42,6 +43,25 @@ def knn_scores(
     return torch.cat(scores)
 
 
+def knn_on_features(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, Any]:
+    """kNN metrics from features already extracted; unlabelled training images (label −1) do not vote."""
+    labelled = train_labels >= 0
+    scores = knn_scores(train_features[labelled], train_labels[labelled], test_features, num_classes, k, temperature)
+    return {
+        "protocol": f"kNN (k={k}, T={temperature})",
+        **classification_metrics(scores, test_labels, num_classes),
+        "settings": {"k": k, "temperature": temperature},
+    }
+
+
 def knn_evaluation(
     encoder: torch.nn.Module,
     train: Dataset,
@@ -51,20 +71,13 @@ def knn_evaluation(
     k: int = 200,
     temperature: float = 0.1,
     progress: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
     """kNN top-1 / top-5 / mean per-class accuracy of the test set against the training set's features."""
     train_features, train_labels = extract_features(
-        encoder, train, image_size, device, desc="train features", progress=progress
+        encoder, train, image_size, device, desc="train features", progress=progress, precision=precision
     )
     test_features, test_labels = extract_features(
-        encoder, test, image_size, device, desc="test features", progress=progress
+        encoder, test, image_size, device, desc="test features", progress=progress, precision=precision
     )
-    labelled = train_labels >= 0
-    scores = knn_scores(
-        train_features[labelled], train_labels[labelled], test_features, len(train.classes), k, temperature
-    )
-    return {
-        "protocol": f"kNN (k={k}, T={temperature})",
-        **classification_metrics(scores, test_labels, len(train.classes)),
-        "settings": {"k": k, "temperature": temperature},
-    }
+    return knn_on_features(train_features, train_labels, test_features, test_labels, len(train.classes), k, temperature)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline
 from byol.data import Dataset, TrainBatches
 from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics, extract_features, split_train_val
+from byol.precision import FP32, Precision
 
 MODES = ("augmented", "cached")
 
@@ -77,7 +78,13 @@ def _cached_batches(features: Tensor, labels: Tensor, batch_size: int, seed: int
 
 
 def _augmented_batches(
-    encoder: nn.Module, dataset: Dataset, image_size: int, batch_size: int, seed: int, device: torch.device
+    encoder: nn.Module,
+    dataset: Dataset,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    precision: Precision,
 ) -> tuple[EpochBatches, int]:
     """Random crop + flip views through the frozen encoder (BN in inference mode), every epoch anew."""
     source = TrainBatches(
@@ -90,11 +97,70 @@ def _augmented_batches(
         encoder.eval()
         for batch in source.epoch(epoch):
             with torch.no_grad():  # exit the no_grad block before yielding: grad mode is global state
-                x = view(batch.images, generator, crop=batch.second_crop is None)
-                features = encoder(x).float().cpu()
+                x = precision.input(view(batch.images, generator, crop=batch.second_crop is None))
+                with precision.context(device):
+                    features = encoder(x).float().cpu()
             yield features, batch.labels.cpu()
 
     return epoch_batches, source.steps_per_epoch
+
+
+Fit = Callable[[Tensor, float], nn.Linear]
+
+
+def _select_and_test(
+    fit: Fit,
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Callable[[], tuple[Tensor, Tensor]],
+    num_classes: int,
+    config: LinearConfig,
+    progress: bool,
+) -> dict[str, Any]:
+    """Sweeps the learning rate on the held-out validation split, refits the best on the whole training
+    set, and only then asks for the test features (a callable, so selection cannot see them)."""
+    val_size = config.val_size or min(10_000, len(train_labels) // 10)
+    fit_index, val_index = split_train_val(train_labels, val_size, config.seed)
+    sweep = []
+    for base_lr in tqdm(config.base_lrs, desc="lr sweep (validation split)", disable=not progress):
+        lr = base_lr * config.batch_size / 256
+        head = fit(fit_index, lr)
+        with torch.no_grad():
+            val = classification_metrics(head(train_features[val_index]), train_labels[val_index], num_classes)
+        sweep.append({"base_lr": base_lr, "lr": lr, "val": val})
+    best = max(sweep, key=lambda r: r["val"]["top1"])
+    head = fit(torch.arange(len(train_labels)), best["lr"])
+    features, labels = test_features()
+    with torch.no_grad():
+        result = classification_metrics(head(features), labels, num_classes)
+    return {
+        "protocol": "linear" + (" (cached features, no augmentation)" if config.mode == "cached" else ""),
+        **result,
+        "chosen_base_lr": best["base_lr"],
+        "sweep": sweep,
+        "settings": asdict(config) | {"base_lrs": list(config.base_lrs)},
+    }
+
+
+def linear_on_features(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    config: LinearConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The cached-features protocol on features already extracted (unaugmented)."""
+    config = replace(config, mode="cached")
+
+    def fit(indices: Tensor, lr: float) -> nn.Linear:
+        batches, steps = _cached_batches(train_features[indices], train_labels[indices], config.batch_size, config.seed)
+        return fit_linear(batches, steps, train_features.shape[1], num_classes, lr, config.epochs, config.seed)
+
+    return _select_and_test(
+        fit, train_features, train_labels, lambda: (test_features, test_labels), num_classes, config, progress
+    )
 
 
 def linear_evaluation(
@@ -105,49 +171,29 @@ def linear_evaluation(
     device: torch.device,
     config: LinearConfig = LinearConfig(),
     progress: bool = True,
+    precision: Precision = FP32,
 ) -> dict[str, Any]:
     """The sweep on the validation split, then one fit on the whole training set and one test evaluation."""
     if config.mode not in MODES:
         raise ConfigError(f"linear evaluation mode must be one of {', '.join(MODES)}, not {config.mode!r}")
     encoder = encoder.to(device).eval()
     num_classes = len(train.classes)
-    val_size = config.val_size or min(10_000, len(train) // 10)
-    fit_index, val_index = split_train_val(train.labels, val_size, config.seed)
     train_features, train_labels = extract_features(
-        encoder, train, image_size, device, desc="train features", progress=progress
+        encoder, train, image_size, device, desc="train features", progress=progress, precision=precision
     )
-    in_dim = train_features.shape[1]
+
+    def test_features() -> tuple[Tensor, Tensor]:
+        return extract_features(
+            encoder, test, image_size, device, desc="test features", progress=progress, precision=precision
+        )
+
+    if config.mode == "cached":
+        return linear_on_features(train_features, train_labels, *test_features(), num_classes, config, progress)
 
     def fit(indices: Tensor, lr: float) -> nn.Linear:
-        if config.mode == "cached":
-            batches, steps = _cached_batches(
-                train_features[indices], train_labels[indices], config.batch_size, config.seed
-            )
-        else:
-            batches, steps = _augmented_batches(
-                encoder, train.subset(indices), image_size, config.batch_size, config.seed, device
-            )
-        return fit_linear(batches, steps, in_dim, num_classes, lr, config.epochs, config.seed)
+        batches, steps = _augmented_batches(
+            encoder, train.subset(indices), image_size, config.batch_size, config.seed, device, precision
+        )
+        return fit_linear(batches, steps, train_features.shape[1], num_classes, lr, config.epochs, config.seed)
 
-    sweep = []
-    for base_lr in tqdm(config.base_lrs, desc="lr sweep (validation split)", disable=not progress):
-        lr = base_lr * config.batch_size / 256
-        head = fit(fit_index, lr)
-        with torch.no_grad():
-            val = classification_metrics(head(train_features[val_index]), train_labels[val_index], num_classes)
-        sweep.append({"base_lr": base_lr, "lr": lr, "val": val})
-    best = max(sweep, key=lambda r: r["val"]["top1"])
-
-    head = fit(torch.arange(len(train)), best["lr"])
-    test_features, test_labels = extract_features(
-        encoder, test, image_size, device, desc="test features", progress=progress
-    )
-    with torch.no_grad():
-        result = classification_metrics(head(test_features), test_labels, num_classes)
-    return {
-        "protocol": "linear" + (" (cached features, no augmentation)" if config.mode == "cached" else ""),
-        **result,
-        "chosen_base_lr": best["base_lr"],
-        "sweep": sweep,
-        "settings": asdict(config) | {"base_lrs": list(config.base_lrs)},
-    }
+    return _select_and_test(fit, train_features, train_labels, test_features, num_classes, config, progress)

@@ -15,6 +15,7 @@ from byol.evaluate.common import check_compatible, load_encoder_from_run, write_
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.knn import knn_evaluation
 from byol.evaluate.linear import LinearConfig, linear_evaluation
+from byol.precision import Precision
 from byol.train import resolve_device
 
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -51,11 +52,14 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     check_compatible(pretrained, train)
     device = resolve_device(request.device)
     encoder = pretrained.encoder
+    precision = Precision.create(pretrained.config.train.precision, pretrained.config.train.memory_format, device)
 
     if request.protocol == "knn":
-        result = knn_evaluation(encoder, train, test, image_size, device, request.k, request.temperature, progress)
+        result = knn_evaluation(
+            encoder, train, test, image_size, device, request.k, request.temperature, progress, precision
+        )
     elif request.protocol == "linear":
-        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress)
+        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress, precision)
     else:
         result = finetune_evaluation(
             encoder, encoder.out_dim, train, test, image_size, device, request.finetune, progress
