@@ -180,6 +180,16 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.ablate import run_table
+
+    out_dir = args.out or Path("runs") / f"ablate-{args.table}-{args.scale}"
+    path = run_table(args.table, args.scale, list(args.seeds), out_dir, progress=not args.quiet)
+    print(path.read_text())
+    print(f"table written to {path}")
+    return 0
+
+
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
@@ -285,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<date>-<time>")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=cmd_demo, accepts_overrides=True)
+
+    from byol.ablate import SCALES, TABLES
+
+    abl = sub.add_parser(
+        "ablate",
+        help="rerun one of the paper's ablation tables at a chosen scale",
+        description="Runs every row of a paper ablation table for every seed at the chosen scale, evaluates each "
+        "run with the same kNN protocol, and writes a Markdown table in the paper's layout (mean ± half-range "
+        "over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished ones resume.",
+    )
+    abl.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
+    abl.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
+    abl.add_argument("--seeds", type=_ints, default=(0, 1), help="comma-separated seeds (default 0,1)")
+    abl.add_argument("--out", type=Path, default=None, help="default: runs/ablate-<table>-<scale>")
+    abl.add_argument("--quiet", action="store_true", help="no progress bars")
+    abl.set_defaults(handler=cmd_ablate)
 
     rep = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
     rep.add_argument("run", type=Path, help="run directory")

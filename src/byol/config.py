@@ -252,11 +252,28 @@ def cpu_demo() -> Config:
     )
 
 
+def cifar10_resnet18() -> Config:
+    """CIFAR-10 on one GPU: ResNet-18 (cifar stem, 3x3/1, no max-pool) at 32 px, batch 512, 1000 epochs.
+
+    The released code's recipe for small datasets (its README's Imagenette run: ResNet-18, LARS base lr 2.0,
+    weight decay 1e-6, τ_base 0.996, 1000 epochs, 10 warm-up epochs), with lr = base · 512/256; the paper's
+    heads (4096 → 256) and augmentations. bf16 and channels_last on CUDA (train.precision auto).
+    """
+    return Config(
+        model=ModelConfig(depth=18, width=1.0, stem="cifar"),
+        optim=OptimConfig(base_lr=2.0, weight_decay=1e-6, batch_size=512, warmup_epochs=10.0),
+        target=TargetConfig(base_ema=0.996),
+        data=DataConfig(dataset="cifar10", image_size=32, num_workers=0),
+        train=TrainConfig(epochs=1000.0, log_every=50, checkpoint_every=2000, knn_every=50),
+    )
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "imagenet-40ep": _released(40, 0.45, 1e-6, 0.97),
     "imagenet-100ep": _released(100, 0.45, 1e-6, 0.99),
     "imagenet-300ep": _released(300, 0.3, 1e-6, 0.99),
     "imagenet-1000ep": _released(1000, 0.2, 1.5e-6, 0.996),
+    "cifar10-resnet18": cifar10_resnet18,
     "tiny": tiny,
     "cpu-demo": cpu_demo,
 }

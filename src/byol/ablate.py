@@ -1,0 +1,276 @@
+"""`byol ablate TABLE`: the paper's ablations (section 5, appendices F and I) as named experiment grids.
+
+Each table is a list of rows; a row is a set of config overrides on top of a scale preset (``cpu``: minutes per
+run on a laptop CPU; ``gpu``: CIFAR-10 ResNet-18). Every row runs for every seed, each run is evaluated with the
+same protocol (kNN top-1, k = 200, T = 0.1, on up to 10k training images against the test set) and flagged
+as collapsed when its final projection std is below 0.1/√d. The Markdown table gives mean ± half-range over
+seeds next to the paper's ImageNet result where SPEC §6 states one (linear top-1 or the paper's verdict).
+
+Finished runs (a ``result.json`` in their directory) are reused and unfinished ones resume from their last
+checkpoint, so an interrupted grid continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from byol.checkpoint import list_checkpoints
+from byol.config import Config, apply_overrides, cpu_demo, get_preset, validate
+from byol.data import TEST_SPLIT, load_dataset
+from byol.errors import ConfigError
+from byol.evaluate.knn import knn_evaluation
+from byol.networks import ResNet
+from byol.precision import Precision
+from byol.train import METRICS_FILE, pretrain, resolve_device
+
+RESULT_FILE = "result.json"
+EVAL_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    paper: str = "—"  # the paper's number or verdict, as SPEC §6 gives it
+    pretrain: bool = True  # False: the random-init encoder of the same architecture
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple[Row, ...]
+    note: str = ""
+
+
+RANDOM_INIT = Row("random-init encoder (no pretraining)", paper="1.4", pretrain=False)
+NO_TARGET = {"target.network": "online"}  # "no target network": the online projections, no stop-gradient
+NO_PREDICTOR = {"model.predictor": "none"}
+
+TABLES: dict[str, Table] = {
+    "5a": Table(
+        "Table 5a: target network decay rate τ_base",
+        (
+            Row("τ_base = 1 (constant random target)", {"target.base_ema": "1"}, "18.8"),
+            Row("τ_base = 0.999", {"target.base_ema": "0.999"}, "69.8"),
+            Row("τ_base = 0.99", {"target.base_ema": "0.99"}, "72.5"),
+            Row("τ_base = 0.9", {"target.base_ema": "0.9"}, "68.4"),
+            Row("τ_base = 0 (stop-gradient of the online network)", {"target.base_ema": "0"}, "0.3 (collapse)"),
+            RANDOM_INIT,
+        ),
+    ),
+    "5b": Table(
+        "Table 5b: predictor, target network and the weight β of negative pairs (α = loss.temperature)",
+        (
+            Row("BYOL: predictor + target network, β = 0", {}, "72.5"),
+            Row("predictor + target network, β = 1", {"loss.beta": "1"}),
+            Row("target network, β = 1", {**NO_PREDICTOR, "loss.beta": "1"}),
+            Row(
+                "SimCLR: no predictor, no target network, β = 1",
+                {**NO_PREDICTOR, **NO_TARGET, "loss.beta": "1"},
+                "trains (no collapse)",
+            ),
+            Row("predictor, β = 1", {**NO_TARGET, "loss.beta": "1"}),
+            Row("target network, β = 0", NO_PREDICTOR, "collapse"),
+            Row("predictor, β = 0", NO_TARGET, "collapse"),
+            Row("no predictor, no target network, β = 0", {**NO_PREDICTOR, **NO_TARGET}, "collapse"),
+        ),
+        "SPEC §6: without negatives (β = 0) only predictor + target network avoids collapse.",
+    ),
+    "14": Table(
+        "Table 14: projector and predictor depth (Linear layers) and projection dimension",
+        (
+            Row("projector 2, predictor 2 (BYOL)", {}),
+            Row("projector 1, predictor 2", {"model.projector_depth": "1"}),
+            Row("projector 3, predictor 2", {"model.projector_depth": "3"}),
+            Row("projector 2, predictor 1", {"model.predictor_depth": "1"}),
+            Row("projector 2, predictor 3", {"model.predictor_depth": "3"}),
+            Row("projection dimension ÷ 4", {"model.projection_dim": "32"}),
+        ),
+    ),
+    "15": Table(
+        "Table 15: learning rate and weight decay",
+        (
+            Row("base lr × 1, weight decay × 1 (preset)", {}),
+            Row("base lr × 0.5", {"optim.base_lr": "x0.5"}),
+            Row("base lr × 2", {"optim.base_lr": "x2"}),
+            Row("weight decay 0", {"optim.weight_decay": "0"}),
+            Row("weight decay × 10", {"optim.weight_decay": "x10"}),
+        ),
+    ),
+    "16": Table(
+        "Table 16: batch size (lr scales linearly with the batch)",
+        (
+            Row("batch 256", {"optim.batch_size": "256"}),
+            Row(
+                "batch 256 as 4 × 64 accumulated (target updated once per 256)",
+                {"optim.batch_size": "256", "optim.accumulation_steps": "4"},
+            ),
+            Row("batch 128", {"optim.batch_size": "128"}),
+            Row("batch 64", {"optim.batch_size": "64"}),
+            Row("batch 32", {"optim.batch_size": "32"}),
+        ),
+        "SPEC §6: BYOL stays flat from 4096 down to 256 and drops at 128 and 64 (ImageNet).",
+    ),
+    "17": Table(
+        "Table 17: image augmentations",
+        (
+            Row("baseline", {}),
+            Row("remove flip", {"augment.preset": "remove-flip"}),
+            Row("remove blur", {"augment.preset": "remove-blur"}),
+            Row("remove color (jittering and grayscale)", {"augment.preset": "remove-color"}, "−9.1 vs baseline"),
+            Row("remove solarize in T'", {"augment.preset": "remove-solarize-in-t-prime"}),
+            Row("symmetric blurring/solarization", {"augment.preset": "symmetric-blur-solarize"}),
+            Row("crop and flip only", {"augment.preset": "crop-and-flip-only"}),
+            Row("crop only", {"augment.preset": "crop-only"}, "−13.1 vs baseline"),
+        ),
+        "On one-channel Fashion-MNIST colour jitter is brightness and contrast only (see byol.augment).",
+    ),
+    "19": Table(
+        "Table 19 (appendix F.4): the target network and the stop-gradient",
+        (
+            Row("moving-average target network (BYOL)", {}),
+            Row("no target network, stop-gradient on the online projections", {"target.network": "online-sg"}),
+            Row("no target network, no stop-gradient", NO_TARGET, "collapse"),
+        ),
+    ),
+    "21": Table(
+        "Table 21 (appendix I): τ = 0 with a predictor learning-rate multiplier λ",
+        (
+            Row("τ_base = 0, λ = 1", {"target.base_ema": "0"}, "0.3 (collapse)"),
+            Row("τ_base = 0, λ = 2", {"target.base_ema": "0", "optim.predictor_lr_scale": "2"}),
+            Row("τ_base = 0, λ = 10", {"target.base_ema": "0", "optim.predictor_lr_scale": "10"}),
+            Row("τ_base = 0, λ = 20", {"target.base_ema": "0", "optim.predictor_lr_scale": "20"}),
+        ),
+        "SPEC §6: a large λ avoids collapse.",
+    ),
+    "22": Table(
+        "Table 22 (appendix I.2): the closed-form optimal linear predictor",
+        (
+            Row("learned predictor, moving-average target (BYOL)", {}),
+            Row(
+                "closed-form predictor, no target network",
+                {"model.predictor": "closed-form", "target.network": "online-sg"},
+            ),
+            Row("closed-form predictor, moving-average target", {"model.predictor": "closed-form"}),
+            Row("loss without ℓ2 normalisation (appendix F.6)", {"loss.normalize": "false"}, "close to BYOL"),
+        ),
+    ),
+}
+
+
+def cpu_scale() -> Config:
+    """Minutes per run on a 2-core CPU: the demo's Fashion-MNIST setting with a width-1/8 encoder, 2 epochs."""
+    return apply_overrides(cpu_demo(), {"model.width": 0.125, "train.epochs": 2.0, "train.precision": "bf16",
+                                        "train.checkpoint_every": 100})  # fmt: skip
+
+
+SCALES = {"cpu": cpu_scale, "gpu": lambda: get_preset("cifar10-resnet18")}
+
+
+def _resolve(base: Config, overrides: Mapping[str, str]) -> Config:
+    """Applies a row's overrides; "x2" multiplies the scale's own value (Table 15's relative grid)."""
+    flat = {}
+    for key, value in overrides.items():
+        if value.startswith("x"):
+            section, _, name = key.partition(".")
+            value = str(float(value[1:]) * getattr(getattr(base, section), name))
+        flat[key] = value
+    return validate(apply_overrides(base, flat))
+
+
+def _final_proj_std(run_dir: Path) -> float:
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    values = [r["proj_std"] for r in records if "proj_std" in r]
+    return values[-1] if values else float("nan")
+
+
+def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+    """One (row, seed): pretrain (or resume), evaluate with kNN, save result.json; reused when present."""
+    result_path = run_dir / RESULT_FILE
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    config = _resolve(base, {**row.overrides, "train.seed": str(seed)})
+    device = resolve_device(config.train.device)
+    d = config.data
+    train = load_dataset(d.dataset, "train", d.data_dir, d.image_size)
+    test = load_dataset(d.dataset, TEST_SPLIT.get(d.dataset, "test"), d.data_dir, d.image_size)
+    generator = torch.Generator().manual_seed(seed)
+    train_eval = train.subset(torch.randperm(len(train), generator=generator)[:EVAL_IMAGES])
+    if row.pretrain:
+        state, _ = pretrain(config, run_dir, resume=bool(list_checkpoints(run_dir)), progress=progress)
+        encoder = state.online.encoder
+        proj_std = _final_proj_std(run_dir)
+    else:
+        torch.manual_seed(seed)
+        m = config.model
+        encoder = ResNet(m.depth, m.width, m.stem, train.channels, m.zero_init_residual)
+        proj_std = float("nan")
+    precision = Precision.create(config.train.precision, config.train.memory_format, device)
+    knn = knn_evaluation(encoder, train_eval, test, d.image_size, device, progress=False, precision=precision)
+    floor = 0.1 / math.sqrt(config.model.projection_dim)
+    result = {
+        "row": row.label,
+        "seed": seed,
+        "knn_top1": knn["top1"],
+        "proj_std": proj_std,
+        "collapsed": bool(proj_std < floor) if row.pretrain else None,
+        "overrides": dict(row.overrides),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_table(name: str, scale: str, seeds: list[int], out_dir: Path, progress: bool = True) -> Path:
+    """Runs (or resumes) every cell of a table and writes out_dir/table.md; returns its path."""
+    if name not in TABLES:
+        raise ConfigError(f"unknown ablation table {name!r}; valid tables are: {', '.join(TABLES)}")
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; valid scales are: {', '.join(SCALES)}")
+    table, base = TABLES[name], SCALES[scale]()
+    cells = [(row, seed) for row in table.rows for seed in seeds]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for row, seed in tqdm(cells, desc=f"ablation {name}", unit="run", disable=not progress):
+        result = run_cell(base, row, seed, out_dir / row.slug / f"seed{seed}", progress=False)
+        results.setdefault(row.label, []).append(result)
+    path = out_dir / "table.md"
+    path.write_text(format_table(table, results, scale, seeds))
+    return path
+
+
+def format_table(table: Table, results: Mapping[str, list[dict[str, Any]]], scale: str, seeds: list[int]) -> str:
+    lines = [
+        f"# {table.title}",
+        "",
+        f"Scale `{scale}`, seeds {seeds}. Ours: kNN top-1 (k = 200, T = 0.1), mean ± half-range over seeds. "
+        "Collapsed: final projection std < 0.1/√d (runs collapsed / runs). "
+        "Paper: ImageNet linear top-1 or verdict, where SPEC §6 states it.",
+        "",
+        "| row | ours kNN top-1 | projection std | collapsed | paper |",
+        "| --- | ---: | ---: | :---: | --- |",
+    ]
+    for row in table.rows:
+        runs = results.get(row.label, [])
+        accuracy = [r["knn_top1"] for r in runs]
+        mean = sum(accuracy) / len(accuracy)
+        half_range = (max(accuracy) - min(accuracy)) / 2
+        stds = [r["proj_std"] for r in runs if not math.isnan(r["proj_std"])]
+        std = f"{sum(stds) / len(stds):.4f}" if stds else "—"
+        collapsed = f"{sum(bool(r['collapsed']) for r in runs)}/{len(runs)}" if row.pretrain else "—"
+        lines.append(f"| {row.label} | {mean:.2f} ± {half_range:.2f} | {std} | {collapsed} | {row.paper} |")
+    if table.note:
+        lines += ["", table.note]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from byol.ablate import TABLES, Row, _resolve, format_table, run_table
+from byol.config import get_preset
+from byol.errors import ConfigError
+
+
+def test_every_table_row_resolves_to_a_valid_config():
+    base = get_preset("tiny")
+    for table in TABLES.values():
+        for row in table.rows:
+            _resolve(base, row.overrides)
+    assert _resolve(base, {"optim.base_lr": "x2"}).optim.base_lr == 2 * base.optim.base_lr
+
+
+def test_grid_runs_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch):
+    import byol.ablate as ablate
+
+    monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
+    monkeypatch.setitem(
+        ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}), ablate.RANDOM_INIT))
+    )
+    path = run_table("t", "tiny", [0, 1], tmp_path, progress=False)
+    text = path.read_text()
+    assert "| τ 0 |" in text and "| random-init encoder (no pretraining) |" in text and "/2 |" in text
+    result = tmp_path / "0" / "seed1" / "result.json"
+    assert json.loads(result.read_text())["seed"] == 1
+    stamp = result.stat().st_mtime_ns
+    run_table("t", "tiny", [0, 1], tmp_path, progress=False)  # a second call reuses every finished cell
+    assert result.stat().st_mtime_ns == stamp
+
+
+def test_mean_and_half_range_over_seeds():
+    table = TABLES["19"]
+    results = {
+        row.label: [
+            {"knn_top1": 70.0, "proj_std": 0.1, "collapsed": False},
+            {"knn_top1": 74.0, "proj_std": 0.1, "collapsed": True},
+        ]
+        for row in table.rows
+    }
+    text = format_table(table, results, "cpu", [0, 1])
+    assert "72.00 ± 2.00" in text and "1/2" in text
+
+
+def test_unknown_table_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="valid tables"):
+        run_table("99", "cpu", [0], tmp_path)
