@@ -1,6 +1,7 @@
 """byol: Bootstrap Your Own Latent (Grill et al. 2020), faithful to the paper and the released code."""
 
 from byol.config import Config, get_preset
+from byol.export import load_encoder
 from byol.loss import byol_loss, regression_loss
 from byol.networks import MLP, OnlineNetwork, ResNet, TargetNetwork, build_online_network
 from byol.train import TrainState, pretrain, train_step
@@ -17,6 +18,7 @@ __all__ = [
     "build_online_network",
     "byol_loss",
     "get_preset",
+    "load_encoder",
     "pretrain",
     "regression_loss",
     "train_step",

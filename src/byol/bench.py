@@ -63,7 +63,13 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
     batch = config.optim.batch_size
     images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
-    views = TwoViews(config.augment.preset, config.data.image_size, [0.5] * channels, [0.25] * channels)
+    views = TwoViews(
+        config.augment.preset,
+        config.data.image_size,
+        [0.5] * channels,
+        [0.25] * channels,
+        config.augment.crop_min_scale,
+    )
     state = create_state(config, channels, 10, device)
     schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
     view_seconds = median_seconds(lambda: views(images, generator), device, repeats)

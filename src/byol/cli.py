@@ -190,6 +190,24 @@ def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.export import export_encoder
+
+    weights, meta = export_encoder(args.run, args.out)
+    print(f"online encoder written to {weights} (architecture in {meta})")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.export import embed
+
+    path, shape = embed(
+        args.source, args.out, args.dataset or "", args.split or "", args.data_dir, args.device, not args.quiet
+    )
+    print(f"features {shape} written to {path} (labels beside it)")
+    return 0
+
+
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
@@ -311,6 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--out", type=Path, default=None, help="default: runs/ablate-<table>-<scale>")
     abl.add_argument("--quiet", action="store_true", help="no progress bars")
     abl.set_defaults(handler=cmd_ablate)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a run's online encoder as safetensors + JSON architecture",
+        description="Exports the ONLINE encoder of a run's latest checkpoint (never the target) for downstream "
+        "use; load it with byol.load_encoder(path).",
+    )
+    exp.add_argument("run", type=Path, help="run directory or checkpoint file")
+    exp.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    exp.set_defaults(handler=cmd_export)
+
+    emb = sub.add_parser("embed", help="write encoder features of a dataset split to a .npy file")
+    emb.add_argument("source", type=Path, help="run directory, checkpoint, or exported .safetensors encoder")
+    emb.add_argument("--out", type=Path, required=True, help="output .npy file (labels go to <out>.labels.npy)")
+    emb.add_argument("--dataset", help="dataset (default: the one the encoder was pretrained on)")
+    emb.add_argument("--split", help="split (default: test)")
+    emb.add_argument("--data-dir", dest="data_dir", help="directory of the dataset's files")
+    emb.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    emb.add_argument("--quiet", action="store_true", help="no progress bar")
+    emb.set_defaults(handler=cmd_embed)
 
     rep = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
     rep.add_argument("run", type=Path, help="run directory")

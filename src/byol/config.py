@@ -96,9 +96,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The view distributions T and T' by preset name (``byol.augment.PRESETS``; the paper's Table 17)."""
+    """The view distributions T and T' by preset name (``byol.augment.PRESETS``; the paper's Table 17).
+
+    ``crop_min_scale``: the smallest random-crop area fraction of both views (the paper: 0.08).
+    """
 
     preset: str = "byol"
+    crop_min_scale: float = 0.08
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,9 @@ class TrainConfig:
 
     ``precision``: fp32, bf16 (autocast; the loss and the optimizer stay fp32) or auto (bf16 on CUDA, fp32 on
     CPU). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when bf16 is used: the
-    fast pair on both GPUs and bf16-capable CPUs).
+    fast pair on both GPUs and bf16-capable CPUs). ``deterministic``: deterministic kernels only (exact
+    resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or skip a step whose loss
+    or gradients are NaN/Inf, at most ``max_skipped_steps`` times.
     """
 
     epochs: float = 1000.0
@@ -121,6 +127,9 @@ class TrainConfig:
     max_steps: int = 0
     precision: str = "auto"
     memory_format: str = "auto"
+    deterministic: bool = False
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,7 @@ def validate(config: Config) -> Config:
         ("model.predictor", m.predictor, ("mlp", "none", "closed-form")),
         ("train.precision", tr.precision, ("auto", "fp32", "bf16")),
         ("train.memory_format", tr.memory_format, ("auto", "channels_last", "contiguous")),
+        ("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip")),
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
@@ -340,12 +350,14 @@ def validate(config: Config) -> Config:
             "is too small for the stem (>= 8 px for cifar, >= 32 px for imagenet)",
         ),
         ("data.num_workers", d.num_workers >= 0, "must be >= 0"),
+        ("augment.crop_min_scale", 0 < config.augment.crop_min_scale <= 1, "must lie in (0, 1]"),
         ("train.epochs", tr.epochs > 0, "must be > 0"),
         ("train.log_every", tr.log_every > 0, "must be > 0"),
         ("train.checkpoint_every", tr.checkpoint_every > 0, "must be > 0"),
         ("train.keep_checkpoints", tr.keep_checkpoints >= 1, "must be >= 1"),
         ("train.knn_every", tr.knn_every >= 0, "must be >= 0 (0 disables the kNN monitor)"),
         ("train.max_steps", tr.max_steps >= 0, "must be >= 0 (0: train.epochs decides)"),
+        ("train.max_skipped_steps", tr.max_skipped_steps >= 0, "must be >= 0"),
     ]
     for key, ok, requirement in checks:
         if not ok:

@@ -27,3 +27,7 @@ class CheckpointError(ByolError):
 
 class TrainingError(ByolError):
     """Training cannot go on, e.g. a non-finite loss (exit status 1)."""
+
+
+class NonFiniteError(TrainingError):
+    """A NaN or Inf in the loss or the gradients; raised before the optimizer touches the weights."""

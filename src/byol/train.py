@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from byol.config import Config
 from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
 from byol.ema import target_ema, update_target
-from byol.errors import CheckpointError, ConfigError, TrainingError
+from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
 from byol.loss import closed_form_predictor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
 from byol.optim import LARS, lars_param_groups
@@ -256,11 +257,15 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
             parts["probe_acc"] = (logits.argmax(1) == y[labelled]).float().mean()
         total = loss + parts.get("probe_loss", 0.0)
         if not torch.isfinite(total):
-            raise TrainingError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+            raise NonFiniteError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
         (total / n).backward()
         parts["proj_std"] = projection_std(online1.z)
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value.detach() / n
+    grads = [p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite gradient at step {state.step}; no weights were updated")
     state.optimizer.step()
     if state.target is not None:
         update_target(state.target, state.online, tau)
@@ -268,17 +273,56 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
     return {**totals, "lr": lr, "tau": tau}
 
 
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, as tensors and plain values (loadable with weights_only=True)."""
+    _, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position),
+            "gauss": (int(has_gauss), float(cached)),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], *numpy_state["gauss"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= last_step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 
@@ -288,7 +332,7 @@ def checkpoint_payload(state: TrainState, config: Config, epoch_info: dict[str, 
         "config": json.dumps(config.to_dict()),
         "state": state.state_dict(),
         "data": epoch_info,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        "rng": rng_state(),
     }
 
 
@@ -306,10 +350,12 @@ class KnnMonitor:
         self.test = test.subset(torch.randperm(len(test), generator=generator)[: self.MAX_IMAGES])
         self.image_size, self.device = d.image_size, device
 
-    def __call__(self, encoder: nn.Module) -> float:
+    def __call__(self, encoder: nn.Module, precision: Precision) -> float:
         from byol.evaluate.knn import knn_evaluation  # evaluation is optional for the loop
 
-        result = knn_evaluation(encoder, self.train, self.test, self.image_size, self.device, progress=False)
+        result = knn_evaluation(
+            encoder, self.train, self.test, self.image_size, self.device, progress=False, precision=precision
+        )
         return float(result["top1"])
 
 
@@ -326,14 +372,14 @@ def pretrain(
 
     # ---- data
     device = resolve_device(config.train.device)
-    _seed_everything(config.train.seed)
+    _seed_everything(config.train.seed, config.train.deterministic)
     dataset = load_dataset(
         config.data.dataset,
         PRETRAIN_SPLIT.get(config.data.dataset, "train"),
         config.data.data_dir,
         config.data.image_size,
     )
-    view_configs = get_views(config.augment.preset)
+    view_configs = get_views(config.augment.preset, config.augment.crop_min_scale)
     batches = TrainBatches(
         dataset,
         config.optim.batch_size,
@@ -343,7 +389,9 @@ def pretrain(
         config.data.image_size,
         config.data.num_workers,
     )
-    views = TwoViews(config.augment.preset, config.data.image_size, dataset.mean, dataset.std)
+    views = TwoViews(
+        config.augment.preset, config.data.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale
+    )
     schedule = Schedule.create(config, batches.steps_per_epoch)
 
     # ---- state
@@ -352,8 +400,7 @@ def pretrain(
     metrics_path = run_dir / METRICS_FILE
     if resume:
         state.load_state_dict(payload["state"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        random.setstate(payload["rng"]["python"])
+        set_rng_state(payload["rng"])
         _truncate_metrics(metrics_path, state.step)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     else:
@@ -363,16 +410,34 @@ def pretrain(
 
     # ---- loop
     collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
-    warned_collapse, skipped_files = False, 0
+    warned_collapse, skipped_files, skipped_steps = False, 0, 0
     bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not progress)
     last_time, last_step = time.perf_counter(), state.step
     with open(metrics_path, "a") as metrics_log:
+        if knn_monitor is not None and state.step == 0:  # the starting point: kNN of the initial encoder
+            metrics_log.write(
+                json.dumps({"step": 0, "epoch": 0, "knn_top1": knn_monitor(state.online.encoder, state.precision)})
+                + "\n"
+            )
         while state.step < schedule.max_steps:
             epoch, offset = divmod(state.step, schedule.steps_per_epoch)
             for batch in batches.epoch(epoch, offset):
                 skipped_files += len(batch.skipped)
                 view1, view2 = make_views(views, batch, state.generator)
-                metrics = train_step(state, view1, view2, batch.labels, schedule)
+                try:
+                    metrics = train_step(state, view1, view2, batch.labels, schedule)
+                except NonFiniteError as e:
+                    if config.train.on_nonfinite == "skip" and skipped_steps < config.train.max_skipped_steps:
+                        skipped_steps += 1
+                        log.warning(
+                            "%s: batch skipped (%d of at most %d)", e, skipped_steps, config.train.max_skipped_steps
+                        )
+                        continue
+                    checkpoints = list_checkpoints(run_dir)
+                    last = (
+                        f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
+                    )
+                    raise TrainingError(f"{e}; the run stopped, {last}") from None
                 step = state.step
 
                 if step % config.train.log_every == 0 or step == schedule.max_steps:
@@ -401,7 +466,7 @@ def pretrain(
 
                 epoch_done, epoch_end = divmod(step, schedule.steps_per_epoch)
                 if knn_monitor is not None and epoch_end == 0 and epoch_done % config.train.knn_every == 0:
-                    knn_top1 = knn_monitor(state.online.encoder)
+                    knn_top1 = knn_monitor(state.online.encoder, state.precision)
                     metrics_log.write(json.dumps({"step": step, "epoch": epoch_done, "knn_top1": knn_top1}) + "\n")
                     metrics_log.flush()
                     log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, knn_top1)
@@ -416,6 +481,8 @@ def pretrain(
                 if step >= schedule.max_steps:
                     break
     bar.close()
+    if skipped_steps:
+        log.warning("%d step(s) with a non-finite loss or gradient were skipped", skipped_steps)
     if skipped_files:
         log.warning("%d unreadable image(s) were skipped during pretraining (see the warnings above)", skipped_files)
     return state, dataset

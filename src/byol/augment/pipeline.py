@@ -74,10 +74,15 @@ PRESETS: dict[str, tuple[ViewConfig, ViewConfig]] = {
 LINEAR_EVAL_VIEW = PRESETS["crop-and-flip-only"][0]
 
 
-def get_views(preset: str) -> tuple[ViewConfig, ViewConfig]:
+def get_views(preset: str, crop_min_scale: float | None = None) -> tuple[ViewConfig, ViewConfig]:
+    """The (T, T') pair of a preset; ``crop_min_scale`` replaces the smallest crop area (0.08 in the paper)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {preset!r}; valid presets are: {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    t, t_prime = PRESETS[preset]
+    if crop_min_scale is None:
+        return t, t_prime
+    scale = (crop_min_scale, 1.0)
+    return dataclasses.replace(t, crop_scale=scale), dataclasses.replace(t_prime, crop_scale=scale)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
@@ -200,8 +205,15 @@ class ViewPipeline:
 class TwoViews:
     """The pair (t(x), t'(x)), t ~ T and t' ~ T', drawn independently per image."""
 
-    def __init__(self, preset: str, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
-        t, t_prime = get_views(preset)
+    def __init__(
+        self,
+        preset: str,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        crop_min_scale: float | None = None,
+    ) -> None:
+        t, t_prime = get_views(preset, crop_min_scale)
         self.t = ViewPipeline(t, image_size, mean, std)
         self.t_prime = ViewPipeline(t_prime, image_size, mean, std)
 
