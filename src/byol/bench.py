@@ -77,3 +77,48 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
         lambda: train_step(state, *views(images, generator), labels, schedule), device, repeats
     )
     return timings, view_seconds, step_seconds
+
+
+@dataclass
+class StepTiming:
+    device: str
+    precision: str
+    step_s: float
+    network_s: float
+    views_s: float
+
+
+def bench_step(config: Config, repeats: int = 10) -> StepTiming:
+    """Median seconds of the full step, of the bare network work inside it, and of the view pipeline."""
+    device = resolve_device(config.train.device)
+    channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
+    batch = config.optim.batch_size
+    images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    views = TwoViews(
+        config.augment.preset,
+        config.data.image_size,
+        [0.5] * channels,
+        [0.25] * channels,
+        config.augment.crop_min_scale,
+    )
+    generator = torch.Generator(device=device).manual_seed(0)
+    state = create_state(config, channels, 10, device)
+    schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
+    v1, v2 = (state.precision.input(v) for v in views(images, generator))
+    target = state.target if state.target is not None else state.online
+
+    def network() -> None:
+        with state.precision.context(device):
+            out1, out2 = state.online(v1), state.online(v2)
+            with torch.no_grad():
+                target(v1), target(v2)
+        (out1.p.float().sum() + out2.p.float().sum()).backward()
+
+    step_s = median_seconds(lambda: train_step(state, *views(images, generator), labels, schedule), device, repeats)
+    network_s = median_seconds(network, device, repeats)
+    views_s = median_seconds(lambda: views(images, generator), device, repeats)
+    precision = "bf16" if state.precision.autocast is not None else "fp32"
+    if state.precision.channels_last:
+        precision += " + channels_last"
+    return StepTiming(str(device), precision, step_s, network_s, views_s)

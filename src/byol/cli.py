@@ -72,6 +72,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> N
 
 
 def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.distributed import current_context
     from byol.train import pretrain
 
     if args.resume:
@@ -81,7 +82,8 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     else:
         config = build_config(args, extra)
         pretrain(config, args.run_dir, progress=not args.quiet)
-    print(f"run directory: {args.run_dir}")
+    if current_context().is_main:
+        print(f"run directory: {args.run_dir}")
     return 0
 
 
@@ -222,6 +224,21 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.bench import bench_step
+
+    config = build_config(args, extra)
+    r = bench_step(config, args.repeats)
+    batch = config.optim.batch_size
+    print(f"training step, preset {args.preset!r}, batch {batch}, {config.data.image_size} px, device {r.device}, "
+          f"precision {r.precision}:")  # fmt: skip
+    print(f"  full step (views + step):  {r.step_s * 1e3:8.1f} ms  {batch / r.step_s:9.0f} images/s")
+    print(f"  bare network work:         {r.network_s * 1e3:8.1f} ms  {batch / r.network_s:9.0f} images/s")
+    print(f"  view pipeline:             {r.views_s * 1e3:8.1f} ms  {batch / r.views_s:9.0f} images/s")
+    print(f"  overhead ratio step / bare network: {r.step_s / r.network_s:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="byol",
@@ -255,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(b, "cpu-demo")
     b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
     b.set_defaults(handler=cmd_bench_augment, accepts_overrides=True)
+    b = bench_sub.add_parser(
+        "step",
+        help="full training step vs the bare network work it contains",
+        description="Times (median after warm-up) the full training step including the views, the bare network "
+        "work (online forward+backward on both views and target forward on both views, same shapes) and the "
+        "view pipeline; prints images/s and the ratio step / bare network. Inputs are random images.",
+    )
+    _add_config_flags(b, "cpu-demo")
+    b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
+    b.set_defaults(handler=cmd_bench_step, accepts_overrides=True)
 
     k = sub.add_parser("knn", help="kNN accuracy of a run's online encoder (cosine, weighted vote)")
     _add_eval_flags(k)

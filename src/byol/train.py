@@ -12,26 +12,37 @@ One step (:func:`train_step`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from byol.config import Config
 from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
+from byol.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    convert_batchnorm,
+    current_context,
+    init_distributed,
+)
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
 from byol.loss import closed_form_predictor, projection_std, unified_loss
@@ -114,6 +125,21 @@ class Objective:
         )
 
 
+class SiameseForward(nn.Module):
+    """Both views through the online network (each its own BN batch) and the online probe on stop-gradient y,
+    in ONE forward call: DistributedDataParallel wraps this module and expects one forward per backward."""
+
+    def __init__(self, online: OnlineNetwork, probe: nn.Linear | None) -> None:
+        super().__init__()
+        self.online = online
+        self.probe = probe
+
+    def forward(self, view1: Tensor, view2: Tensor) -> tuple[ViewOutputs, ViewOutputs, Tensor | None]:
+        online1, online2 = self.online(view1), self.online(view2)
+        logits = self.probe(online1.y.detach()) if self.probe is not None else None
+        return online1, online2, logits
+
+
 @dataclass
 class TrainState:
     """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
@@ -127,6 +153,11 @@ class TrainState:
     step: int = 0
     objective: Objective = field(default_factory=Objective)
     precision: Precision = field(default_factory=Precision)
+    forward: nn.Module | None = None  # SiameseForward, wrapped in DistributedDataParallel under torchrun
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = SiameseForward(self.online, self.probe)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +203,11 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
     target = None
     if config.target.network == "ema":
         target = online.make_target(copy_weights=config.target.init == "copy").to(device)
+    context = current_context()
+    if context.enabled:  # cross-replica BN everywhere, as the released code; before the optimizer sees θ
+        convert_batchnorm(online)
+        if target is not None:
+            convert_batchnorm(target)
     probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if config.train.online_probe else None
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
     groups = lars_param_groups(
@@ -190,7 +226,15 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
     precision.prepare(online)
     if target is not None:
         precision.prepare(target)
-    return TrainState(online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision)
+    forward: nn.Module = SiameseForward(online, probe)
+    if context.enabled:  # gradients averaged across ranks by DDP
+        with warnings.catch_warnings():  # broadcast_buffers=False is the portable spelling across torch versions
+            warnings.simplefilter("ignore", FutureWarning)
+            forward = DistributedDataParallel(
+                forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+        generator.manual_seed(config.train.seed + 1_000_003 * context.rank)  # per-rank augmentations
+    return TrainState(online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision, forward)
 
 
 def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -199,12 +243,12 @@ def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tup
     return views.t(batch.images, generator, crop=False), views.t_prime(batch.second_crop, generator, crop=False)
 
 
-def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs]:
-    """The objective on one (micro-)batch; returns it and the online outputs of the first view."""
+def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs, Tensor | None]:
+    """The objective on one (micro-)batch; returns it, the online outputs of view 1 and the probe's logits."""
     objective = state.objective
+    assert state.forward is not None
     with state.precision.context(view1.device):
-        online1 = state.online(view1)  # each view is its own BN batch
-        online2 = state.online(view2)
+        online1, online2, logits = state.forward(view1, view2)  # each view is its own BN batch
         if state.target is not None:
             with torch.no_grad():  # the target runs in train mode: batch statistics, as the online network
                 z1, z2 = state.target(view1), state.target(view2)
@@ -226,7 +270,7 @@ def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, View
         normalize=objective.normalize,
         stop_gradient=objective.target_network != "online",
     )
-    return loss, online1
+    return loss, online1, logits
 
 
 def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, schedule: Schedule) -> dict[str, Any]:
@@ -246,19 +290,30 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
 
     n = state.objective.accumulation_steps
     totals: dict[str, Tensor] = {}
+    distributed = isinstance(state.forward, DistributedDataParallel)
     state.optimizer.zero_grad(set_to_none=True)
-    for v1, v2, y in zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True):
-        loss, online1 = _loss(state, v1, v2)
-        parts = {"byol_loss": loss}
-        if state.probe is not None and bool((y >= 0).any()):
-            labelled = y >= 0
-            logits = state.probe(online1.y.detach().float()[labelled])  # stop-gradient: the encoder is untouched
-            parts["probe_loss"] = F.cross_entropy(logits, y[labelled])
-            parts["probe_acc"] = (logits.argmax(1) == y[labelled]).float().mean()
-        total = loss + parts.get("probe_loss", 0.0)
-        if not torch.isfinite(total):
-            raise NonFiniteError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
-        (total / n).backward()
+    for i, (v1, v2, y) in enumerate(zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True)):
+        # gradients are averaged across ranks once per optimizer step, on the last micro-batch
+        sync = contextlib.nullcontext() if not distributed or i == n - 1 else state.forward.no_sync()  # type: ignore[union-attr,operator]
+        with sync:
+            loss, online1, logits = _loss(state, v1, v2)
+            parts = {"byol_loss": loss}
+            total = loss
+            if logits is not None:
+                labelled = y >= 0
+                logits = logits.float()
+                probe_loss = (
+                    F.cross_entropy(logits[labelled], y[labelled]) if bool(labelled.any()) else logits.sum() * 0
+                )
+                total = total + probe_loss
+                parts["probe_loss"] = probe_loss
+                parts["probe_acc"] = (
+                    (logits.argmax(1) == y)[labelled].float().mean() if bool(labelled.any()) else probe_loss
+                )
+            # in one process a bad loss stops here; across ranks the gradient check below sees it on every rank
+            if not distributed and not torch.isfinite(total):
+                raise NonFiniteError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+            (total / n).backward()
         parts["proj_std"] = projection_std(online1.z)
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value.detach() / n
@@ -359,10 +414,40 @@ class KnnMonitor:
         return float(result["top1"])
 
 
+def _generator_states(state: TrainState, context: DistributedContext) -> list[Tensor]:
+    """Every rank's augmentation RNG state (each rank draws its own views), gathered for rank 0's checkpoint."""
+    local = state.generator.get_state()
+    if not context.enabled:
+        return [local]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
+class _MetricsLog:
+    """metrics.jsonl, written by rank 0 only, one JSON record per line, flushed as it goes."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.file = open(path, "a") if enabled else None  # noqa: SIM115 (closed by close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 def pretrain(
     config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
 ) -> tuple[TrainState, Dataset]:
-    """Runs (or resumes) a pretraining run in ``run_dir``: checkpoints, config.json and metrics.jsonl."""
+    """Runs (or resumes) a pretraining run in ``run_dir``: checkpoints, config.json and metrics.jsonl.
+
+    Under torchrun every rank runs this function: data are sharded, BN is cross-replica, gradients are
+    averaged, and rank 0 alone writes logs, metrics and checkpoints.
+    """
     run_dir = Path(run_dir)
     if resume:
         payload = load_checkpoint(latest_checkpoint(run_dir))
@@ -370,9 +455,20 @@ def pretrain(
     elif list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
 
-    # ---- data
+    # ---- processes and devices
     device = resolve_device(config.train.device)
+    context = init_distributed(device)
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    if config.optim.batch_size % (context.world_size * config.optim.accumulation_steps):
+        raise ConfigError(
+            f"optim.batch_size = {config.optim.batch_size} must be divisible by the number of ranks "
+            f"({context.world_size}) times optim.accumulation_steps ({config.optim.accumulation_steps})"
+        )
     _seed_everything(config.train.seed, config.train.deterministic)
+
+    # ---- data
     dataset = load_dataset(
         config.data.dataset,
         PRETRAIN_SPLIT.get(config.data.dataset, "train"),
@@ -382,12 +478,14 @@ def pretrain(
     view_configs = get_views(config.augment.preset, config.augment.crop_min_scale)
     batches = TrainBatches(
         dataset,
-        config.optim.batch_size,
+        config.optim.batch_size // context.world_size,
         config.train.seed,
         device,
         view_configs,
         config.data.image_size,
         config.data.num_workers,
+        context.rank,
+        context.world_size,
     )
     views = TwoViews(
         config.augment.preset, config.data.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale
@@ -396,29 +494,35 @@ def pretrain(
 
     # ---- state
     state = create_state(config, dataset.channels, len(dataset.classes), device)
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / METRICS_FILE
     if resume:
         state.load_state_dict(payload["state"])
         set_rng_state(payload["rng"])
-        _truncate_metrics(metrics_path, state.step)
+        generators = payload.get("generators", [])
+        if len(generators) == context.world_size:
+            state.generator.set_state(generators[context.rank])
+        else:
+            log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
+        if context.is_main:
+            _truncate_metrics(metrics_path, state.step)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
-    else:
-        metrics_path.unlink(missing_ok=True)
-    config.save(run_dir / CONFIG_FILE)
-    knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 else None
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            metrics_path.unlink(missing_ok=True)
+        config.save(run_dir / CONFIG_FILE)
+    knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
 
     # ---- loop
     collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
     warned_collapse, skipped_files, skipped_steps = False, 0, 0
-    bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not progress)
+    show = progress and context.is_main
+    bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not show)
     last_time, last_step = time.perf_counter(), state.step
-    with open(metrics_path, "a") as metrics_log:
+    metrics_log = _MetricsLog(metrics_path, context.is_main)
+    try:
         if knn_monitor is not None and state.step == 0:  # the starting point: kNN of the initial encoder
-            metrics_log.write(
-                json.dumps({"step": 0, "epoch": 0, "knn_top1": knn_monitor(state.online.encoder, state.precision)})
-                + "\n"
-            )
+            metrics_log.write({"step": 0, "epoch": 0, "knn_top1": knn_monitor(state.online.encoder, state.precision)})
         while state.step < schedule.max_steps:
             epoch, offset = divmod(state.step, schedule.steps_per_epoch)
             for batch in batches.epoch(epoch, offset):
@@ -439,21 +543,22 @@ def pretrain(
                     )
                     raise TrainingError(f"{e}; the run stopped, {last}") from None
                 step = state.step
+                bar.update(1)
 
                 if step % config.train.log_every == 0 or step == schedule.max_steps:
-                    now = time.perf_counter()
-                    record = {k: float(v) for k, v in metrics.items()}
-                    images_per_s = (step - last_step) * schedule.batch_size / max(now - last_time, 1e-9)
+                    tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
+                    record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
                     record.update(step=step, epoch=step / schedule.steps_per_epoch)
-                    metrics_log.write(json.dumps(record) + "\n")
-                    metrics_log.flush()
+                    metrics_log.write(record)
+                    now = time.perf_counter()
+                    images_per_s = (step - last_step) * schedule.batch_size / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
                     bar.set_postfix(
                         loss=f"{record['byol_loss']:.3f}",
                         tau=f"{record['tau']:.4f}",
                         lr=f"{record['lr']:.3g}",
                         img_s=f"{images_per_s:.0f}",
                     )
-                    last_time, last_step = now, step
                     if record["proj_std"] < collapse_floor and not warned_collapse:
                         log.warning(
                             "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
@@ -462,25 +567,24 @@ def pretrain(
                             collapse_floor,
                         )
                         warned_collapse = True
-                bar.update(1)
 
                 epoch_done, epoch_end = divmod(step, schedule.steps_per_epoch)
                 if knn_monitor is not None and epoch_end == 0 and epoch_done % config.train.knn_every == 0:
                     knn_top1 = knn_monitor(state.online.encoder, state.precision)
-                    metrics_log.write(json.dumps({"step": step, "epoch": epoch_done, "knn_top1": knn_top1}) + "\n")
-                    metrics_log.flush()
+                    metrics_log.write({"step": step, "epoch": epoch_done, "knn_top1": knn_top1})
                     log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, knn_top1)
 
                 if step % config.train.checkpoint_every == 0 or step == schedule.max_steps:
-                    save_checkpoint(
-                        run_dir,
-                        step,
-                        checkpoint_payload(state, config, {"epoch": step // schedule.steps_per_epoch}),
-                        config.train.keep_checkpoints,
-                    )
+                    generators = _generator_states(state, context)
+                    if context.is_main:
+                        payload = checkpoint_payload(state, config, {"epoch": step // schedule.steps_per_epoch})
+                        payload["generators"] = generators
+                        save_checkpoint(run_dir, step, payload, config.train.keep_checkpoints)
                 if step >= schedule.max_steps:
                     break
-    bar.close()
+    finally:
+        metrics_log.close()
+        bar.close()
     if skipped_steps:
         log.warning("%d step(s) with a non-finite loss or gradient were skipped", skipped_steps)
     if skipped_files:

@@ -1,0 +1,135 @@
+"""A thin optional layer for multi-process training under ``torchrun``; one process is the same code path.
+
+- :func:`init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); without it the run
+  is a single process and nothing here does anything.
+- :class:`CrossReplicaBatchNorm` normalises with the statistics of the GLOBAL batch, as the released code's
+  cross-replica BN does (``cross_replica_axis``). PyTorch's ``SyncBatchNorm`` only runs on GPUs; this one
+  all-reduces per-channel sums with a differentiable all-reduce, so it also runs on CPUs with gloo, and the
+  gradient flows through the shared statistics exactly as in one process with the whole batch.
+- Logging is filtered by rank through ``logging`` (rank 0 speaks); metrics and checkpoints are rank 0's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class _MainRankOnly(logging.Filter):
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.ERROR
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Joins torchrun's process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1; idempotent."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_MainRankOnly(rank))
+    return DistributedContext(rank, world_size, local_rank)
+
+
+def current_context() -> DistributedContext:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistributedContext()
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the batches of all ranks together (2-D or 4-D inputs); plain BN in one process."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a 2-D or 4-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        channels = x.shape[1]
+        xf = x.float()
+        count = torch.tensor([xf.numel() / channels], device=x.device)
+        with warnings.catch_warnings():  # the differentiable all-reduce is marked deprecated, not replaced publicly
+            warnings.simplefilter("ignore", FutureWarning)
+            sums = dist_fn.all_reduce(torch.cat((xf.sum(dims), (xf * xf).sum(dims), count)))  # SUM, differentiable
+        n = sums[-1]
+        mean = sums[:channels] / n
+        var = (sums[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)  # biased, as BN normalises
+        if self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(1)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """Replaces every BatchNorm1d/2d by a :class:`CrossReplicaBatchNorm` with the same state; in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm1d | nn.BatchNorm2d):
+            replacement = CrossReplicaBatchNorm(child.num_features, child.eps, child.momentum, child.affine)
+            replacement.load_state_dict(child.state_dict())
+            replacement.to(child.weight.device)
+            replacement.requires_grad_(child.weight.requires_grad)
+            setattr(module, name, replacement)
+        else:
+            convert_batchnorm(child)
+    return module
+
+
+def all_reduce_mean(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The mean over ranks of each scalar (identity in one process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    dist.all_reduce(stacked)
+    stacked /= dist.get_world_size()
+    return dict(zip(keys, stacked, strict=True))
+
+
+__all__ = [
+    "CrossReplicaBatchNorm",
+    "DistributedContext",
+    "all_reduce_mean",
+    "convert_batchnorm",
+    "current_context",
+    "init_distributed",
+]

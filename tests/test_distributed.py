@@ -1,0 +1,59 @@
+"""Issue 7: two gloo processes with batch B each take the same step as one process with batch 2B."""
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from byol.config import get_preset
+from byol.distributed import CrossReplicaBatchNorm
+from byol.train import Schedule, create_state, train_step
+
+B = 8
+SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=2 * B, base_lr=0.5, base_ema=0.9)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(42)
+    return (
+        torch.randn(2 * B, 3, 16, 16, generator=g),
+        torch.randn(2 * B, 3, 16, 16, generator=g),
+        torch.arange(2 * B) % 4,
+    )
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"))
+    assert any(isinstance(m, CrossReplicaBatchNorm) for m in state.online.modules())
+    v1, v2, y = _inputs()
+    half = slice(rank * B, (rank + 1) * B)
+    metrics = train_step(state, v1[half], v2[half], y[half], SCHEDULE)
+    loss = metrics["byol_loss"].clone()
+    dist.all_reduce(loss)
+    if rank == 0:
+        torch.save({"loss": loss / 2, "online": state.online.state_dict(), "target": state.target.state_dict()},
+                   os.path.join(out_dir, "ddp.pt"))  # fmt: skip
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt")
+    state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"))
+    metrics = train_step(state, *_inputs(), SCHEDULE)
+    assert abs(metrics["byol_loss"].item() - ddp["loss"].item()) < 1e-5
+    for network, module in (("online", state.online), ("target", state.target)):
+        for name, value in module.state_dict().items():
+            if value.is_floating_point():
+                torch.testing.assert_close(ddp[network][name], value, atol=1e-5, rtol=0, msg=f"{network}.{name}")
