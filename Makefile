@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/byol pretrain --preset cpu-demo --run-dir runs/demo
+	$(BIN)/byol demo
 
 lint: setup
 	$(BIN)/ruff check src tests

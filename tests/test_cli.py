@@ -82,3 +82,19 @@ def test_bench_augment_prints_throughput_and_share(capsys):
     assert main(["bench", "augment", "--preset", "tiny", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "224 px" in out and "view pipeline share of the step" in out
+
+
+def test_bench_step_prints_the_overhead_ratio(capsys):
+    assert main(["bench", "step", "--preset", "tiny", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bare network work" in out and "overhead ratio step / bare network" in out
+
+
+def test_every_command_answers_help(capsys):
+    commands = ["pretrain", "demo", "knn", "linear", "finetune", "report", "ablate", "export", "embed",
+                ["bench", "augment"], ["bench", "step"]]  # fmt: skip
+    for command in commands:
+        with pytest.raises(SystemExit) as e:
+            main([*(command if isinstance(command, list) else [command]), "--help"])
+        assert e.value.code == 0
+        assert "usage: byol" in capsys.readouterr().out

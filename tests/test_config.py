@@ -44,22 +44,57 @@ def test_unknown_key_and_bad_value_are_refused_with_the_valid_choices():
         get_preset("huge")
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "field"),
-    [
-        ("model.depth", "42", "model.depth"),
-        ("data.dataset", "mnist", "data.dataset"),
-        ("optim.base_lr", "-1", "optim.base_lr"),
-        ("target.base_ema", "1.5", "target.base_ema"),
-        ("optim.batch_size", "1", "optim.batch_size"),
-        ("data.image_size", "4", "data.image_size"),
-        ("augment.preset", "nope", "augment.preset"),
-        ("train.epochs", "0", "train.epochs"),
-    ],
-)
-def test_validation_names_the_field(key, value, field):
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+INVALID = [
+    ("model.depth", "42"),
+    ("model.stem", "huge"),
+    ("model.width", "0"),
+    ("model.projector_hidden", "0"),
+    ("model.projection_dim", "-1"),
+    ("model.projector_depth", "0"),
+    ("model.predictor", "deep"),
+    ("model.predictor_hidden", "0"),
+    ("model.predictor_depth", "0"),
+    ("optim.base_lr", "-1"),
+    ("optim.weight_decay", "-0.1"),
+    ("optim.momentum", "1.0"),
+    ("optim.eta", "0"),
+    ("optim.batch_size", "1"),
+    ("optim.warmup_epochs", "-1"),
+    ("optim.predictor_lr_scale", "-2"),
+    ("optim.projector_lr_scale", "-2"),
+    ("optim.accumulation_steps", "0"),
+    ("target.base_ema", "1.5"),
+    ("target.init", "zeros"),
+    ("target.network", "none"),
+    ("loss.temperature", "0"),
+    ("loss.beta", "-1"),
+    ("data.dataset", "mnist"),
+    ("data.image_size", "4"),
+    ("data.num_workers", "-1"),
+    ("augment.preset", "nope"),
+    ("augment.crop_min_scale", "0"),
+    ("train.epochs", "0"),
+    ("train.log_every", "0"),
+    ("train.checkpoint_every", "0"),
+    ("train.keep_checkpoints", "0"),
+    ("train.knn_every", "-1"),
+    ("train.max_steps", "-1"),
+    ("train.precision", "fp8"),
+    ("train.memory_format", "nhwc"),
+    ("train.on_nonfinite", "ignore"),
+    ("train.max_skipped_steps", "-1"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), INVALID)
+def test_validation_names_the_field(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(apply_overrides(get_preset("tiny"), {key: value}))
+
+
+def test_batch_must_split_into_accumulation_steps():
+    with pytest.raises(ConfigError, match=r"optim\.batch_size"):
+        validate(apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "5"}))
 
 
 def test_round_trip_through_json(tmp_path):

@@ -11,7 +11,7 @@ def test_demo_evaluates_byol_and_random_init_identically_and_writes_the_report(t
     assert "BYOL (online encoder)" in out and "random init" in out and str(run) in out
     summary = json.loads((run / "demo.json").read_text())
     assert [r["init"] for r in summary["rows"]] == ["pretrained", "random"]
-    byol = json.loads((run / "eval" / "linear-cached_synthetic_pretrained.json").read_text())
-    rand = json.loads((run / "eval" / "linear-cached_synthetic_random.json").read_text())
+    byol = json.loads((run / "eval" / "linear-cached-standardized_synthetic_pretrained.json").read_text())
+    rand = json.loads((run / "eval" / "linear-cached-standardized_synthetic_random.json").read_text())
     assert byol["settings"] == rand["settings"]  # the same protocol and budget
     assert (run / "report" / "report.md").is_file() and (run / "report" / "collapse.png").is_file()

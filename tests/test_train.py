@@ -46,11 +46,14 @@ def test_online_probe_learns_from_stop_gradient_features_only():
     state.online.encoder.stem[0].weight.register_hook(lambda g: grads.append(g.clone()))
     train_step(state, v1, v2, labels, SCHEDULE)
     with_probe = grads[-1]
-    state2 = _state()
-    state2.probe = None
+    state2 = create_state(
+        apply_overrides(get_preset("tiny"), {"train.online_probe": "false"}), 3, 4, torch.device("cpu")
+    )
+    assert state2.probe is None
     state2.online.encoder.stem[0].weight.register_hook(lambda g: grads.append(g.clone()))
     train_step(state2, v1, v2, labels, SCHEDULE)
     torch.testing.assert_close(with_probe, grads[-1])  # the probe adds no gradient to the encoder
+    assert state.probe is not None and state.probe.weight.grad is not None  # while the probe itself learns
 
 
 def test_non_finite_loss_stops_before_any_update():
@@ -77,3 +80,14 @@ def test_schedule_counts_epochs_in_optimizer_steps():
     s = Schedule.create(config, steps_per_epoch=8)
     assert (s.max_steps, s.warmup_steps) == (24, 4)
     assert isinstance(_state().probe, nn.Linear)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_the_eager_step():
+    compiled_config = apply_overrides(get_preset("tiny"), {"train.compile": "true"})
+    eager, compiled = _state(), create_state(compiled_config, 3, 4, torch.device("cpu"))
+    batch = _views()
+    for _ in range(2):
+        a = train_step(eager, *batch, SCHEDULE)
+        b = train_step(compiled, *batch, SCHEDULE)
+        assert abs(a["byol_loss"].item() - b["byol_loss"].item()) < 1e-4

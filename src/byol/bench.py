@@ -59,23 +59,9 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
         seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
         timings.append(AugmentTiming(size, 256 / seconds))
 
-    channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
-    batch = config.optim.batch_size
-    images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
-    views = TwoViews(
-        config.augment.preset,
-        config.data.image_size,
-        [0.5] * channels,
-        [0.25] * channels,
-        config.augment.crop_min_scale,
-    )
-    state = create_state(config, channels, 10, device)
-    schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
-    view_seconds = median_seconds(lambda: views(images, generator), device, repeats)
-    step_seconds = median_seconds(
-        lambda: train_step(state, *views(images, generator), labels, schedule), device, repeats
-    )
+    f = _StepFixture(config, device, generator)
+    view_seconds = median_seconds(f.views_only, device, repeats)
+    step_seconds = median_seconds(f.step, device, repeats)
     return timings, view_seconds, step_seconds
 
 
@@ -88,24 +74,38 @@ class StepTiming:
     views_s: float
 
 
+class _StepFixture:
+    """A preset's training state and one batch of random images of its dataset's shape."""
+
+    def __init__(self, config: Config, device: torch.device, generator: torch.Generator) -> None:
+        channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
+        batch = config.optim.batch_size
+        self.images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
+        self.labels = torch.randint(0, 10, (batch,), device=device)
+        self.views = TwoViews(
+            config.augment.preset,
+            config.data.image_size,
+            [0.5] * channels,
+            [0.25] * channels,
+            config.augment.crop_min_scale,
+        )
+        self.generator = generator
+        self.state = create_state(config, channels, 10, device)
+        self.schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
+
+    def views_only(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.views(self.images, self.generator)
+
+    def step(self) -> None:
+        train_step(self.state, *self.views_only(), self.labels, self.schedule)
+
+
 def bench_step(config: Config, repeats: int = 10) -> StepTiming:
     """Median seconds of the full step, of the bare network work inside it, and of the view pipeline."""
     device = resolve_device(config.train.device)
-    channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
-    batch = config.optim.batch_size
-    images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
-    views = TwoViews(
-        config.augment.preset,
-        config.data.image_size,
-        [0.5] * channels,
-        [0.25] * channels,
-        config.augment.crop_min_scale,
-    )
-    generator = torch.Generator(device=device).manual_seed(0)
-    state = create_state(config, channels, 10, device)
-    schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
-    v1, v2 = (state.precision.input(v) for v in views(images, generator))
+    f = _StepFixture(config, device, torch.Generator(device=device).manual_seed(0))
+    state = f.state
+    v1, v2 = (state.precision.input(v) for v in f.views_only())
     target = state.target if state.target is not None else state.online
 
     def network() -> None:
@@ -115,9 +115,9 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
                 target(v1), target(v2)
         (out1.p.float().sum() + out2.p.float().sum()).backward()
 
-    step_s = median_seconds(lambda: train_step(state, *views(images, generator), labels, schedule), device, repeats)
+    step_s = median_seconds(f.step, device, repeats)
     network_s = median_seconds(network, device, repeats)
-    views_s = median_seconds(lambda: views(images, generator), device, repeats)
+    views_s = median_seconds(f.views_only, device, repeats)
     precision = "bf16" if state.precision.autocast is not None else "fp32"
     if state.precision.channels_last:
         precision += " + channels_last"

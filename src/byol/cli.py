@@ -143,7 +143,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         device=args.device,
         k=getattr(args, "k", 200),
         temperature=getattr(args, "temperature", 0.1),
-        linear=LinearConfig(args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed)
+        linear=LinearConfig(
+            args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed, args.standardize
+        )
         if args.command == "linear"
         else LinearConfig(),
         finetune=FinetuneConfig(
@@ -312,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--epochs", type=int, default=80, help="epochs (default 80, the released code)")
     lin.add_argument("--batch-size", type=int, default=256)
     lin.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
+    lin.add_argument(
+        "--standardize", action="store_true",
+        help="cached mode: z-score features with training-set statistics (not the paper's protocol)",
+    )  # fmt: skip
     lin.set_defaults(handler=cmd_evaluate)
 
     ft = sub.add_parser(

@@ -24,7 +24,11 @@ from byol.report import write_report
 from byol.train import pretrain, resolve_device
 
 # The paper's learning-rate grid; 10 epochs over cached features are enough for a 10-class linear head.
-DEMO_LINEAR = LinearConfig(mode="cached", base_lrs=(0.4, 0.3, 0.2, 0.1, 0.05), epochs=10, batch_size=256)
+# Features are standardized: a random-init encoder's features are ~5x smaller than BYOL's, and on raw features
+# the same lr grid under-trains its classifier (measured: 57.5% raw vs 67.8% standardized; BYOL 81.4 vs 82.0).
+DEMO_LINEAR = LinearConfig(
+    mode="cached", base_lrs=(0.4, 0.3, 0.2, 0.1, 0.05), epochs=10, batch_size=256, standardize=True
+)
 
 
 def default_run_dir() -> Path:
@@ -54,7 +58,7 @@ def run_demo(run_dir: Path, config: Config | None = None, progress: bool = True)
         (train_f, train_l), (test_f, test_l) = features
         knn = knn_on_features(train_f, train_l, test_f, test_l, len(train.classes))
         linear = linear_on_features(train_f, train_l, test_f, test_l, len(train.classes), DEMO_LINEAR, progress)
-        for tag, result in (("knn", knn), ("linear-cached", linear)):
+        for tag, result in (("knn", knn), ("linear-cached-standardized", linear)):
             result.update(dataset=data.dataset, init=init, encoder="online" if init == "pretrained" else "random init")
             write_result(run_dir, f"{tag}_{data.dataset}_{init}", result)
         rows.append({"init": init, "knn_top1": knn["top1"], "linear_top1": linear["top1"]})

@@ -154,10 +154,13 @@ class TrainState:
     objective: Objective = field(default_factory=Objective)
     precision: Precision = field(default_factory=Precision)
     forward: nn.Module | None = None  # SiameseForward, wrapped in DistributedDataParallel under torchrun
+    target_forward: nn.Module | None = None  # the target, compiled or not
 
     def __post_init__(self) -> None:
         if self.forward is None:
             self.forward = SiameseForward(self.online, self.probe)
+        if self.target_forward is None:
+            self.target_forward = self.target
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -234,7 +237,14 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
                 forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
             )
         generator.manual_seed(config.train.seed + 1_000_003 * context.rank)  # per-rank augmentations
-    return TrainState(online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision, forward)
+    if config.train.compile:  # the wrappers share parameters with online / target: checkpoints are unchanged
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    state = TrainState(
+        online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision, forward
+    )
+    if config.train.compile and target is not None:
+        state.target_forward = torch.compile(target)  # type: ignore[assignment]
+    return state
 
 
 def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -249,9 +259,9 @@ def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, View
     assert state.forward is not None
     with state.precision.context(view1.device):
         online1, online2, logits = state.forward(view1, view2)  # each view is its own BN batch
-        if state.target is not None:
+        if state.target_forward is not None:
             with torch.no_grad():  # the target runs in train mode: batch statistics, as the online network
-                z1, z2 = state.target(view1), state.target(view2)
+                z1, z2 = state.target_forward(view1), state.target_forward(view2)
         else:  # no target network: the online projections (stop-gradient or not, decided by the loss)
             z1, z2 = online1.z, online2.z
     p1, p2 = online1.p.float(), online2.p.float()

@@ -73,7 +73,7 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     )
     run_dir = request.run if request.run.is_dir() else request.run.parent.parent
     protocol_tag = {
-        "linear": f"linear-{request.linear.mode}",
+        "linear": f"linear-{request.linear.mode}" + ("-standardized" if request.linear.standardize else ""),
         "finetune": f"finetune-{request.finetune.label_fraction:g}",
     }
     tag = f"{protocol_tag.get(request.protocol, request.protocol)}_{name}_{request.init}"
