@@ -36,13 +36,13 @@ def test_mean_and_half_range_over_seeds():
     table = TABLES["19"]
     results = {
         row.label: [
-            {"knn_top1": 70.0, "proj_std": 0.1, "collapsed": False},
-            {"knn_top1": 74.0, "proj_std": 0.1, "collapsed": True},
+            {"knn_top1": 70.0, "linear_top1": 80.0, "proj_std": 0.1, "collapsed": False},
+            {"knn_top1": 74.0, "linear_top1": 81.0, "proj_std": 0.1, "collapsed": True},
         ]
         for row in table.rows
     }
     text = format_table(table, results, "cpu", [0, 1])
-    assert "72.00 ± 2.00" in text and "1/2" in text
+    assert "72.00 ± 2.00" in text and "80.50 ± 0.50" in text and "1/2" in text
 
 
 def test_unknown_table_is_refused(tmp_path):

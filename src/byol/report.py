@@ -53,8 +53,7 @@ def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[floa
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
