@@ -252,20 +252,31 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
     return result
 
 
-def run_table(name: str, scale: str, seeds: list[int], out_dir: Path, progress: bool = True) -> Path:
-    """Runs (or resumes) every cell of a table and writes out_dir/table.md; returns its path."""
+def run_table(
+    name: str,
+    scale: str,
+    seeds: list[int],
+    out_dir: Path,
+    progress: bool = True,
+    overrides: Mapping[str, str] | None = None,
+) -> Path:
+    """Runs (or resumes) every cell of a table and writes out_dir/table.md; returns its path.
+
+    ``overrides`` (dotted config keys) change the scale for every row, e.g. {"train.epochs": "3"}.
+    """
     if name not in TABLES:
         raise ConfigError(f"unknown ablation table {name!r}; valid tables are: {', '.join(TABLES)}")
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales are: {', '.join(SCALES)}")
-    table, base = TABLES[name], SCALES[scale]()
+    table, base = TABLES[name], validate(apply_overrides(SCALES[scale](), dict(overrides or {})))
     cells = [(row, seed) for row in table.rows for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {}
     for row, seed in tqdm(cells, desc=f"ablation {name}", unit="run", disable=not progress):
         result = run_cell(base, row, seed, out_dir / row.slug / f"seed{seed}", progress=False)
         results.setdefault(row.label, []).append(result)
     path = out_dir / "table.md"
-    path.write_text(format_table(table, results, scale, seeds))
+    label = scale + "".join(f", {k} {v}" for k, v in (overrides or {}).items())
+    path.write_text(format_table(table, results, label, seeds))
     return path
 
 

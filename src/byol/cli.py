@@ -15,8 +15,6 @@ from pathlib import Path
 from byol.config import PRESETS, Config, apply_overrides, get_preset, valid_keys, validate
 from byol.errors import ByolError, ConfigError
 
-log = logging.getLogger("byol")
-
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
 SHORTCUTS = {
     "dataset": "data.dataset",
@@ -188,7 +186,8 @@ def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.ablate import run_table
 
     out_dir = args.out or Path("runs") / f"ablate-{args.table}-{args.scale}"
-    path = run_table(args.table, args.scale, list(args.seeds), out_dir, progress=not args.quiet)
+    overrides = parse_overrides(extra)
+    path = run_table(args.table, args.scale, list(args.seeds), out_dir, not args.quiet, overrides)
     print(path.read_text())
     print(f"table written to {path}")
     return 0
@@ -354,14 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="rerun one of the paper's ablation tables at a chosen scale",
         description="Runs every row of a paper ablation table for every seed at the chosen scale, evaluates each "
         "run with the same kNN protocol, and writes a Markdown table in the paper's layout (mean ± half-range "
-        "over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished ones resume.",
+        "over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished ones resume. "
+        "Config overrides (--train.epochs 3) change the scale for every row; use another --out for them.",
     )
     abl.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
     abl.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
     abl.add_argument("--seeds", type=_ints, default=(0, 1), help="comma-separated seeds (default 0,1)")
     abl.add_argument("--out", type=Path, default=None, help="default: runs/ablate-<table>-<scale>")
     abl.add_argument("--quiet", action="store_true", help="no progress bars")
-    abl.set_defaults(handler=cmd_ablate)
+    abl.set_defaults(handler=cmd_ablate, accepts_overrides=True)
 
     exp = sub.add_parser(
         "export",
