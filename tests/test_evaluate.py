@@ -127,7 +127,7 @@ def test_protocols_write_json_and_the_report_collects_them(run_dir, capsys):
     for plot in ("loss.png", "tau.png", "learning_rate.png", "collapse.png", "accuracy.png"):
         assert (report.parent / plot).stat().st_size > 5000
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records if "knn_top1" in r] == [1, 2]  # the kNN monitor ran every epoch
+    assert [r["epoch"] for r in records if "knn_top1" in r] == [0, 1, 2]  # at init, then every epoch
 
 
 def test_transfer_to_another_dataset(run_dir, tmp_path):

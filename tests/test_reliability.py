@@ -87,11 +87,11 @@ def _nan_after(monkeypatch, bad_step, times=1):
     calls = {"bad": 0}
 
     def loss(state, v1, v2):
-        value, online1 = real_loss(state, v1, v2)
+        value, online1, logits = real_loss(state, v1, v2)
         if state.step == bad_step and calls["bad"] < times:
             calls["bad"] += 1
             value = value * float("nan")
-        return value, online1
+        return value, online1, logits
 
     monkeypatch.setattr(train_module, "_loss", loss)
 
