@@ -1,5 +1,6 @@
 """Issue 7: two gloo processes with batch B each take the same step as one process with batch 2B."""
 
+import datetime
 import os
 import socket
 
@@ -27,7 +28,7 @@ def _inputs():
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
     state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"))
     assert any(isinstance(m, CrossReplicaBatchNorm) for m in state.online.modules())
     v1, v2, y = _inputs()
@@ -38,6 +39,7 @@ def _worker(rank, port, out_dir):
     if rank == 0:
         torch.save({"loss": loss / 2, "online": state.online.state_dict(), "target": state.target.state_dict()},
                    os.path.join(out_dir, "ddp.pt"))  # fmt: skip
+    dist.barrier()  # leave together: a rank tearing down while its peer still talks can hang gloo
     dist.destroy_process_group()
 
 
