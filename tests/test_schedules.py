@@ -1,6 +1,6 @@
 import pytest
 
-from byol.schedules import learning_rate
+from byol.schedules import cosine_decay, learning_rate
 
 
 def test_learning_rate_closed_form():
@@ -20,3 +20,10 @@ def test_learning_rate_without_warmup_starts_at_the_peak():
 def test_learning_rate_rejects_impossible_schedules():
     with pytest.raises(ValueError):
         learning_rate(0, 0.1, 256, 10, 20)
+
+
+def test_cosine_decay_closed_form():
+    assert cosine_decay(0, 100, 2.0) == 2.0
+    assert cosine_decay(50, 100, 2.0) == pytest.approx(1.0)
+    assert cosine_decay(100, 100, 2.0) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_decay(150, 100, 2.0) == pytest.approx(0.0, abs=1e-12)

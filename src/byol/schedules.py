@@ -16,8 +16,11 @@ def learning_rate(step: int, base_lr: float, batch_size: int, max_steps: int, wa
     scaled_lr = base_lr * batch_size / 256
     if step < warmup_steps:
         return scaled_lr * step / warmup_steps
-    decay_steps = max_steps - warmup_steps
-    if decay_steps == 0:
+    return cosine_decay(step - warmup_steps, max_steps - warmup_steps, scaled_lr)
+
+
+def cosine_decay(step: int, total_steps: int, value: float) -> float:
+    """value · (1 + cos(π·step/total_steps))/2: ``value`` at step 0, 0 from ``total_steps`` on."""
+    if total_steps <= 0:
         return 0.0
-    progress = min(step - warmup_steps, decay_steps) / decay_steps
-    return scaled_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return value * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))

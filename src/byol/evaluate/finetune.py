@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.evaluate.common import balanced_subset, classification_metrics
+from byol.schedules import cosine_decay
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _fit(
     for epoch in range(epochs):
         for batch in source.epoch(epoch):
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = cosine_decay(step, total, lr)
             x = view(batch.images, generator, crop=batch.second_crop is None)
             loss = F.cross_entropy(model(x), batch.labels)
             optimizer.zero_grad(set_to_none=True)

@@ -10,7 +10,6 @@ only then evaluated on the test set, once.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -25,6 +24,7 @@ from byol.data import Dataset, TrainBatches
 from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics, extract_features, split_train_val
 from byol.precision import FP32, Precision
+from byol.schedules import cosine_decay
 
 MODES = ("augmented", "cached")
 
@@ -57,7 +57,7 @@ def fit_linear(
     for epoch in range(epochs):
         for x, y in batches(epoch):
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = cosine_decay(step, total, lr)
             loss = F.cross_entropy(head(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
