@@ -312,14 +312,13 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
             if logits is not None:
                 labelled = y >= 0
                 logits = logits.float()
-                probe_loss = (
-                    F.cross_entropy(logits[labelled], y[labelled]) if bool(labelled.any()) else logits.sum() * 0
-                )
+                if bool(labelled.any()):
+                    probe_loss = F.cross_entropy(logits[labelled], y[labelled])
+                    parts["probe_acc"] = (logits.argmax(1) == y)[labelled].float().mean()
+                else:  # unlabelled images (STL-10's 100k): no accuracy; a zero loss keeps DDP's graph complete
+                    probe_loss = logits.sum() * 0
                 total = total + probe_loss
                 parts["probe_loss"] = probe_loss
-                parts["probe_acc"] = (
-                    (logits.argmax(1) == y)[labelled].float().mean() if bool(labelled.any()) else probe_loss
-                )
             # in one process a bad loss stops here; across ranks the gradient check below sees it on every rank
             if not distributed and not torch.isfinite(total):
                 raise NonFiniteError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
