@@ -28,9 +28,8 @@ from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, get_preset, validate
 from byol.data import TEST_SPLIT, load_dataset
 from byol.errors import ConfigError
-from byol.evaluate.common import extract_features, load_encoder_from_run
-from byol.evaluate.knn import knn_on_features
-from byol.evaluate.linear import LinearConfig, linear_on_features
+from byol.evaluate.common import load_encoder_from_run
+from byol.evaluate.runner import knn_and_cached_linear
 from byol.networks import ResNet
 from byol.precision import Precision
 from byol.train import METRICS_FILE, pretrain, resolve_device
@@ -199,12 +198,6 @@ def _final_proj_std(run_dir: Path) -> float:
     return values[-1] if values else float("nan")
 
 
-# The demo's linear protocol (cached, standardized features; the paper's lr grid), on the ablation's subsets.
-ABLATION_LINEAR = LinearConfig(
-    mode="cached", base_lrs=(0.4, 0.3, 0.2, 0.1, 0.05), epochs=10, batch_size=256, standardize=True
-)
-
-
 def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
     """One (row, seed): pretrain (or resume), evaluate with kNN and linear, save result.json.
 
@@ -232,11 +225,7 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
         encoder = ResNet(m.depth, m.width, m.stem, train.channels, m.zero_init_residual)
         proj_std = float("nan")
     precision = Precision.create(config.train.precision, config.train.memory_format, device)
-    train_f, train_l = extract_features(encoder, train_eval, d.image_size, device, progress=False, precision=precision)
-    test_f, test_l = extract_features(encoder, test, d.image_size, device, progress=False, precision=precision)
-    classes = len(train.classes)
-    knn = knn_on_features(train_f, train_l, test_f, test_l, classes)
-    linear = linear_on_features(train_f, train_l, test_f, test_l, classes, ABLATION_LINEAR, progress=False)
+    knn, linear = knn_and_cached_linear(encoder, train_eval, test, d.image_size, device, precision, progress=False)
     floor = 0.1 / math.sqrt(config.model.projection_dim)
     result = {
         "row": row.label,

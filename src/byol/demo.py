@@ -16,19 +16,11 @@ from typing import Any
 
 from byol.config import Config, cpu_demo, validate
 from byol.data import TEST_SPLIT, load_dataset
-from byol.evaluate.common import extract_features, load_encoder_from_run, write_result
-from byol.evaluate.knn import knn_on_features
-from byol.evaluate.linear import LinearConfig, linear_on_features
+from byol.evaluate.common import load_encoder_from_run, write_result
+from byol.evaluate.runner import knn_and_cached_linear
 from byol.precision import Precision
 from byol.report import write_report
 from byol.train import pretrain, resolve_device
-
-# The paper's learning-rate grid; 10 epochs over cached features are enough for a 10-class linear head.
-# Features are standardized: a random-init encoder's features are ~5x smaller than BYOL's, and on raw features
-# the same lr grid under-trains its classifier (measured: 57.5% raw vs 67.8% standardized; BYOL 81.4 vs 82.0).
-DEMO_LINEAR = LinearConfig(
-    mode="cached", base_lrs=(0.4, 0.3, 0.2, 0.1, 0.05), epochs=10, batch_size=256, standardize=True
-)
 
 
 def default_run_dir() -> Path:
@@ -50,14 +42,9 @@ def run_demo(run_dir: Path, config: Config | None = None, progress: bool = True)
     rows = []
     for init in ("pretrained", "random"):
         encoder = load_encoder_from_run(run_dir, init).encoder
-        features = [
-            extract_features(encoder, split, data.image_size, device, desc=f"{init} {name} features",
-                             progress=progress, precision=precision)
-            for name, split in (("train", train), ("test", test))
-        ]  # fmt: skip
-        (train_f, train_l), (test_f, test_l) = features
-        knn = knn_on_features(train_f, train_l, test_f, test_l, len(train.classes))
-        linear = linear_on_features(train_f, train_l, test_f, test_l, len(train.classes), DEMO_LINEAR, progress)
+        knn, linear = knn_and_cached_linear(
+            encoder, train, test, data.image_size, device, precision, progress, desc=f"{init} "
+        )
         for tag, result in (("knn", knn), ("linear-cached-standardized", linear)):
             result.update(dataset=data.dataset, init=init, encoder="online" if init == "pretrained" else "random init")
             write_result(run_dir, f"{tag}_{data.dataset}_{init}", result)
