@@ -48,3 +48,18 @@ def test_mean_and_half_range_over_seeds():
 def test_unknown_table_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="valid tables"):
         run_table("99", "cpu", [0], tmp_path)
+
+
+def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
+    import byol.ablate as ablate
+
+    monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
+    monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}),)))
+    run_table("t", "tiny", [0], tmp_path, progress=False)
+    result = tmp_path / "0" / "seed0" / "result.json"
+    before = result.read_bytes()
+    redefined = Row("τ 0", {"target.base_ema": "0", "target.schedule": "constant"})
+    monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (redefined,)))
+    with pytest.raises(ConfigError, match=r"another experiment.*target\.schedule \('cosine' → 'constant'\)"):
+        run_table("t", "tiny", [0], tmp_path, progress=False)
+    assert result.read_bytes() == before  # neither reused as the new row's result nor overwritten

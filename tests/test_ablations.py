@@ -82,6 +82,25 @@ def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
     assert updates == [target_ema(k, 0.9, 10) for k in range(3)] and state.step == 3
 
 
+@pytest.mark.parametrize(("schedule", "stop_gradient_of_online"), [("constant", True), ("cosine", False)])
+def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constant_schedule(
+    schedule, stop_gradient_of_online
+):
+    """Table 5a's τ_base = 0 row: after every step ξ = θ, so each step regresses onto stop-gradient(online)."""
+    config = validate(apply_overrides(get_preset("tiny"), {"target.base_ema": "0", "target.schedule": schedule}))
+    state = create_state(config, 3, 4, torch.device("cpu"))
+    steps = Schedule.create(config, steps_per_epoch=5)
+    equal_after_step = []
+    for _ in range(3):
+        train_step(state, *_batch(), steps)
+        target = dict(state.target.named_parameters())
+        equal_after_step.append(
+            all(torch.equal(p, target[n]) for n, p in state.online.named_parameters() if n in target)
+        )
+    # step 0 has τ = 0 under both schedules; afterwards only the constant schedule keeps copying θ
+    assert equal_after_step == [True, stop_gradient_of_online, stop_gradient_of_online]
+
+
 def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients():
     config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "2", "train.online_probe": "false"})
     state = create_state(config, 3, 4, torch.device("cpu"))

@@ -65,6 +65,7 @@ INVALID = [
     ("optim.accumulation_steps", "0"),
     ("target.base_ema", "1.5"),
     ("target.init", "zeros"),
+    ("target.schedule", "linear"),
     ("target.network", "none"),
     ("loss.temperature", "0"),
     ("loss.beta", "-1"),

@@ -19,11 +19,20 @@ def test_tau_schedule_closed_form():
     assert all(a <= b for a, b in itertools.pairwise(taus))
 
 
+def test_constant_schedule_keeps_tau_base_at_every_step():
+    assert [target_ema(k, 0.0, 100, "constant") for k in (0, 1, 50, 99, 100, 200)] == [0.0] * 6
+    assert [target_ema(k, 0.99, 100, "constant") for k in (0, 50, 100)] == [0.99] * 3
+    # the cosine schedule from τ_base = 0 is not the stop-gradient of online: it is 0.5 halfway, then → 1
+    assert target_ema(50, 0.0, 100) == pytest.approx(0.5) and target_ema(100, 0.0, 100) == 1.0
+
+
 def test_tau_schedule_rejects_bad_arguments():
     with pytest.raises(ValueError):
         target_ema(0, 1.5, 10)
     with pytest.raises(ValueError):
         target_ema(0, 0.9, 0)
+    with pytest.raises(ValueError, match="valid schedules are: cosine, constant"):
+        target_ema(0, 0.9, 10, "linear")
 
 
 def _pair():

@@ -25,14 +25,14 @@ import torch
 from tqdm import tqdm
 
 from byol.checkpoint import list_checkpoints
-from byol.config import Config, apply_overrides, cpu_demo, get_preset, validate
+from byol.config import Config, apply_overrides, cpu_demo, flatten, get_preset, validate
 from byol.data import TEST_SPLIT, load_dataset
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run
 from byol.evaluate.runner import knn_and_cached_linear
 from byol.networks import ResNet
 from byol.precision import Precision
-from byol.train import METRICS_FILE, pretrain, resolve_device
+from byol.train import CONFIG_FILE, METRICS_FILE, pretrain, resolve_device
 
 RESULT_FILE = "result.json"
 EVAL_IMAGES = 10_000
@@ -58,6 +58,7 @@ class Table:
 
 
 RANDOM_INIT = Row("random-init encoder (no pretraining)", paper="1.4", pretrain=False)
+TAU_ZERO = {"target.base_ema": "0", "target.schedule": "constant"}  # τ = 0 at every step, not a rising cosine
 NO_TARGET = {"target.network": "online"}  # "no target network": the online projections, no stop-gradient
 NO_PREDICTOR = {"model.predictor": "none"}
 
@@ -69,7 +70,7 @@ TABLES: dict[str, Table] = {
             Row("τ_base = 0.999", {"target.base_ema": "0.999"}, "69.8"),
             Row("τ_base = 0.99", {"target.base_ema": "0.99"}, "72.5"),
             Row("τ_base = 0.9", {"target.base_ema": "0.9"}, "68.4"),
-            Row("τ_base = 0 (stop-gradient of the online network)", {"target.base_ema": "0"}, "0.3 (collapse)"),
+            Row("τ_base = 0 (stop-gradient of the online network)", TAU_ZERO, "0.3 (collapse)"),
             RANDOM_INIT,
         ),
     ),
@@ -151,10 +152,10 @@ TABLES: dict[str, Table] = {
     "21": Table(
         "Table 21 (appendix I): τ = 0 with a predictor learning-rate multiplier λ",
         (
-            Row("τ_base = 0, λ = 1", {"target.base_ema": "0"}, "0.3 (collapse)"),
-            Row("τ_base = 0, λ = 2", {"target.base_ema": "0", "optim.predictor_lr_scale": "2"}),
-            Row("τ_base = 0, λ = 10", {"target.base_ema": "0", "optim.predictor_lr_scale": "10"}),
-            Row("τ_base = 0, λ = 20", {"target.base_ema": "0", "optim.predictor_lr_scale": "20"}),
+            Row("τ_base = 0, λ = 1", TAU_ZERO, "0.3 (collapse)"),
+            Row("τ_base = 0, λ = 2", {**TAU_ZERO, "optim.predictor_lr_scale": "2"}),
+            Row("τ_base = 0, λ = 10", {**TAU_ZERO, "optim.predictor_lr_scale": "10"}),
+            Row("τ_base = 0, λ = 20", {**TAU_ZERO, "optim.predictor_lr_scale": "20"}),
         ),
         "SPEC §6: a large λ avoids collapse.",
     ),
@@ -198,6 +199,27 @@ def _final_proj_std(run_dir: Path) -> float:
     return values[-1] if values else float("nan")
 
 
+def _check_same_experiment(run_dir: Path, config: Config, row: Row, previous: Mapping[str, Any] | None) -> None:
+    """Refuses to reuse or resume a directory that holds another experiment (a row redefined since it ran)."""
+    stale = []
+    if previous is not None and previous.get("overrides") != dict(row.overrides):
+        stale.append(
+            f"its result was made with overrides {previous.get('overrides')}, the row now has {dict(row.overrides)}"
+        )
+    config_path = run_dir / CONFIG_FILE
+    if row.pretrain and config_path.is_file():
+        saved = flatten(Config.from_dict(json.loads(config_path.read_text())).to_dict())
+        wanted = flatten(config.to_dict())
+        differ = sorted(key for key in wanted if saved.get(key) != wanted[key])
+        if differ:
+            stale.append("its run differs in " + ", ".join(f"{k} ({saved.get(k)!r} → {wanted[k]!r})" for k in differ))
+    if stale:
+        raise ConfigError(
+            f"{run_dir} holds another experiment than row {row.label!r}: {'; '.join(stale)}. "
+            "Choose a new --out, or delete that directory to rerun the cell."
+        )
+
+
 def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
     """One (row, seed): pretrain (or resume), evaluate with kNN and linear, save result.json.
 
@@ -205,9 +227,10 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
     """
     result_path = run_dir / RESULT_FILE
     previous = json.loads(result_path.read_text()) if result_path.is_file() else None
+    config = _resolve(base, {**row.overrides, "train.seed": str(seed)})
+    _check_same_experiment(run_dir, config, row, previous)
     if previous is not None and "linear_top1" in previous:
         return previous
-    config = _resolve(base, {**row.overrides, "train.seed": str(seed)})
     device = resolve_device(config.train.device)
     d = config.data
     train = load_dataset(d.dataset, "train", d.data_dir, d.image_size)

@@ -63,13 +63,16 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """The target network: τ_base of the cosine EMA schedule, and how ξ is initialised (copy or random).
+    """The target network: τ_base of the EMA schedule, and how ξ is initialised (copy or random).
 
+    ``schedule``: cosine (τ rises from τ_base to 1, the paper's) or constant (τ = τ_base throughout; with
+    τ_base = 0 the target is the stop-gradient of the online network at every step, Table 5a / appendix I).
     ``network``: ema (BYOL's moving average), or no target network, the targets coming from the online
     network with (online-sg) or without (online) a stop-gradient (appendix F.4, Table 19).
     """
 
     base_ema: float = 0.996
+    schedule: str = "cosine"
     init: str = "copy"
     network: str = "ema"
 
@@ -306,6 +309,7 @@ def validate(config: Config) -> Config:
     """Refuses impossible or unknown values, naming the field and what it accepts. Returns the config."""
     from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
     from byol.data import DATASETS
+    from byol.ema import TAU_SCHEDULES
     from byol.networks import BLOCKS_PER_STAGE, STEMS
 
     m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
@@ -313,6 +317,7 @@ def validate(config: Config) -> Config:
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
         ("model.stem", m.stem, STEMS),
         ("target.init", t.init, ("copy", "random")),
+        ("target.schedule", t.schedule, TAU_SCHEDULES),
         ("target.network", t.network, ("ema", "online-sg", "online")),
         ("model.predictor", m.predictor, ("mlp", "none", "closed-form")),
         ("train.precision", tr.precision, ("auto", "fp32", "bf16")),

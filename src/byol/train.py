@@ -80,6 +80,7 @@ class Schedule:
     batch_size: int
     base_lr: float
     base_ema: float
+    tau_schedule: str = "cosine"
 
     @classmethod
     def create(cls, config: Config, steps_per_epoch: int) -> Schedule:
@@ -92,6 +93,7 @@ class Schedule:
             config.optim.batch_size,
             config.optim.base_lr,
             config.target.base_ema,
+            config.target.schedule,
         )
 
 
@@ -290,7 +292,7 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
     optimizer, the target update and the τ / lr schedules all advance once per call.
     """
     lr = learning_rate(state.step, schedule.base_lr, schedule.batch_size, schedule.max_steps, schedule.warmup_steps)
-    tau = target_ema(state.step, schedule.base_ema, schedule.max_steps)
+    tau = target_ema(state.step, schedule.base_ema, schedule.max_steps, schedule.tau_schedule)
     for group in state.optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     state.online.train()
@@ -500,6 +502,13 @@ def pretrain(
         config.augment.preset, config.data.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale
     )
     schedule = Schedule.create(config, batches.steps_per_epoch)
+    if config.target.base_ema < 0.5 and config.target.schedule == "cosine" and context.is_main:
+        log.warning(
+            "target.base_ema = %g with the cosine schedule: τ rises to 1 (0.5 halfway), a slow moving average "
+            "for most of the run; for the paper's stop-gradient of the online network (τ = 0 at every step) "
+            "add --target.schedule constant",
+            config.target.base_ema,
+        )
 
     # ---- state
     state = create_state(config, dataset.channels, len(dataset.classes), device)
