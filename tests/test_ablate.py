@@ -63,3 +63,16 @@ def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"another experiment.*target\.schedule \('cosine' → 'constant'\)"):
         run_table("t", "tiny", [0], tmp_path, progress=False)
     assert result.read_bytes() == before  # neither reused as the new row's result nor overwritten
+
+
+def test_a_table_scale_override_applies_and_the_users_own_wins(tmp_path, monkeypatch):
+    import byol.ablate as ablate
+
+    monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
+    table = ablate.Table("test", (Row("r"),), scale_overrides={"tiny": {"train.epochs": "2", "train.seed": "7"}})
+    monkeypatch.setitem(ablate.TABLES, "t", table)
+    path = run_table("t", "tiny", [0], tmp_path, progress=False, overrides={"train.epochs": "1"})
+    config = json.loads((tmp_path / "r" / "seed0" / "config.json").read_text())
+    assert config["train"]["epochs"] == 1.0  # the user's override beats the table's
+    assert "train.epochs 1" in path.read_text() and "train.epochs 2" not in path.read_text()
+    assert config["train"]["seed"] == 0  # a cell's seed beats both
