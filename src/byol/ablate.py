@@ -182,7 +182,7 @@ TABLES: dict[str, Table] = {
 def cpu_scale() -> Config:
     """Minutes per run on a 2-core CPU: the demo's Fashion-MNIST setting (width-1/8 ResNet-18, bf16), 1 epoch.
 
-    A table may ask for more (``Table.scale_overrides``): 5a runs 10 epochs, about 12 minutes a run.
+    A table may ask for more (``Table.scale_overrides``): 5a runs 10 epochs, about 11 minutes a run.
     """
     return apply_overrides(cpu_demo(), {"train.epochs": 1.0, "train.checkpoint_every": 100})
 

@@ -352,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ablate",
         help="rerun one of the paper's ablation tables at a chosen scale",
         description="Runs every row of a paper ablation table for every seed at the chosen scale, evaluates each "
-        "run with the same kNN protocol, and writes a Markdown table in the paper's layout (mean ± half-range "
-        "over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished ones resume. "
-        "Config overrides (--train.epochs 3) change the scale for every row; use another --out for them.",
+        "run with the same kNN and linear protocols, and writes a Markdown table in the paper's layout "
+        "(mean ± half-range over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished "
+        "ones resume. Config overrides (--train.epochs 3) change the scale for every row; use another --out for "
+        "them (a directory made with other settings is refused).",
     )
     abl.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
     abl.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
