@@ -1,8 +1,70 @@
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+
+# Runs `byol ARGS` in a child process whose checkpoint write of one step stalls half-way (a few bytes in the
+# temporary file, then a long sleep) after touching a marker file: a test can kill it mid-save at a known point,
+# whatever the machine's speed.
+_STALLING_MAIN = """
+import os, sys, time
+from pathlib import Path
+import byol.checkpoint as checkpoint
+from byol.cli import main
+
+real_write, stall_name, marker = checkpoint.atomic_write, os.environ["STALL_AT"], Path(os.environ["STALL_MARKER"])
+
+def atomic_write(path, write):
+    if path.name != stall_name:
+        return real_write(path, write)
+    def stalled(f):
+        f.write(b"PK half a checkpoint")
+        f.flush()
+        marker.touch()
+        time.sleep(600)
+    return real_write(path, stalled)
+
+checkpoint.atomic_write = atomic_write
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)
     yield
+
+
+def start_byol(args, stall_at_step=None, marker=None):
+    """`python -m byol ARGS` as a child process; with ``stall_at_step`` its save of that checkpoint stalls."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "byol", *args]
+    if stall_at_step is not None:
+        env.update(STALL_AT=f"step_{stall_at_step:09d}.pt", STALL_MARKER=str(marker))
+        command = [sys.executable, "-c", _STALLING_MAIN, *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, proc, what, limit_s=600.0):
+    """Polls ``condition()`` until it holds; False if ``proc`` ended first. The limit only catches a hang."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, f"{what} did not happen within {limit_s:.0f} s"
+        time.sleep(0.005)
+    return True
+
+
+def logged_steps(run_dir: Path) -> int:
+    """The highest step in metrics.jsonl (complete lines only)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return -1
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
+    return max((json.loads(line)["step"] for line in lines), default=-1)

@@ -1,16 +1,13 @@
 """Issue 8: exact resume after SIGKILL, the non-finite guard, and the exported encoder."""
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import logged_steps, start_byol, wait_until
 
 import byol.train as train_module
 from byol import load_encoder
@@ -23,14 +20,12 @@ from byol.export import export_encoder
 from byol.train import Schedule, create_state, pretrain, train_step
 
 RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.checkpoint_every", "1",
-       "--train.deterministic", "true", "--train.keep_checkpoints", "2"]  # fmt: skip
+       "--train.deterministic", "true", "--train.keep_checkpoints", "2", "--epochs", "4"]  # fmt: skip
+STEPS = 64  # 4 epochs of 16 steps: the kill points below use at most 17, overshoot included, far fewer
 
 
-def _start(run_dir, resume):
-    args = ["pretrain", "--run-dir", str(run_dir), "--resume"] if resume else [*RUN, "--run-dir", str(run_dir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "byol", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def _args(run_dir, resume):
+    return ["pretrain", "--run-dir", str(run_dir), "--resume"] if resume else [*RUN, "--run-dir", str(run_dir)]
 
 
 def _final(run_dir):
@@ -38,31 +33,41 @@ def _final(run_dir):
     return state, (run_dir / "metrics.jsonl").read_text()
 
 
-def test_sigkill_at_random_steps_resumes_bit_identically(tmp_path):
+# Where the killed run is stopped, counted in steps from the checkpoint it resumed from: once metrics.jsonl
+# shows that step, or in the middle of writing that step's checkpoint.
+KILLS = [("logged", 3), ("mid-save", 3), ("logged", 5), ("mid-save", 1), ("logged", 1), ("mid-save", 4)]
+
+
+def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
     reference = tmp_path / "reference"
-    proc = _start(reference, resume=False)
+    proc = start_byol(_args(reference, resume=False))
     assert proc.wait() == 0, proc.stderr.read()
     ref_state, ref_log = _final(reference)
 
     run = tmp_path / "killed"
-    rng = random.Random(1234)
     kills = 0
-    for _ in range(12):
-        resume = bool(list_checkpoints(run))
-        proc = _start(run, resume)
-        time.sleep(rng.uniform(2.0, 4.5))  # python + torch start-up is about 2 s; 32 steps follow
-        if proc.poll() is not None:
-            assert proc.returncode == 0, proc.stderr.read()
-            break
+    for i, (when, ahead) in enumerate(KILLS):
+        checkpoints = list_checkpoints(run)
+        step = (int(checkpoints[-1].stem[5:]) if checkpoints else 0) + ahead
+        marker = tmp_path / f"stalled-{i}"
+        if when == "mid-save":
+            proc = start_byol(_args(run, bool(checkpoints)), stall_at_step=step, marker=marker)
+            reached = wait_until(marker.exists, proc, f"the save of checkpoint {step}")
+        else:
+            proc = start_byol(_args(run, bool(checkpoints)))
+            reached = wait_until(lambda s=step: logged_steps(run) >= s, proc, f"step {step} in metrics.jsonl")
+        assert reached, proc.stderr.read()  # the kill points lie far before the last step: the run cannot end first
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-    else:
-        proc = _start(run, resume=True)
-        assert proc.wait() == 0, proc.stderr.read()
-    assert kills >= 1
+        if when == "mid-save":  # the stalled write left a partial temporary file, never a partial checkpoint
+            assert not (run / "checkpoints" / f"step_{step:09d}.pt").exists()
+            assert all(load_checkpoint(p)["state"]["step"] == int(p.stem[5:]) for p in list_checkpoints(run))
+    proc = start_byol(_args(run, resume=True))
+    assert proc.wait() == 0, proc.stderr.read()
+    assert kills == len(KILLS)
     state, log = _final(run)
-    assert state["step"] == ref_state["step"] == 32
+    assert state["step"] == ref_state["step"] == STEPS
     for network in ("online", "target"):
         for name, tensor in ref_state[network].items():
             assert torch.equal(state[network][name], tensor), (network, name)

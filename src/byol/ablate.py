@@ -28,9 +28,8 @@ from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, flatten, get_preset, validate
 from byol.data import TEST_SPLIT, load_dataset
 from byol.errors import ConfigError
-from byol.evaluate.common import load_encoder_from_run
+from byol.evaluate.common import load_encoder_from_run, random_encoder
 from byol.evaluate.runner import knn_and_cached_linear
-from byol.networks import ResNet
 from byol.precision import Precision
 from byol.train import CONFIG_FILE, METRICS_FILE, pretrain, resolve_device
 
@@ -180,7 +179,7 @@ TABLES: dict[str, Table] = {
 
 
 def cpu_scale() -> Config:
-    """Minutes per run on a 2-core CPU: the demo's Fashion-MNIST setting (width-1/8 ResNet-18, bf16), 1 epoch.
+    """Minutes per run on a 2-core CPU: the demo's Fashion-MNIST setting (width-1/8 ResNet-18), 1 epoch.
 
     A table may ask for more (``Table.scale_overrides``): 5a runs 10 epochs, about 11 minutes a run.
     """
@@ -251,9 +250,7 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
         encoder = load_encoder_from_run(run_dir).encoder
         proj_std = _final_proj_std(run_dir)
     else:
-        torch.manual_seed(seed)
-        m = config.model
-        encoder = ResNet(m.depth, m.width, m.stem, train.channels, m.zero_init_residual)
+        encoder = random_encoder(config, train.channels)
         proj_std = float("nan")
     precision = Precision.create(config.train.precision, config.train.memory_format, device)
     knn, linear = knn_and_cached_linear(encoder, train_eval, test, d.image_size, device, precision, progress=False)

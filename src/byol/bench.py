@@ -59,7 +59,7 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
         seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
         timings.append(AugmentTiming(size, 256 / seconds))
 
-    f = _StepFixture(config, device, generator)
+    f = StepFixture(config, device, generator)
     view_seconds = median_seconds(f.views_only, device, repeats)
     step_seconds = median_seconds(f.step, device, repeats)
     return timings, view_seconds, step_seconds
@@ -74,7 +74,7 @@ class StepTiming:
     views_s: float
 
 
-class _StepFixture:
+class StepFixture:
     """A preset's training state and one batch of random images of its dataset's shape."""
 
     def __init__(self, config: Config, device: torch.device, generator: torch.Generator) -> None:
@@ -91,7 +91,15 @@ class _StepFixture:
         )
         self.generator = generator
         self.state = create_state(config, channels, 10, device)
-        self.schedule = Schedule(1_000_000, 0, 1000, batch, config.optim.base_lr, config.target.base_ema)
+        self.schedule = Schedule(
+            max_steps=1_000_000,
+            warmup_steps=0,
+            steps_per_epoch=1000,
+            batch_size=batch,
+            base_lr=config.optim.base_lr,
+            base_ema=config.target.base_ema,
+            tau_schedule=config.target.schedule,
+        )
 
     def views_only(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.views(self.images, self.generator)
@@ -103,7 +111,7 @@ class _StepFixture:
 def bench_step(config: Config, repeats: int = 10) -> StepTiming:
     """Median seconds of the full step, of the bare network work inside it, and of the view pipeline."""
     device = resolve_device(config.train.device)
-    f = _StepFixture(config, device, torch.Generator(device=device).manual_seed(0))
+    f = StepFixture(config, device, torch.Generator(device=device).manual_seed(0))
     state = f.state
     v1, v2 = (state.precision.input(v) for v in f.views_only())
     target = state.target if state.target is not None else state.online
@@ -118,7 +126,4 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
     step_s = median_seconds(f.step, device, repeats)
     network_s = median_seconds(network, device, repeats)
     views_s = median_seconds(f.views_only, device, repeats)
-    precision = "bf16" if state.precision.autocast is not None else "fp32"
-    if state.precision.channels_last:
-        precision += " + channels_last"
-    return StepTiming(str(device), precision, step_s, network_s, views_s)
+    return StepTiming(str(device), state.precision.name, step_s, network_s, views_s)

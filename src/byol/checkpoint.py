@@ -65,10 +65,11 @@ def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], kee
     path = checkpoint_path(run_dir, step)
     try:
         atomic_write(path, lambda f: torch.save(payload, f))
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a full disk
         previous = list_checkpoints(run_dir)
         kept = f"the last good checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; {kept}") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}; {kept}") from None
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         with contextlib.suppress(OSError):
             old.unlink()
@@ -84,6 +85,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated, tampered or foreign file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in reason.lower() or "weights_only" in reason:  # never repeat torch's unsafe advice
+            reason = "it holds pickled objects that a safe load refuses (such a file can run code: never load it)"
         raise CheckpointError(
             f"checkpoint {path} cannot be read safely (truncated, corrupted or not a byol checkpoint): {reason}"
         ) from None

@@ -7,7 +7,9 @@ a run that cannot go on (a non-finite loss) exits with status 1. Neither prints 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,15 +53,16 @@ def build_config(args: argparse.Namespace, extra: Sequence[str]) -> Config:
     """The preset, then the shortcut flags, then the dotted overrides; validated."""
     overrides = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
     overrides.update(parse_overrides(extra))
-    return validate(apply_overrides(get_preset(args.preset), overrides))
+    return validate(apply_overrides(get_preset(_preset(args)), overrides))
+
+
+def _preset(args: argparse.Namespace) -> str:
+    return str(args.preset or args.default_preset)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
-    parser.add_argument(
-        "--preset",
-        default=default_preset,
-        help=f"config preset: {', '.join(PRESETS)} (default: {default_preset})",
-    )
+    parser.add_argument("--preset", help=f"config preset: {', '.join(PRESETS)} (default: {default_preset})")
+    parser.set_defaults(default_preset=default_preset)
     parser.add_argument(
         "--dataset", help="dataset name (synthetic, fashion-mnist, cifar10, cifar100, stl10, imagefolder)"
     )
@@ -74,7 +77,7 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.train import pretrain
 
     if args.resume:
-        if extra or any(getattr(args, f) is not None for f in SHORTCUTS):
+        if extra or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
             raise ConfigError("--resume continues a run with its saved config; drop the other config flags")
         pretrain(Config(), args.run_dir, resume=True, progress=not args.quiet)
     else:
@@ -96,24 +99,49 @@ def cmd_bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
     for t in timings:
         print(f"  {t.image_size:>4} px: {t.pairs_per_s:10.0f} view pairs/s ({2 * t.pairs_per_s:.0f} views/s)")
     batch = config.optim.batch_size
-    print(f"preset {args.preset!r} ({config.data.dataset}, {config.data.image_size} px, batch {batch}):")
+    print(f"preset {_preset(args)!r} ({config.data.dataset}, {config.data.image_size} px, batch {batch}):")
     print(f"  views {view_s * 1e3:.1f} ms, whole step {step_s * 1e3:.1f} ms, {batch / step_s:.0f} images/s")
     print(f"  view pipeline share of the step: {100 * view_s / step_s:.1f}%")
     return 0
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _list(item: Callable[[str], float], what: str) -> Callable[[str], tuple]:
+    """An argparse type: comma-separated values, each parsed by ``item``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(v) for v in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _number(kind: type, minimum: float, what: str) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> 0 when ``minimum`` is 0.0 for floats
+    named "positive"), with a message naming what is valid."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > minimum if what.startswith("a positive") else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _number(float, 0.0, "a positive number")
+_positive_int = _number(int, 1, "an integer >= 1")
+_count = _number(int, 0, "an integer >= 0")
+_nonnegative = _number(float, 0.0, "a number >= 0")
+
+
+_floats = _list(_positive, "positive numbers")
+_ints = _list(_count, "integers >= 0")
+_positive_ints = _list(_positive_int, "integers >= 1")
 
 
 def _fraction(text: str) -> float:
@@ -154,7 +182,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     )
     result, path = run_evaluation(request, progress=not args.quiet)
     print(
-        f"{result['protocol']} on {result['dataset']} ({result['init']} encoder): top-1 {result['top1']:.2f}%, "
+        f"{result['protocol']} on {result['dataset']}, {result['test_split']} ({result['init']} encoder): "
+        f"top-1 {result['top1']:.2f}%, "
         f"top-5 {result['top5']:.2f}%, mean per-class {result['mean_per_class']:.2f}%"
     )
     print(f"written to {path}")
@@ -173,9 +202,12 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     config = build_config(args, extra)
     run_dir = args.run_dir or default_run_dir()
-    summary = run_demo(run_dir, config, progress=not args.quiet)
-    print(f"\nFashion-MNIST test set, after {summary['pretrain_seconds'] / 60:.1f} min of BYOL pretraining "
-          f"({summary['total_seconds'] / 60:.1f} min in all):")  # fmt: skip
+    forced = args.epochs is not None or any(key.split("=")[0] == "--train.epochs" for key in extra)
+    summary = run_demo(run_dir, config, not args.quiet, args.budget_minutes, size_to_budget=not forced)
+    print(f"\n{config.data.dataset} test set, after {summary['epochs']:g} epochs, "
+          f"{summary['pretrain_seconds'] / 60:.1f} min of BYOL pretraining "
+          f"({summary['total_seconds'] / 60:.1f} min in all, {summary['device']}, "
+          f"{summary['precision']}):")  # fmt: skip
     print(format_table(summary))
     print(f"\nreport: {summary['report']}")
     print(f"run directory: {run_dir}")
@@ -215,13 +247,13 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
     parser.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
-    parser.add_argument("--image-size", type=int, default=0, help="input size (default: the run's view size)")
+    parser.add_argument("--image-size", type=_count, default=0, help="input size (default: the run's view size)")
     parser.add_argument(
         "--init", choices=("pretrained", "random"), default="pretrained",
         help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the classifier")
+    parser.add_argument("--seed", type=_count, default=0, help="seed of the splits and the classifier")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -231,7 +263,7 @@ def cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
     config = build_config(args, extra)
     r = bench_step(config, args.repeats)
     batch = config.optim.batch_size
-    print(f"training step, preset {args.preset!r}, batch {batch}, {config.data.image_size} px, device {r.device}, "
+    print(f"training step, preset {_preset(args)!r}, batch {batch}, {config.data.image_size} px, device {r.device}, "
           f"precision {r.precision}:")  # fmt: skip
     print(f"  full step (views + step):  {r.step_s * 1e3:8.1f} ms  {batch / r.step_s:9.0f} images/s")
     print(f"  bare network work:         {r.network_s * 1e3:8.1f} ms  {batch / r.network_s:9.0f} images/s")
@@ -271,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "device, then its share of a whole training step for the chosen preset (random inputs).",
     )
     _add_config_flags(b, "cpu-demo")
-    b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
+    b.add_argument("--repeats", type=_positive_int, default=10, help="timed repeats (median reported)")
     b.set_defaults(handler=cmd_bench_augment, accepts_overrides=True)
     b = bench_sub.add_parser(
         "step",
@@ -281,13 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         "view pipeline; prints images/s and the ratio step / bare network. Inputs are random images.",
     )
     _add_config_flags(b, "cpu-demo")
-    b.add_argument("--repeats", type=int, default=10, help="timed repeats (median reported)")
+    b.add_argument("--repeats", type=_positive_int, default=10, help="timed repeats (median reported)")
     b.set_defaults(handler=cmd_bench_step, accepts_overrides=True)
 
     k = sub.add_parser("knn", help="kNN accuracy of a run's online encoder (cosine, weighted vote)")
     _add_eval_flags(k)
-    k.add_argument("--k", type=int, default=200, help="neighbours (default 200)")
-    k.add_argument("--temperature", type=float, default=0.1, help="vote temperature (default 0.1)")
+    k.add_argument("--k", type=_positive_int, default=200, help="neighbours (default 200)")
+    k.add_argument("--temperature", type=_positive, default=0.1, help="vote temperature (default 0.1)")
     k.set_defaults(handler=cmd_evaluate)
 
     lin = sub.add_parser(
@@ -310,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=(0.4, 0.3, 0.2, 0.1, 0.05),
         help="base learning rates to sweep, scaled by batch/256 (default: the paper's)",
     )
-    lin.add_argument("--epochs", type=int, default=80, help="epochs (default 80, the released code)")
-    lin.add_argument("--batch-size", type=int, default=256)
-    lin.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
+    lin.add_argument("--epochs", type=_positive_int, default=80, help="epochs (default 80, the released code)")
+    lin.add_argument("--batch-size", type=_positive_int, default=256)
+    lin.add_argument("--val-size", type=_count, default=0, help="held-out validation images (0: min(10k, 10%%))")
     lin.add_argument(
         "--standardize", action="store_true",
         help="cached mode: z-score features with training-set statistics (not the paper's protocol)",
@@ -328,21 +360,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_flags(ft)
     ft.add_argument("--label-fraction", type=_fraction, default=0.01, help="fraction of labels in (0, 1] (0.01, 0.1)")
     ft.add_argument("--lrs", type=_floats, default=(0.01, 0.02, 0.05, 0.1, 0.005), help="learning rates to sweep")
-    ft.add_argument("--epochs", type=_ints, default=(30, 50), help="epoch counts to sweep (comma-separated)")
-    ft.add_argument("--batch-size", type=int, default=1024)
-    ft.add_argument("--weight-decay", type=float, default=0.0)
-    ft.add_argument("--val-size", type=int, default=0, help="held-out validation images (0: min(10k, 10%%))")
+    ft.add_argument("--epochs", type=_positive_ints, default=(30, 50), help="epoch counts to sweep (comma-separated)")
+    ft.add_argument("--batch-size", type=_positive_int, default=1024)
+    ft.add_argument("--weight-decay", type=_nonnegative, default=0.0)
+    ft.add_argument("--val-size", type=_count, default=0, help="held-out validation images (0: min(10k, 10%%))")
     ft.set_defaults(handler=cmd_evaluate)
 
     demo = sub.add_parser(
         "demo",
         help="the main job: BYOL on Fashion-MNIST on a CPU, evaluated against a random-init encoder",
-        description="Pretrains with the cpu-demo preset on Fashion-MNIST, evaluates the online encoder and a "
-        "random-init encoder of the same architecture with the same kNN and linear protocols, writes the "
-        "report and prints the table. Config overrides (--section.key VALUE) apply to the pretraining.",
+        description="Evaluates a random-init encoder, times a few training steps, pretrains with the cpu-demo "
+        "preset on Fashion-MNIST for as many epochs as the time budget leaves, evaluates the online encoder "
+        "with the same kNN and linear protocols, writes the report and prints the table. Config overrides "
+        "(--section.key VALUE) apply to the pretraining.",
     )
     _add_config_flags(demo, "cpu-demo")
     demo.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<date>-<time>")
+    demo.add_argument(
+        "--budget-minutes", type=_positive, default=None,
+        help="wall time of the whole demo; the run is sized to it from a measured step time "
+        "(default: 8 on a CPU, 1.5 on a GPU; --epochs N forces a length instead)",
+    )  # fmt: skip
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=cmd_demo, accepts_overrides=True)
 
@@ -390,6 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(error: OSError) -> str:
+    """One line for an OS error on a user's path: what failed, on which path, and what to do."""
+    path = f" {error.filename}" if error.filename else ""
+    advice = {
+        errno.ENOSPC: "free disk space and run again",
+        errno.EROFS: "the file system is read-only; choose a writable directory",
+        errno.EACCES: "no permission; choose a path you can write",
+        errno.EPERM: "not permitted; choose a path you can write",
+        errno.ENAMETOOLONG: "use a shorter name",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.EISDIR: "it is a directory; name a file",
+        errno.ENOENT: "check the path",
+    }.get(error.errno or 0, "check the path")
+    return f"cannot use{path}: {error.strerror or error} ({advice})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -404,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ByolError as e:
         print(f"byol {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the user named cannot be read, created or written: nothing was lost
+        print(f"byol {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"byol {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130

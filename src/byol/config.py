@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -112,11 +113,12 @@ class AugmentConfig:
 class TrainConfig:
     """Length of the run, seeds, logging, checkpointing and speed switches.
 
-    ``precision``: fp32, bf16 (autocast; the loss and the optimizer stay fp32) or auto (bf16 on CUDA, fp32 on
-    CPU). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when bf16 is used: the
-    fast pair on both GPUs and bf16-capable CPUs). ``compile``: ``torch.compile`` the two-view forward and
-    the target (off by default: compilation costs minutes up front). ``deterministic``: deterministic
-    kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
+    ``precision``: fp32, bf16 (autocast; the loss and the optimizer stay fp32) or auto (bf16 where the device
+    computes it natively: CUDA with bf16, a CPU with AVX512_BF16 or AMX; fp32 everywhere else, see
+    ``byol.precision``). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when
+    bf16 is used: the fast pair on both GPUs and bf16-capable CPUs). ``compile``: ``torch.compile`` the
+    two-view forward and the target (off by default: compilation costs minutes up front). ``deterministic``:
+    deterministic kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
     skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times.
     """
 
@@ -251,7 +253,8 @@ def cpu_demo() -> Config:
     Choices for the budget, each measured on the project's 2-core CPU (docs/benchmarks.md):
     - ResNet-18 with the cifar stem at 28 px, width 1/8 (8-channel stem): 3x faster per step and 6x faster
       to embed than width 1/4, which buys more epochs in the same minutes.
-    - bf16 autocast + channels_last: 2.9x faster forward+backward than fp32 on this avx512_bf16 CPU.
+    - ``train.precision auto``: bf16 + channels_last where the CPU has native bf16 (2.9x faster than fp32
+      on an AVX512_BF16 CPU), fp32 elsewhere (emulated bf16 was 7x slower than fp32 on an AVX2 CPU).
     - Heads 1024 → 128 (predictor 1024) instead of 4096 → 256: the encoder is 64-d.
     - Batch 256, LARS base lr 2.0 (the released code's small-dataset rate, its Imagenette recipe), half an
       epoch of warm-up, τ_base 0.99.
@@ -268,7 +271,7 @@ def cpu_demo() -> Config:
         target=TargetConfig(base_ema=0.99),
         data=DataConfig(dataset="fashion-mnist", image_size=28, num_workers=0),
         augment=AugmentConfig(crop_min_scale=0.25),
-        train=TrainConfig(epochs=6.0, log_every=10, checkpoint_every=200, precision="bf16"),
+        train=TrainConfig(epochs=6.0, log_every=10, checkpoint_every=200),
     )
 
 
@@ -312,6 +315,9 @@ def validate(config: Config) -> Config:
     from byol.ema import TAU_SCHEDULES
     from byol.networks import BLOCKS_PER_STAGE, STEMS
 
+    for key, value in flatten(config.to_dict()).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
     m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
     choices: list[tuple[str, object, tuple[object, ...]]] = [
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),

@@ -8,18 +8,20 @@ small JSON beside it with the architecture and the input normalisation; ``load_e
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from byol.checkpoint import atomic_write
 from byol.data import TEST_SPLIT, load_dataset
-from byol.errors import CheckpointError
+from byol.errors import CheckpointError, ConfigError
 from byol.evaluate.common import extract_features, load_encoder_from_run
-from byol.networks import ResNet
+from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
 from byol.train import resolve_device
 
 EXPORT_FORMAT = 1
@@ -31,8 +33,14 @@ def metadata_path(weights: Path) -> Path:
 
 def export_encoder(run: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Writes <out> (safetensors) and <out>.json (architecture) from a run's latest checkpoint."""
-    pretrained = load_encoder_from_run(run)
     out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"--out {out}: name a .safetensors file (the architecture goes beside it, as {out.stem}.json)"
+        )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; name a .safetensors file, e.g. {out / 'encoder.safetensors'}")
+    pretrained = load_encoder_from_run(run)
     config = pretrained.config
     dataset = load_dataset(config.data.dataset, "train", config.data.data_dir, config.data.image_size)
     meta = {
@@ -52,10 +60,9 @@ def export_encoder(run: str | Path, out: str | Path) -> tuple[Path, Path]:
         "network": "online encoder",
     }
     weights = {k: v.contiguous() for k, v in pretrained.encoder.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(weights, str(tmp))
-    tmp.replace(out)
+    if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+        raise CheckpointError(f"{pretrained.source} holds non-finite encoder weights; nothing was exported")
+    atomic_write(out, lambda f: f.write(save(weights)))
     atomic_write(metadata_path(out), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return out, metadata_path(out)
 
@@ -68,9 +75,33 @@ def read_metadata(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{meta_file} is not valid JSON ({e})") from None
-    if meta.get("format") != EXPORT_FORMAT or meta.get("architecture") != "resnet-v1":
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or meta.get("architecture") != "resnet-v1":
         raise CheckpointError(f"{meta_file} is not a byol encoder description")
+    checks = [
+        ("depth", isinstance(meta.get("depth"), int) and meta.get("depth") in BLOCKS_PER_STAGE,
+         f"one of {', '.join(map(str, BLOCKS_PER_STAGE))}"),
+        ("width", _is_number(meta.get("width")) and meta.get("width", 0) > 0, "a number > 0"),
+        ("stem", meta.get("stem") in STEMS, f"one of {', '.join(STEMS)}"),
+        ("in_channels", isinstance(meta.get("in_channels"), int) and meta.get("in_channels", 0) > 0, "an integer > 0"),
+        ("zero_init_residual", isinstance(meta.get("zero_init_residual"), bool), "true or false"),
+        ("image_size", isinstance(meta.get("image_size"), int) and meta.get("image_size", 0) > 0, "an integer > 0"),
+        ("mean", _numbers(meta.get("mean"), meta.get("in_channels")), "one number per input channel"),
+        ("std", _numbers(meta.get("std"), meta.get("in_channels")), "one number per input channel"),
+        ("pretrained_on", isinstance(meta.get("pretrained_on"), str), "a dataset name"),
+    ]  # fmt: skip
+    for key, ok, valid in checks:
+        if not ok:
+            shown = repr(meta[key]) if key in meta else "missing"
+            raise CheckpointError(f"{meta_file}: {key!r} is {shown}; expected {valid} (rewrite it with `byol export`)")
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(values: Any, count: Any) -> bool:
+    return isinstance(values, list) and len(values) == count and all(_is_number(v) for v in values)
 
 
 def load_encoder(path: str | Path) -> ResNet:
@@ -102,7 +133,11 @@ def embed(
 
     Labels go to <out>.labels.npy beside the features.
     """
-    source = Path(source)
+    source, out = Path(source), Path(out)
+    if out.suffix != ".npy":
+        raise ConfigError(f"--out {out}: name a .npy file (the labels go beside it, as {labels_path(out).name})")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; name a .npy file")
     if source.suffix == ".safetensors":
         encoder = load_encoder(source)
         meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
@@ -117,8 +152,13 @@ def embed(
     features, labels = extract_features(
         encoder, images, image_size, resolve_device(device), desc="embedding", progress=progress
     )
+    if not torch.isfinite(features).all():
+        raise CheckpointError(f"the encoder of {source} gives non-finite features (NaN/Inf weights?); nothing written")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, features.numpy())
-    np.save(out.with_suffix(".labels.npy"), labels.numpy())
+    atomic_write(out, lambda f: np.save(f, features.numpy()))
+    atomic_write(labels_path(out), lambda f: np.save(f, labels.numpy()))
     return out, tuple(features.shape)
+
+
+def labels_path(features: Path) -> Path:
+    return features.with_name(features.name.removesuffix(".npy") + ".labels.npy")

@@ -32,8 +32,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from byol import rundir
 from byol.augment import TwoViews, get_views
-from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from byol.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from byol.config import Config
 from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
 from byol.distributed import (
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+ENVIRONMENT_FILE = "environment.json"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -435,6 +437,26 @@ def _generator_states(state: TrainState, context: DistributedContext) -> list[Te
     return gathered
 
 
+def _record_environment(run_dir: Path, state: TrainState, device: torch.device, world_size: int, resume: bool) -> None:
+    """environment.json: one record per start of the run (a resume may run on another machine), saying
+    where it ran and what ``train.precision`` / ``memory_format`` resolved to, and why."""
+    path = run_dir / ENVIRONMENT_FILE
+    starts = json.loads(path.read_text()) if resume and path.is_file() else []
+    starts.append(
+        {
+            "step": state.step,
+            "device": str(device),
+            "world_size": world_size,
+            "precision": state.precision.name,
+            "precision_reason": state.precision.reason,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+    )
+    atomic_write(path, lambda f: f.write((json.dumps(starts, indent=2) + "\n").encode()))
+
+
 class _MetricsLog:
     """metrics.jsonl, written by rank 0 only, one JSON record per line, flushed as it goes."""
 
@@ -452,16 +474,44 @@ class _MetricsLog:
 
 
 def pretrain(
-    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
+    config: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    step_seconds_hint: float | None = None,
 ) -> tuple[TrainState, Dataset]:
     """Runs (or resumes) a pretraining run in ``run_dir``: checkpoints, config.json and metrics.jsonl.
 
+    ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists.
+
     Under torchrun every rank runs this function: data are sharded, BN is cross-replica, gradients are
-    averaged, and rank 0 alone writes logs, metrics and checkpoints.
+    averaged, and rank 0 alone writes logs, metrics and checkpoints, holding the run directory's lock: a
+    second writer is refused.
     """
     run_dir = Path(run_dir)
+    writer = int(os.environ.get("RANK", "0")) == 0
+    with rundir.exclusive(run_dir, "this run") if writer else contextlib.nullcontext():
+        return _pretrain(config, run_dir, resume, progress, step_seconds_hint)
+
+
+def load_resumable(run_dir: Path) -> dict[str, Any]:
+    """The newest checkpoint that reads; each unreadable newer one is moved aside (``.unreadable``), not deleted."""
+    latest_checkpoint(run_dir)  # its errors: no such directory, no checkpoint
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            log.warning("%s; moved it aside to %s and resuming from the checkpoint before it", e, aside.name)
+    raise CheckpointError(f"no checkpoint of {run_dir} can be read (each was moved aside as *.unreadable)")
+
+
+def _pretrain(
+    config: Config, run_dir: Path, resume: bool, progress: bool, step_seconds_hint: float | None
+) -> tuple[TrainState, Dataset]:
     if resume:
-        payload = load_checkpoint(latest_checkpoint(run_dir))
+        payload = load_resumable(run_dir)
         config = Config.from_dict(json.loads(payload["config"]))
     elif list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
@@ -525,17 +575,21 @@ def pretrain(
             _truncate_metrics(metrics_path, state.step)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     if context.is_main:
+        log.info("precision %s (%s)", state.precision.name, state.precision.reason)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             metrics_path.unlink(missing_ok=True)
         config.save(run_dir / CONFIG_FILE)
+        _record_environment(run_dir, state, device, context.world_size, resume)
     knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
 
     # ---- loop
     collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
-    warned_collapse, skipped_files, skipped_steps = False, 0, 0
+    warned_collapse, skipped_files, skipped_steps = False, set[str](), 0
     show = progress and context.is_main
     bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not show)
+    if step_seconds_hint is not None:
+        bar.set_postfix_str(f"eta {bar.format_interval((schedule.max_steps - state.step) * step_seconds_hint)}")
     last_time, last_step = time.perf_counter(), state.step
     metrics_log = _MetricsLog(metrics_path, context.is_main)
     try:
@@ -544,7 +598,7 @@ def pretrain(
         while state.step < schedule.max_steps:
             epoch, offset = divmod(state.step, schedule.steps_per_epoch)
             for batch in batches.epoch(epoch, offset):
-                skipped_files += len(batch.skipped)
+                skipped_files.update(batch.skipped)
                 view1, view2 = make_views(views, batch, state.generator)
                 try:
                     metrics = train_step(state, view1, view2, batch.labels, schedule)
@@ -606,5 +660,7 @@ def pretrain(
     if skipped_steps:
         log.warning("%d step(s) with a non-finite loss or gradient were skipped", skipped_steps)
     if skipped_files:
-        log.warning("%d unreadable image(s) were skipped during pretraining (see the warnings above)", skipped_files)
+        log.warning(
+            "%d unreadable image file(s) were skipped during pretraining (see the warnings above)", len(skipped_files)
+        )
     return state, dataset

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 MAX_CONSECUTIVE_FAILURES = 50
+SPLITS = ("train", "val", "test")
+HOLDOUT_BUCKETS = 10  # without a val/ or test/ folder, 1 image in 10 is held out of training for evaluation
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 224 / 256
@@ -44,6 +47,7 @@ class ImageFolder:
     paths: tuple[Path, ...]
     labels: Tensor
     classes: tuple[str, ...]
+    split_note: str = ""  # which images the split holds, for results: "val (<dir>/val)", "val: held out, ..."
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
@@ -57,11 +61,29 @@ class ImageFolder:
 
     @classmethod
     def scan(cls, data_dir: str, split: str) -> ImageFolder:
+        """The images of ``split`` (train, val or test). A folder without that split's own folder never falls
+        back to the training images: evaluation splits are held out of them, one image in
+        :data:`HOLDOUT_BUCKETS` chosen by a hash of its path, and the train split then leaves those out."""
         base = Path(data_dir)
         if not data_dir or not base.is_dir():
             raise DataError(f"imagefolder: --data-dir {data_dir!r} is not a directory (expected <dir>/<class>/*.jpg)")
-        root = base / split if (base / split).is_dir() else base
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+        if split not in SPLITS:
+            raise DataError(f"imagefolder: unknown split {split!r}; valid splits are {', '.join(SPLITS)}")
+        present = [name for name in SPLITS if (base / name).is_dir()]
+        held_out = [name for name in present if name != "train"]  # val/ and test/ folders
+        keep: int | None = None  # None: every image of root; 0: the held-out bucket only; -1: all the others
+        if split in present and (split != "train" or held_out):
+            root, note = base / split, f"{split} ({base / split})"
+        elif split != "train" and held_out:  # an evaluation asks for val, the folder has test/ (or the reverse)
+            root, note = base / held_out[0], f"{held_out[0]} ({base / held_out[0]})"
+        else:  # no evaluation folder: evaluations get a stable tenth of the images, training the rest
+            root = base / "train" if "train" in present else base
+            fraction = f"1 in {HOLDOUT_BUCKETS} images of {root}, chosen by a hash of the file path"
+            if split == "train":
+                keep, note = -1, f"train ({root}, less the {fraction} held out for evaluation)"
+            else:
+                keep, note = 0, f"{split}: held out, {fraction} (the folder has no val/ or test/ folder)"
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in SPLITS)
         if not class_dirs:
             raise DataError(f"imagefolder: {root} holds no class folders (expected {root}/<class>/<image>.jpg)")
         paths: list[Path] = []
@@ -73,9 +95,18 @@ class ImageFolder:
                     f"imagefolder: class folder {class_dir} is empty (expected files ending in "
                     f"{', '.join(IMAGE_EXTENSIONS)})"
                 )
+            if keep is not None:  # 0: the held-out bucket only; -1: every other bucket
+                files = [f for f in files if (_bucket(f.relative_to(root)) == 0) == (keep == 0)]
             paths.extend(files)
             labels.extend([label] * len(files))
-        return cls("imagefolder", root, tuple(paths), torch.tensor(labels), tuple(d.name for d in class_dirs))
+        if not paths:
+            raise DataError(f"imagefolder: {note} holds no image; add a {split}/ folder of <class>/<image> files")
+        return cls("imagefolder", root, tuple(paths), torch.tensor(labels), tuple(d.name for d in class_dirs), note)
+
+
+def _bucket(relative: Path) -> int:
+    """A stable bucket in [0, HOLDOUT_BUCKETS) of an image's path below its split root (class/file)."""
+    return zlib.crc32(relative.as_posix().encode()) % HOLDOUT_BUCKETS
 
 
 Box = tuple[float, float, float, float]

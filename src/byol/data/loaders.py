@@ -17,6 +17,7 @@ from torch import Tensor
 from byol.augment.pipeline import ViewConfig
 from byol.data.arrays import ArrayDataset
 from byol.data.folder import FolderCrops, ImageFolder
+from byol.errors import DataError
 
 Dataset = ArrayDataset | ImageFolder
 
@@ -57,9 +58,10 @@ class TrainBatches:
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.steps_per_epoch = len(dataset) // world_size // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise DataError(
                 f"dataset {dataset.name} has {len(dataset)} images, fewer than one batch of "
-                f"{batch_size} per rank on {world_size} rank(s)"
+                f"{batch_size} per rank on {world_size} rank(s); lower optim.batch_size to at most "
+                f"{len(dataset) // world_size}"
             )
         if isinstance(dataset, ArrayDataset):
             self.images = dataset.images.to(device)

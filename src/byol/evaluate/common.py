@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from byol.augment import evaluation_view
-from byol.checkpoint import latest_checkpoint, load_checkpoint
+from byol.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 from byol.config import Config
 from byol.data import Dataset, eval_batches
 from byol.errors import CheckpointError, ConfigError
@@ -38,6 +38,13 @@ class Pretrained:
     source: str
 
 
+def random_encoder(config: Config, in_channels: int) -> ResNet:
+    """The run's encoder architecture, initialised with the run's seed: the online encoder before training."""
+    m = config.model
+    torch.manual_seed(config.train.seed)
+    return ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+
+
 def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrained:
     """The online encoder of a run directory (its latest checkpoint) or of a checkpoint file.
 
@@ -54,9 +61,7 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
         in_channels = int(online["encoder.stem.0.weight"].shape[1])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{checkpoint} is not a byol pretraining checkpoint ({e})") from None
-    m = config.model
-    torch.manual_seed(config.train.seed)
-    encoder = ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+    encoder = random_encoder(config, in_channels)
     if init == "pretrained":
         weights = {k.removeprefix("encoder."): v for k, v in online.items() if k.startswith("encoder.")}
         try:
@@ -137,6 +142,5 @@ def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> 
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """Writes an evaluation's numbers to <run_dir>/eval/<name>.json, where `byol report` finds them."""
     path = Path(run_dir) / EVAL_DIR / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return path

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
 from byol.data import Dataset, TrainBatches, eval_batches
+from byol.errors import ConfigError
 from byol.evaluate.common import balanced_subset, classification_metrics
 from byol.schedules import cosine_decay
 
@@ -111,7 +112,7 @@ def finetune_evaluation(
     val_size = config.val_size or min(10_000, len(train) // 10)
     val_size = min(val_size, len(rest_index))
     if val_size == 0:
-        raise ValueError("no training images are left for a validation split; lower the label fraction")
+        raise ConfigError("no training images are left for a validation split; lower the label fraction")
     val_index = rest_index[torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))][
         :val_size
     ]

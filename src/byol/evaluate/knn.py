@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from byol.data import Dataset
+from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics, extract_features
 from byol.precision import FP32, Precision
 
@@ -29,7 +30,7 @@ def knn_scores(
 ) -> Tensor:
     """Per-class vote weights (N_test, num_classes); argmax is the prediction, top-5 reads from it too."""
     if k < 1 or temperature <= 0:
-        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+        raise ConfigError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
     train = F.normalize(train_features.float(), dim=1)
     k = min(k, train.shape[0])
     scores = []

@@ -5,6 +5,7 @@ Transfer is the same call with another dataset than the run was pretrained on (s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from byol.evaluate.knn import knn_evaluation, knn_on_features
 from byol.evaluate.linear import LinearConfig, linear_evaluation, linear_on_features
 from byol.precision import Precision
 from byol.train import resolve_device
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
@@ -79,9 +82,16 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
         request.data_dir if request.data_dir is not None else (run_data.data_dir if name == run_data.dataset else "")
     )
     image_size = request.image_size or run_data.image_size
+    test_split = TEST_SPLIT.get(name, "test")
     train = load_dataset(name, "train", data_dir, image_size)
-    test = load_dataset(name, TEST_SPLIT.get(name, "test"), data_dir, image_size)
+    test = load_dataset(name, test_split, data_dir, image_size)
     check_compatible(pretrained, train)
+    splits = {
+        "train_split": getattr(train, "split_note", "") or "train",
+        "test_split": getattr(test, "split_note", "") or test_split,
+    }
+    if "held out" in splits["test_split"]:
+        log.warning("%s has no evaluation split of its own; evaluating on %s", name, splits["test_split"])
     device = resolve_device(request.device)
     encoder = pretrained.encoder
     precision = Precision.create(pretrained.config.train.precision, pretrained.config.train.memory_format, device)
@@ -102,6 +112,7 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
         checkpoint=pretrained.source,
         encoder="online",
         pretrained_on=run_data.dataset,
+        **splits,
     )
     run_dir = request.run if request.run.is_dir() else request.run.parent.parent
     protocol_tag = {

@@ -1,0 +1,71 @@
+"""train.precision auto: bf16 exactly where the device computes it natively (issue 13)."""
+
+import json
+
+import pytest
+import torch
+
+from byol.config import apply_overrides, cpu_demo, get_preset
+from byol.precision import Precision, native_bf16
+from byol.train import pretrain
+
+CPU = torch.device("cpu")
+
+
+def _fake_cpu(monkeypatch, capability, avx512_bf16=False, amx=False):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("capability", "avx512_bf16", "amx", "bf16"),
+    [
+        ("AVX2", False, False, False),  # most laptops and cloud VMs: emulated bf16 is ~7x slower
+        ("AVX512", False, False, False),  # AVX-512 without its bf16 extension is still emulation
+        ("AVX512", True, False, True),
+        ("AVX512", False, True, True),
+        ("DEFAULT", False, False, False),
+    ],
+)
+def test_auto_picks_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, capability, avx512_bf16, amx, bf16):
+    _fake_cpu(monkeypatch, capability, avx512_bf16, amx)
+    precision = Precision.create("auto", "auto", CPU)
+    assert (precision.autocast is torch.bfloat16) is bf16
+    assert precision.channels_last is bf16  # memory_format auto follows bf16
+    assert precision.reason.startswith(f"auto: {'bf16' if bf16 else 'fp32'}") and capability in precision.reason
+    assert native_bf16(CPU)[0] is bf16
+
+
+def test_auto_on_cuda_follows_the_device_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        precision = Precision.create("auto", "auto", torch.device("cuda"))
+        assert (precision.autocast is torch.bfloat16) is supported
+        assert "Fake GPU" in precision.reason
+
+
+def test_an_explicit_precision_is_obeyed_whatever_the_cpu(monkeypatch):
+    _fake_cpu(monkeypatch, "AVX2")
+    assert Precision.create("bf16", "auto", CPU).name == "bf16 + channels_last"
+    _fake_cpu(monkeypatch, "AVX512", avx512_bf16=True)
+    assert Precision.create("fp32", "auto", CPU).name == "fp32"
+    assert Precision.create("fp32", "channels_last", CPU).name == "fp32 + channels_last"
+    assert "set in the config" in Precision.create("fp32", "auto", CPU).reason
+
+
+def test_no_cpu_preset_pins_bf16():
+    assert cpu_demo().train.precision == "auto"
+    assert get_preset("tiny").train.precision == "auto"
+
+
+def test_the_run_records_the_resolved_precision_and_why(tmp_path, monkeypatch):
+    _fake_cpu(monkeypatch, "AVX2")
+    config = apply_overrides(get_preset("tiny"), {"train.max_steps": 2})
+    pretrain(config, tmp_path, progress=False)
+    (start,) = json.loads((tmp_path / "environment.json").read_text())
+    assert start["precision"] == "fp32" and "no native bf16" in start["precision_reason"]
+    assert start["step"] == 0 and start["device"] == "cpu"
+    pretrain(apply_overrides(config, {"train.max_steps": 3}), tmp_path, resume=True, progress=False)
+    assert [s["step"] for s in json.loads((tmp_path / "environment.json").read_text())] == [0, 2]

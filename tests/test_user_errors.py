@@ -1,0 +1,200 @@
+"""Issue 14: every bad input gets one line naming what was wrong and what is valid, exit status 2, and loses
+nothing; a run directory has one writer; results never come from the training images."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import byol.checkpoint as checkpoint_module
+from byol import rundir
+from byol.checkpoint import list_checkpoints, save_checkpoint
+from byol.cli import main
+from byol.config import apply_overrides, get_preset
+from byol.errors import CheckpointError
+from byol.export import export_encoder
+from byol.train import pretrain
+
+TINY = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 4-step tiny run and its export, shared (read-only) by the cases below."""
+    path = tmp_path_factory.mktemp("run")
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 4}), path, progress=False)
+    export_encoder(path, path.parent / "enc.safetensors")
+    return path
+
+
+def _tampered_export(run, tmp, change):
+    weights = tmp / "enc.safetensors"
+    weights.write_bytes((run.parent / "enc.safetensors").read_bytes())
+    meta = json.loads((run.parent / "enc.json").read_text())
+    meta = change(meta)
+    (tmp / "enc.json").write_text(json.dumps(meta))
+    return ["embed", str(weights), "--out", str(tmp / "f.npy"), "--quiet"]
+
+
+def _without(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _set(key, value):
+    return lambda meta: {**meta, key: value}
+
+
+# (family, arguments as a function of (run directory, a fresh temporary directory), words the message must hold)
+CASES = [
+    ("unwritable run dir", lambda r, t: [*TINY, "--run-dir", str(_file(t) / "run")], "not a directory"),
+    ("unwritable run dir", lambda r, t: [*TINY, "--run-dir", "/proc/byol-run"], "cannot use /proc/byol-run"),
+    ("unwritable run dir", lambda r, t: [*TINY, "--run-dir", str(t / ("x" * 300))], "shorter name"),
+    ("batch > dataset", lambda r, t: [*TINY, "--run-dir", str(t / "b"), "--optim.batch_size", "1024"], "at most 512"),
+    ("non-finite config", lambda r, t: [*TINY, "--run-dir", str(t / "c"), "--optim.base_lr", "nan"], "finite"),
+    ("non-finite config", lambda r, t: [*TINY, "--run-dir", str(t / "c"), "--train.epochs", "inf"], "finite"),
+    ("evaluation flag", lambda r, t: ["knn", str(r), "--k", "0"], "integer >= 1"),
+    ("evaluation flag", lambda r, t: ["knn", str(r), "--temperature", "0"], "positive number"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--batch-size", "0"], "integer >= 1"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--epochs", "0"], "integer >= 1"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--image-size", "-3"], "integer >= 0"),
+    ("evaluation flag", lambda r, t: ["finetune", str(r), "--epochs", "30,0"], "integers >= 1"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--lrs", "0.1,nan"], "positive numbers"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("depth", 33)), "'depth' is 33"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("width", 0)), "'width' is 0"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("stem", "vit")), "'stem' is 'vit'"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _without("in_channels")), "missing"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("mean", "grey")), "'mean'"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, lambda m: [m]), "not a byol encoder"),
+    ("export output", lambda r, t: ["export", str(r), "--out", str(t / "model.json")], ".safetensors file"),
+    ("export output", lambda r, t: ["export", str(r), "--out", str(t)], ".safetensors file"),
+    ("export output", lambda r, t: ["export", str(r), "--out", str(_dir(t, "d.safetensors"))], "is a directory"),
+    ("embed output", lambda r, t: ["embed", str(r), "--out", str(t / "feats"), "--quiet"], ".npy file"),
+    ("resume flags", lambda r, t: ["pretrain", "--run-dir", str(r), "--resume", "--preset", "tiny"], "saved config"),
+    ("missing path", lambda r, t: ["knn", str(t / "nope")], "does not exist"),
+]
+
+
+def _file(tmp):
+    (tmp / "a-file").write_text("x")
+    return tmp / "a-file"
+
+
+def _dir(tmp, name):
+    (tmp / name).mkdir()
+    return tmp / name
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(("family", "args", "words"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_gets_one_line_and_exit_2(family, args, words, run, tmp_path, capsys):
+    before = _snapshot(run)
+    try:
+        code = main(args(run, tmp_path))
+    except SystemExit as e:  # argparse's own refusal: usage line + one error line, exit 2
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err and "error:" in err[-1] and words in err[-1], err
+    assert len([line for line in err if not line.startswith(("usage:", " ", "INFO", "WARNING"))]) == 1, err
+    assert _snapshot(run) == before  # nothing of the user's run was touched
+
+
+def test_a_second_writer_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path, capsys):
+    with rundir.exclusive(tmp_path / "run"):
+        assert main([*TINY, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "in use by another byol process" in capsys.readouterr().err
+    assert not list_checkpoints(tmp_path / "run")
+    assert main([*TINY, "--run-dir", str(tmp_path / "run"), "--train.max_steps", "2"]) == 0  # the lock was released
+
+
+def test_resume_skips_an_unreadable_latest_checkpoint_and_keeps_it_aside(tmp_path, caplog):
+    config = apply_overrides(get_preset("tiny"), {"train.checkpoint_every": 2, "train.max_steps": 6})
+    pretrain(apply_overrides(config, {"train.max_steps": 4}), tmp_path, progress=False)  # checkpoints 2 and 4
+    latest = list_checkpoints(tmp_path)[-1]
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated
+    corrupt = latest.read_bytes()
+    with pytest.raises(CheckpointError):  # the run's own config says 4 steps; resuming reads the checkpoints
+        checkpoint_module.load_checkpoint(latest)
+    pretrain(config, tmp_path, resume=True, progress=False)
+    aside = latest.with_name(latest.name + ".unreadable")
+    assert aside.read_bytes() == corrupt and "moved it aside" in caplog.text
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_000000004.pt"  # rewritten from step 2
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 2, {"format": 1, "x": torch.ones(2)})
+
+    def full_disk(payload, f):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    with pytest.raises(
+        CheckpointError, match=r"could not write checkpoint .*step_000000004.*step_000000002.pt is intact"
+    ):
+        save_checkpoint(tmp_path, 4, {"format": 1})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000002.pt"]  # no temp file left
+
+
+def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    stale = tmp_path / "checkpoints" / ".step_000000002.pt.tmp-99999"
+    stale.write_bytes(b"PK half")
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 2}), tmp_path, progress=False)
+    assert not stale.exists() and keep.read_text() == "mine"
+
+
+def _folder(root: Path, per_class: int, split: str = "") -> None:
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout", ["flat", "train-only"])
+def test_a_folder_without_a_held_out_split_is_never_graded_on_its_training_images(tmp_path, layout, capsys):
+    _folder(tmp_path / "data", 40, "" if layout == "flat" else "train")
+    from byol.data import load_dataset
+
+    train = load_dataset("imagefolder", "train", str(tmp_path / "data"))
+    val = load_dataset("imagefolder", "val", str(tmp_path / "data"))
+    assert len(val) > 0 and len(train) + len(val) == 80
+    assert not set(train.paths) & set(val.paths)
+    assert "held out" in val.split_note
+    run = tmp_path / "run"
+    args = ["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--data.image_size", "32", "--optim.batch_size", "8", "--train.max_steps", "2", "--quiet"]  # fmt: skip
+    assert main([*args, "--run-dir", str(run)]) == 0
+    assert main(["knn", str(run), "--quiet", "--k", "5"]) == 0
+    result = json.loads((run / "eval" / "knn_imagefolder_pretrained.json").read_text())
+    assert "held out" in result["test_split"] and "less the" in result["train_split"]
+    assert "held out" in capsys.readouterr().out
+
+
+def test_meaningless_outputs_are_refused(run, tmp_path, capsys):
+    weights = tmp_path / "nan.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.float() * float("nan") if v.is_floating_point() else v
+               for k, v in load_file(str(run.parent / "enc.safetensors")).items()}  # fmt: skip
+    save_file(tensors, str(weights))
+    (tmp_path / "nan.json").write_text((run.parent / "enc.json").read_text())
+    assert main(["embed", str(weights), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
+    assert "non-finite features" in capsys.readouterr().err and not (tmp_path / "f.npy").exists()
+
+
+def test_export_writes_weights_and_architecture_side_by_side(run, tmp_path):
+    weights, meta = export_encoder(run, tmp_path / "model.safetensors")
+    assert weights.name == "model.safetensors" and meta.name == "model.json"
+    assert weights.read_bytes()[:8] != meta.read_bytes()[:8]
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp file left
