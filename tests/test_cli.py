@@ -3,9 +3,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from conftest import start_byol, wait_until
 
 from byol.cli import main
 
@@ -57,25 +57,21 @@ def test_pretrain_writes_checkpoint_config_and_metrics(tmp_path):
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "byol", *TINY, "--run-dir", str(run), "--train.checkpoint_every", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
-        time.sleep(0.05)
+    marker = tmp_path / "stalled"
+    # the child stalls while writing checkpoint 6 (every machine reaches that point), and is killed there
+    proc = start_byol([*TINY, "--run-dir", str(run), "--train.checkpoint_every", "2"], stall_at_step=6, marker=marker)
+    assert wait_until(marker.exists, proc, "the save of checkpoint 6"), proc.stderr.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
-    assert steps and steps[-1] < 32
+    assert steps == [2, 4]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = _byol("pretrain", "--run-dir", str(run), "--resume", "--quiet", env=env)
     assert result.returncode == 0, result.stderr
-    assert f"resuming {run} at step {steps[-1]} of 32" in result.stderr
+    assert f"resuming {run} at step 4 of 32" in result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 33))  # no step lost, none repeated
+    assert not list((run / "checkpoints").glob(".*tmp*"))  # the interrupted write's temporary file was removed
 
 
 def test_bench_augment_prints_throughput_and_share(capsys):

@@ -1,6 +1,20 @@
-import torch
+import math
 
-from byol.loss import byol_loss, projection_std, regression_loss
+import pytest
+import torch
+from torch import Tensor
+
+from byol.loss import byol_loss, closed_form_predictor, l2_normalize, projection_std, regression_loss, unified_loss
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """Test oracle: SimCLR's NT-Xent over the 2N views, the mean over anchors of
+    −ln(exp(s⁺/T) / Σ_{k≠anchor} exp(s_k/T))."""
+    z = l2_normalize(torch.cat((z1, z2)))  # (2N, d)
+    n = len(z1)
+    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    positives = torch.cat((torch.arange(n, 2 * n), torch.arange(0, n)))
+    return torch.nn.functional.cross_entropy(logits, positives)
 
 
 def test_regression_loss_equals_both_closed_forms():
@@ -41,3 +55,51 @@ def test_projection_std_is_inverse_sqrt_d_when_spread_and_zero_when_collapsed():
     spread = projection_std(torch.randn(4096, d))
     assert abs(spread.item() * d**0.5 - 1) < 0.05
     assert projection_std(torch.ones(16, d) + 1e-9 * torch.randn(16, d)).item() < 1e-6
+
+
+def test_nt_xent_equals_a_hand_computed_value():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    t = 0.5
+    views = torch.cat((z1, z2))
+    views = views / views.norm(dim=1, keepdim=True)
+    total = 0.0
+    for i in range(4):
+        positive = (i + 2) % 4
+        denominator = sum(math.exp(float(views[i] @ views[k]) / t) for k in range(4) if k != i)
+        total += -math.log(math.exp(float(views[i] @ views[positive]) / t) / denominator)
+    assert nt_xent(z1, z2, t).item() == pytest.approx(total / 4, rel=1e-6)
+    # the same numbers written out for anchor 0: cos to z1[1] = 0, to z2[0] = 1/√2 (positive), to z2[1] = −1/√2
+    r = 1 / math.sqrt(2)
+    anchor0 = -math.log(math.exp(r / t) / (math.exp(0) + math.exp(r / t) + math.exp(-r / t)))
+    assert anchor0 == pytest.approx(-math.log(math.exp(float(views[0] @ views[2]) / t) / sum(
+        math.exp(float(views[0] @ views[k]) / t) for k in (1, 2, 3))))  # fmt: skip
+
+
+def test_unified_objective_reduces_to_byol_and_to_simclr():
+    p1, p2, z1, z2 = (torch.randn(6, 8, dtype=torch.float64) for _ in range(4))
+    torch.testing.assert_close(unified_loss(p1, p2, z1, z2, beta=0.0), byol_loss(p1, p2, z1, z2))
+    alpha = 0.3
+    simclr = unified_loss(z1, z2, z1, z2, beta=1.0, alpha=alpha, stop_gradient=False)
+    torch.testing.assert_close(simclr, 4 * alpha * nt_xent(z1, z2, alpha) + 4)
+
+
+def test_loss_without_normalisation_is_the_squared_error():
+    p1, p2, z1, z2 = (torch.randn(5, 4) for _ in range(4))
+    expected = ((p1 - z2) ** 2).sum(1).mean() + ((p2 - z1) ** 2).sum(1).mean()
+    torch.testing.assert_close(unified_loss(p1, p2, z1, z2, normalize=False), expected)
+
+
+def test_closed_form_predictor_minimises_the_batch_regression_error():
+    g = torch.Generator().manual_seed(0)
+    z, target = torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g)
+    ridge = 1e-4
+    w = closed_form_predictor(z, target, ridge)
+    lam = ridge * (z.T @ z).diagonal().mean()
+    # a generic least-squares solve of the same ridge problem: [Z; √λ I] Wᵀ ≈ [Z'; 0]
+    a = torch.cat((z, lam.sqrt() * torch.eye(8)))
+    b = torch.cat((target, torch.zeros(8, 8)))
+    torch.testing.assert_close(w.T, torch.linalg.lstsq(a, b).solution, atol=1e-4, rtol=1e-4)
+    error = ((z @ w.T - target) ** 2).sum()
+    for _ in range(5):  # any perturbation of W increases the error
+        assert ((z @ (w + 0.01 * torch.randn(8, 8)).T - target) ** 2).sum() > error

@@ -198,3 +198,15 @@ def test_export_writes_weights_and_architecture_side_by_side(run, tmp_path):
     assert weights.name == "model.safetensors" and meta.name == "model.json"
     assert weights.read_bytes()[:8] != meta.read_bytes()[:8]
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp file left
+
+
+def test_a_data_error_in_a_dataloader_worker_is_one_line(tmp_path, capsys):
+    _folder(tmp_path / "data", 8, "train")
+    for path in (tmp_path / "data" / "train").rglob("*.png"):
+        path.write_bytes(b"not an image")  # every image corrupt: the reader gives up after its retries
+    args = ["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--data.image_size", "32", "--optim.batch_size", "4", "--data.num_workers", "1", "--quiet",
+            "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "Traceback" not in err[0] and "unreadable images" in err[0], err

@@ -30,6 +30,7 @@ from byol.data import TEST_SPLIT, load_dataset
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder
 from byol.evaluate.runner import knn_and_cached_linear
+from byol.loss import collapse_floor
 from byol.precision import Precision
 from byol.train import CONFIG_FILE, METRICS_FILE, pretrain, resolve_device
 
@@ -254,7 +255,7 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
         proj_std = float("nan")
     precision = Precision.create(config.train.precision, config.train.memory_format, device)
     knn, linear = knn_and_cached_linear(encoder, train_eval, test, d.image_size, device, precision, progress=False)
-    floor = 0.1 / math.sqrt(config.model.projection_dim)
+    floor = collapse_floor(config.model.projection_dim)
     result = {
         "row": row.label,
         "seed": seed,

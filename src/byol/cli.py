@@ -16,6 +16,7 @@ from pathlib import Path
 
 from byol.config import PRESETS, Config, apply_overrides, get_preset, valid_keys, validate
 from byol.errors import ByolError, ConfigError
+from byol.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE
 
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
 SHORTCUTS = {
@@ -74,12 +75,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> N
 
 def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.distributed import current_context
-    from byol.train import pretrain
+    from byol.train import pretrain, resume
 
     if args.resume:
         if extra or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
             raise ConfigError("--resume continues a run with its saved config; drop the other config flags")
-        pretrain(Config(), args.run_dir, resume=True, progress=not args.quiet)
+        resume(args.run_dir, progress=not args.quiet)
     else:
         config = build_config(args, extra)
         pretrain(config, args.run_dir, progress=not args.quiet)
@@ -167,8 +168,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         image_size=args.image_size,
         init=args.init,
         device=args.device,
-        k=getattr(args, "k", 200),
-        temperature=getattr(args, "temperature", 0.1),
+        k=getattr(args, "k", DEFAULT_K),
+        temperature=getattr(args, "temperature", DEFAULT_TEMPERATURE),
         linear=LinearConfig(
             args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed, args.standardize
         )
@@ -318,8 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("knn", help="kNN accuracy of a run's online encoder (cosine, weighted vote)")
     _add_eval_flags(k)
-    k.add_argument("--k", type=_positive_int, default=200, help="neighbours (default 200)")
-    k.add_argument("--temperature", type=_positive, default=0.1, help="vote temperature (default 0.1)")
+    k.add_argument("--k", type=_positive_int, default=DEFAULT_K, help=f"neighbours (default {DEFAULT_K})")
+    k.add_argument(
+        "--temperature", type=_positive, default=DEFAULT_TEMPERATURE,
+        help=f"vote temperature (default {DEFAULT_TEMPERATURE})",
+    )  # fmt: skip
     k.set_defaults(handler=cmd_evaluate)
 
     lin = sub.add_parser(
@@ -428,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(error: ByolError) -> str:
+    """The error's own message; one raised in a DataLoader worker arrives wrapped in the worker's traceback
+    ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): its last line is the message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for an OS error on a user's path: what failed, on which path, and what to do."""
     path = f" {error.filename}" if error.filename else ""
@@ -456,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, extra)
     except ByolError as e:
-        print(f"byol {args.command}: error: {e}", file=sys.stderr)
+        print(f"byol {args.command}: error: {user_message(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a path the user named cannot be read, created or written: nothing was lost
         print(f"byol {args.command}: error: {describe_os_error(e)}", file=sys.stderr)

@@ -12,6 +12,8 @@ instead halves the gradient; peers who did so lost 7–11 points of accuracy (SP
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -52,6 +54,11 @@ def projection_std(z: Tensor) -> Tensor:
     return F.normalize(z.detach().float(), dim=-1).std(dim=0).mean()
 
 
+def collapse_floor(dim: int) -> float:
+    """0.1/√d: a projection std (:func:`projection_std`) below a tenth of the healthy 1/√d counts as collapse."""
+    return 0.1 / math.sqrt(dim)
+
+
 def _contrastive_log_sum_exp(p: Tensor, z_other: Tensor, z_same: Tensor, alpha: float) -> Tensor:
     """Per-sample ln(Σ_j exp(S(v_i, v'_j)/α) + Σ_{j≠i} exp(S(v_i, v_j)/α)), S the cosine of p and z."""
     p_hat, other_hat, same_hat = l2_normalize(p), l2_normalize(z_other), l2_normalize(z_same)
@@ -87,15 +94,6 @@ def unified_loss(
         )
         loss = loss + beta * 2.0 * alpha * contrastive
     return loss
-
-
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """SimCLR's NT-Xent over the 2N views: mean over anchors of −ln(exp(s⁺/T) / Σ_{k≠anchor} exp(s_k/T))."""
-    z = l2_normalize(torch.cat((z1, z2)))  # (2N, d)
-    n = len(z1)
-    logits = (z @ z.T / temperature).masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat((torch.arange(n, 2 * n), torch.arange(0, n))).to(z.device)
-    return torch.nn.functional.cross_entropy(logits, positives)
 
 
 def closed_form_predictor(z: Tensor, target: Tensor, ridge: float = 1e-4) -> Tensor:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 
 from byol.errors import DataError
 from byol.evaluate.common import EVAL_DIR
+from byol.loss import collapse_floor
 from byol.train import CONFIG_FILE, METRICS_FILE
 
 REPORT_DIR = "report"
@@ -78,7 +79,7 @@ def write_report(run_dir: str | Path) -> Path:
           [("lr", x, [r["lr"] for r in steps])])  # fmt: skip
     _plot(out / "collapse.png", "collapse monitor: std of ℓ2-normalised projections", "std per dimension",
           [("projection std", x, [r["proj_std"] for r in steps])],
-          hlines=(("healthy 1/√d", 1 / math.sqrt(d)), ("warning 0.1/√d", 0.1 / math.sqrt(d))))  # fmt: skip
+          hlines=(("healthy 1/√d", 1 / math.sqrt(d)), ("warning 0.1/√d", collapse_floor(d))))  # fmt: skip
     plots = ["loss.png", "tau.png", "learning_rate.png", "collapse.png"]
     accuracy = []
     if knn:
@@ -100,7 +101,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"width {config.get('model', {}).get('width', '?')}, {last['step']} optimizer steps "
         f"({last['epoch']:.2f} epochs). Final BYOL loss {last['byol_loss']:.4f}, τ {last['tau']:.5f}, "
         f"projection std {last['proj_std']:.4f} (healthy ≈ {1 / math.sqrt(d):.4f}, "
-        f"collapse < {0.1 / math.sqrt(d):.4f}).",
+        f"collapse < {collapse_floor(d):.4f}).",
         "",
         "## Evaluations",
         "",

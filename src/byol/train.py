@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -46,7 +45,7 @@ from byol.distributed import (
 )
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
-from byol.loss import closed_form_predictor, projection_std, unified_loss
+from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
 from byol.optim import LARS, lars_param_groups
 from byol.precision import Precision
@@ -488,10 +487,20 @@ def pretrain(
     averaged, and rank 0 alone writes logs, metrics and checkpoints, holding the run directory's lock: a
     second writer is refused.
     """
-    run_dir = Path(run_dir)
+    with _writer_lock(Path(run_dir)):
+        return _pretrain(None if resume else config, Path(run_dir), progress, step_seconds_hint)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
+    """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
+    with _writer_lock(Path(run_dir)):
+        return _pretrain(None, Path(run_dir), progress, None)
+
+
+def _writer_lock(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
+    """The run directory's lock, taken by the process that writes (rank 0 under torchrun)."""
     writer = int(os.environ.get("RANK", "0")) == 0
-    with rundir.exclusive(run_dir, "this run") if writer else contextlib.nullcontext():
-        return _pretrain(config, run_dir, resume, progress, step_seconds_hint)
+    return rundir.exclusive(run_dir, "this run") if writer else contextlib.nullcontext()
 
 
 def load_resumable(run_dir: Path) -> dict[str, Any]:
@@ -508,9 +517,11 @@ def load_resumable(run_dir: Path) -> dict[str, Any]:
 
 
 def _pretrain(
-    config: Config, run_dir: Path, resume: bool, progress: bool, step_seconds_hint: float | None
+    config: Config | None, run_dir: Path, progress: bool, step_seconds_hint: float | None
 ) -> tuple[TrainState, Dataset]:
-    if resume:
+    """The run; ``config`` None resumes it with the config saved in its newest readable checkpoint."""
+    resume = config is None
+    if config is None:
         payload = load_resumable(run_dir)
         config = Config.from_dict(json.loads(payload["config"]))
     elif list_checkpoints(run_dir):
@@ -584,7 +595,7 @@ def _pretrain(
     knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
 
     # ---- loop
-    collapse_floor = 0.1 / math.sqrt(config.model.projection_dim)
+    floor = collapse_floor(config.model.projection_dim)
     warned_collapse, skipped_files, skipped_steps = False, set[str](), 0
     show = progress and context.is_main
     bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not show)
@@ -631,12 +642,12 @@ def _pretrain(
                         lr=f"{record['lr']:.3g}",
                         img_s=f"{images_per_s:.0f}",
                     )
-                    if record["proj_std"] < collapse_floor and not warned_collapse:
+                    if record["proj_std"] < floor and not warned_collapse:
                         log.warning(
                             "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
                             step,
                             record["proj_std"],
-                            collapse_floor,
+                            floor,
                         )
                         warned_collapse = True
 

@@ -17,6 +17,8 @@ from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics, extract_features
 from byol.precision import FP32, Precision
 
+DEFAULT_K, DEFAULT_TEMPERATURE = 200, 0.1  # the paper's kNN monitor settings (SPEC §5)
+
 
 @torch.no_grad()
 def knn_scores(
@@ -24,8 +26,8 @@ def knn_scores(
     train_labels: Tensor,
     test_features: Tensor,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
     chunk_size: int = 1024,
 ) -> Tensor:
     """Per-class vote weights (N_test, num_classes); argmax is the prediction, top-5 reads from it too."""
@@ -50,8 +52,8 @@ def knn_on_features(
     test_features: Tensor,
     test_labels: Tensor,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict[str, Any]:
     """kNN metrics from features already extracted; unlabelled training images (label −1) do not vote."""
     labelled = train_labels >= 0
@@ -69,8 +71,8 @@ def knn_evaluation(
     test: Dataset,
     image_size: int,
     device: torch.device,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = DEFAULT_K,
+    temperature: float = DEFAULT_TEMPERATURE,
     progress: bool = True,
     precision: Precision = FP32,
 ) -> dict[str, Any]:

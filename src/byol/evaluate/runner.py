@@ -16,7 +16,7 @@ from byol.data import TEST_SPLIT, Dataset, load_dataset
 from byol.errors import ConfigError
 from byol.evaluate.common import check_compatible, extract_features, load_encoder_from_run, write_result
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
-from byol.evaluate.knn import knn_evaluation, knn_on_features
+from byol.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_evaluation, knn_on_features
 from byol.evaluate.linear import LinearConfig, linear_evaluation, linear_on_features
 from byol.precision import Precision
 from byol.train import resolve_device
@@ -65,8 +65,8 @@ class EvaluationRequest:
     image_size: int = 0  # 0 → the run's view size
     init: str = "pretrained"
     device: str = "auto"
-    k: int = 200
-    temperature: float = 0.1
+    k: int = DEFAULT_K
+    temperature: float = DEFAULT_TEMPERATURE
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
