@@ -15,18 +15,19 @@ TINY_DEMO = ["demo", "--preset", "tiny", "--quiet"]
 @pytest.mark.parametrize(
     ("step_s", "steps_per_epoch", "budget_s", "epochs"),
     [
-        (1.0, 100, 349.0, 3.25),  # 3.49 epochs fit: rounded DOWN to the quantum, never over the budget
+        (1.0, 100, 349.0, 3.4),  # 3.49 epochs fit: rounded DOWN to the quantum, never over the budget
         (1.0, 100, 350.0, 3.5),
-        (0.5, 234, 400.0, 3.25),  # 3.42 fit
+        (0.5, 234, 400.0, 3.4),  # 3.42 fit
         (10.0, 100, 50.0, MIN_EPOCHS),  # a machine too slow for the budget still trains the minimum
         (0.001, 100, 1e4, MAX_EPOCHS),
         (1.0, 100, -5.0, MIN_EPOCHS),  # the evaluations alone exceed the budget
     ],
 )
-def test_plan_fits_the_budget_in_quarter_epochs(step_s, steps_per_epoch, budget_s, epochs):
+def test_plan_fits_the_budget_in_whole_quanta(step_s, steps_per_epoch, budget_s, epochs):
+    assert EPOCH_QUANTUM == 0.1  # the expected values above are in tenths of an epoch
     planned = plan_epochs(step_s, steps_per_epoch, budget_s)
     assert planned == epochs
-    assert planned % EPOCH_QUANTUM == 0
+    assert planned / EPOCH_QUANTUM == pytest.approx(round(planned / EPOCH_QUANTUM), abs=1e-9)
     if MIN_EPOCHS < planned < MAX_EPOCHS:
         assert planned * steps_per_epoch * step_s <= budget_s < (planned + EPOCH_QUANTUM) * steps_per_epoch * step_s
 

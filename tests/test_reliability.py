@@ -17,7 +17,7 @@ from byol.config import apply_overrides, get_preset
 from byol.errors import CheckpointError, TrainingError
 from byol.evaluate.common import load_encoder_from_run
 from byol.export import export_encoder
-from byol.train import Schedule, create_state, pretrain, train_step
+from byol.train import TIMING_KEYS, Schedule, create_state, pretrain, train_step
 
 RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.checkpoint_every", "1",
        "--train.deterministic", "true", "--train.keep_checkpoints", "2", "--epochs", "4"]  # fmt: skip
@@ -29,8 +29,11 @@ def _args(run_dir, resume):
 
 
 def _final(run_dir):
+    """The final state and the logged records without their timings (the only fields speed may change)."""
     state = load_checkpoint(latest_checkpoint(run_dir))["state"]
-    return state, (run_dir / "metrics.jsonl").read_text()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(TIMING_KEYS) <= set(r) for r in records if "byol_loss" in r)
+    return state, [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 # Where the killed run is stopped, counted in steps from the checkpoint it resumed from: once metrics.jsonl
@@ -72,6 +75,8 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
         for name, tensor in ref_state[network].items():
             assert torch.equal(state[network][name], tensor), (network, name)
     assert log == ref_log  # the logged loss sequence, every step, bit for bit
+    elapsed = [json.loads(line)["elapsed_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0  # training time adds up across the resumes
 
 
 def test_every_rng_is_restored_on_resume(tmp_path):

@@ -378,11 +378,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one."""
+TIMING_KEYS = ("elapsed_s", "images_per_s")  # the only metrics.jsonl fields that depend on the machine's speed
+
+
+def _truncate_metrics(path: Path, last_step: int) -> float:
+    """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one
+    (but for :data:`TIMING_KEYS`). Returns the training seconds the kept records had reached."""
     if not path.is_file():
-        return
-    kept = []
+        return 0.0
+    kept, elapsed = [], 0.0
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
@@ -390,7 +394,9 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
             continue
         if record.get("step", 0) <= last_step:
             kept.append(line)
+            elapsed = record.get("elapsed_s", elapsed)
     path.write_text("".join(line + "\n" for line in kept))
+    return float(elapsed)
 
 
 def checkpoint_payload(state: TrainState, config: Config, epoch_info: dict[str, int]) -> dict[str, Any]:
@@ -574,6 +580,7 @@ def _pretrain(
     # ---- state
     state = create_state(config, dataset.channels, len(dataset.classes), device)
     metrics_path = run_dir / METRICS_FILE
+    elapsed_before = 0.0
     if resume:
         state.load_state_dict(payload["state"])
         set_rng_state(payload["rng"])
@@ -583,7 +590,7 @@ def _pretrain(
         else:
             log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
         if context.is_main:
-            _truncate_metrics(metrics_path, state.step)
+            elapsed_before = _truncate_metrics(metrics_path, state.step)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     if context.is_main:
         log.info("precision %s (%s)", state.precision.name, state.precision.reason)
@@ -601,7 +608,8 @@ def _pretrain(
     bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not show)
     if step_seconds_hint is not None:
         bar.set_postfix_str(f"eta {bar.format_interval((schedule.max_steps - state.step) * step_seconds_hint)}")
-    last_time, last_step = time.perf_counter(), state.step
+    start_time = last_time = time.perf_counter()
+    last_step = state.step
     metrics_log = _MetricsLog(metrics_path, context.is_main)
     try:
         if knn_monitor is not None and state.step == 0:  # the starting point: kNN of the initial encoder
@@ -631,11 +639,16 @@ def _pretrain(
                 if step % config.train.log_every == 0 or step == schedule.max_steps:
                     tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
                     record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
-                    record.update(step=step, epoch=step / schedule.steps_per_epoch)
-                    metrics_log.write(record)
                     now = time.perf_counter()
                     images_per_s = (step - last_step) * schedule.batch_size / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
+                    record.update(
+                        step=step,
+                        epoch=step / schedule.steps_per_epoch,
+                        elapsed_s=round(elapsed_before + now - start_time, 3),
+                        images_per_s=round(images_per_s, 1),
+                    )
+                    metrics_log.write(record)
                     bar.set_postfix(
                         loss=f"{record['byol_loss']:.3f}",
                         tau=f"{record['tau']:.4f}",
