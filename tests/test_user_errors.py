@@ -75,6 +75,11 @@ CASES = [
     ("embed output", lambda r, t: ["embed", str(r), "--out", str(t / "feats"), "--quiet"], ".npy file"),
     ("resume flags", lambda r, t: ["pretrain", "--run-dir", str(r), "--resume", "--preset", "tiny"], "saved config"),
     ("missing path", lambda r, t: ["knn", str(t / "nope")], "does not exist"),
+    (
+        "run dir in use",
+        lambda r, t: ["demo", "--preset", "tiny", "--quiet", "--run-dir", str(r)],
+        "already holds a run",
+    ),
 ]
 
 

@@ -274,6 +274,8 @@ def cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from byol.demo import BUDGET_MINUTES
+
     parser = argparse.ArgumentParser(
         prog="byol",
         description="BYOL (Bootstrap Your Own Latent): self-supervised pretraining and the paper's evaluations.",
@@ -383,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--budget-minutes", type=_positive, default=None,
         help="wall time of the whole demo; the run is sized to it from a measured step time "
-        "(default: 8 on a CPU, 1.5 on a GPU; --epochs N forces a length instead)",
+        f"(default: {BUDGET_MINUTES['cpu']:g} on a CPU, {BUDGET_MINUTES['cuda']:g} on a GPU; --epochs N forces a "
+        "length instead)",
     )  # fmt: skip
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=cmd_demo, accepts_overrides=True)

@@ -26,8 +26,10 @@ from typing import Any
 import torch
 
 from byol.bench import StepFixture
+from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, validate
 from byol.data import TEST_SPLIT, Dataset, load_dataset
+from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder, write_result
 from byol.evaluate.runner import knn_and_cached_linear
 from byol.precision import Precision
@@ -150,6 +152,8 @@ def run_demo(
     """Evaluates random init, plans, pretrains, evaluates BYOL identically, writes the report; returns the
     summary. ``size_to_budget=False`` keeps ``config.train.epochs`` (the user forced a length)."""
     config = validate(config or cpu_demo())
+    if list_checkpoints(run_dir):  # refused now, not after a minute of evaluation
+        raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir")
     start = time.perf_counter()
     device = resolve_device(config.train.device)
     budget_minutes = budget_minutes or BUDGET_MINUTES.get(device.type, BUDGET_MINUTES["cpu"])
