@@ -215,3 +215,23 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and "Traceback" not in err[0] and "unreadable images" in err[0], err
+
+
+def test_an_encoder_with_nan_weights_is_refused_by_every_evaluation(run, tmp_path, capsys):
+    import shutil
+
+    from byol.checkpoint import latest_checkpoint, load_checkpoint
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    path = latest_checkpoint(copy)
+    payload = load_checkpoint(path)
+    online = payload["state"]["online"]
+    for key, value in online.items():
+        if key.startswith("encoder.") and value.is_floating_point():
+            online[key] = value * float("nan")
+    torch.save(payload, path)
+    for protocol in ("knn", "linear"):
+        assert main([protocol, str(copy), "--quiet", "--epochs" if protocol == "linear" else "--k", "1"]) == 2
+        assert "non-finite features" in capsys.readouterr().err
+    assert not (copy / "eval").exists()  # nothing that looks like a result was written

@@ -153,7 +153,11 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Writes the config as JSON, atomically (a kill leaves the old file or the new one)."""
+        from byol.checkpoint import atomic_write  # local: the config module stays free of torch
+
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write(Path(path), lambda f: f.write(text.encode()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:

@@ -395,7 +395,7 @@ def _truncate_metrics(path: Path, last_step: int) -> float:
         if record.get("step", 0) <= last_step:
             kept.append(line)
             elapsed = record.get("elapsed_s", elapsed)
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
     return float(elapsed)
 
 

@@ -103,7 +103,12 @@ def extract_features(
         with precision.context(device):
             features.append(encoder(x).float().cpu())
         labels.append(batch.labels.cpu())
-    return torch.cat(features), torch.cat(labels)
+    stacked = torch.cat(features)
+    if not torch.isfinite(stacked).all():  # a score on NaN features would look like a result and mean nothing
+        raise CheckpointError(
+            f"the encoder gives non-finite features on {dataset.name} (NaN/Inf weights?); nothing was evaluated"
+        )
+    return stacked, torch.cat(labels)
 
 
 def split_train_val(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
