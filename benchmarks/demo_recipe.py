@@ -16,10 +16,8 @@ from pathlib import Path
 import torch
 
 from byol.config import apply_overrides, get_preset, validate
-from byol.data import load_dataset
 from byol.evaluate.common import load_encoder_from_run
-from byol.evaluate.runner import knn_and_cached_linear
-from byol.precision import Precision
+from byol.evaluate.frozen import FrozenEvaluation
 from byol.train import pretrain
 
 
@@ -30,14 +28,10 @@ def main(name: str, overrides: dict[str, object], inits: list[str]) -> None:
     start = time.perf_counter()
     pretrain(config, run, progress=False)
     seconds = time.perf_counter() - start
-    d = config.data
-    train = load_dataset(d.dataset, "train", d.data_dir, d.image_size)
-    test = load_dataset(d.dataset, "test", d.data_dir, d.image_size)
-    precision = Precision.create(config.train.precision, config.train.memory_format, torch.device("cpu"))
+    frozen = FrozenEvaluation.from_config(config, torch.device("cpu"))
     results = {}
     for init in inits:
-        encoder = load_encoder_from_run(run, init).encoder
-        knn, linear = knn_and_cached_linear(encoder, train, test, d.image_size, torch.device("cpu"), precision, False)
+        knn, linear = frozen.knn_and_linear(load_encoder_from_run(run, init).encoder)
         results[init] = (round(knn["top1"], 2), round(linear["top1"], 2))
     print(json.dumps({"name": name, "overrides": overrides, "pretrain_s": round(seconds), **results}), flush=True)
 

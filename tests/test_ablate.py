@@ -1,8 +1,13 @@
+"""The ablation runner: tables resolve to valid configs, cells are reused, resumed or refused, the table."""
+
 import json
 
 import pytest
 
-from byol.ablate import TABLES, Row, _resolve, format_table, run_table
+import byol.ablate as ablate
+from byol.ablate import TABLES, Row, format_table, run_table
+from byol.ablate.runner import _resolve
+from byol.ablate.tables import RANDOM_INIT
 from byol.config import get_preset
 from byol.errors import ConfigError
 
@@ -16,12 +21,8 @@ def test_every_table_row_resolves_to_a_valid_config():
 
 
 def test_grid_runs_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch):
-    import byol.ablate as ablate
-
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
-    monkeypatch.setitem(
-        ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}), ablate.RANDOM_INIT))
-    )
+    monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}), RANDOM_INIT)))
     path = run_table("t", "tiny", [0, 1], tmp_path, progress=False)
     text = path.read_text()
     assert "| τ 0 |" in text and "| random-init encoder (no pretraining) |" in text and "/2 |" in text
@@ -51,8 +52,6 @@ def test_unknown_table_is_refused(tmp_path):
 
 
 def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
-    import byol.ablate as ablate
-
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}),)))
     run_table("t", "tiny", [0], tmp_path, progress=False)
@@ -66,8 +65,6 @@ def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
 
 
 def test_a_table_scale_override_applies_and_the_users_own_wins(tmp_path, monkeypatch):
-    import byol.ablate as ablate
-
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     table = ablate.Table("test", (Row("r"),), scale_overrides={"tiny": {"train.epochs": "2", "train.seed": "7"}})
     monkeypatch.setitem(ablate.TABLES, "t", table)

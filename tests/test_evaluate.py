@@ -19,6 +19,8 @@ from byol.evaluate import (
     linear_evaluation,
     load_encoder_from_run,
 )
+from byol.evaluate.frozen import FrozenEvaluation, KnnMonitor
+from byol.evaluate.knn import KnnConfig
 from byol.evaluate.runner import EvaluationRequest, run_evaluation
 from byol.report import write_report
 from byol.train import pretrain
@@ -138,7 +140,9 @@ def test_transfer_to_another_dataset(run_dir, tmp_path):
         batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(20)]}
         (root / name).write_bytes(pickle.dumps(batch))
     (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
-    request = EvaluationRequest("knn", run_dir, dataset="cifar10", data_dir=str(tmp_path), image_size=16, k=5)
+    request = EvaluationRequest(
+        "knn", run_dir, dataset="cifar10", data_dir=str(tmp_path), image_size=16, knn=KnnConfig(k=5)
+    )
     result, path = run_evaluation(request, progress=False)
     assert result["dataset"] == "cifar10" and result["pretrained_on"] == "synthetic"
     assert path.name == "knn_cifar10_pretrained.json"
@@ -159,3 +163,23 @@ def test_bad_checkpoints_and_fractions_are_refused(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", str(run_dir), "--label-fraction", "1.5"])
     assert e.value.code == 2 and "must lie in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_frozen_evaluation_samples_labelled_images_with_the_runs_seed(run_dir):
+    config = apply_overrides(get_preset("tiny"), {"train.seed": 3})
+    train = load_dataset("synthetic", "train", "", 16)
+    train.labels[:100] = -1  # unlabelled images never vote
+    a = FrozenEvaluation.from_config(config, CPU, train, max_train=200, max_test=50)
+    b = FrozenEvaluation.from_config(config, CPU, train, max_train=200, max_test=50)
+    assert len(a.train) == 200 and len(a.test) == 50 and bool((a.train.labels >= 0).all())
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
+    other = FrozenEvaluation.from_config(apply_overrides(config, {"train.seed": 4}), CPU, train, max_train=200)
+    assert not torch.equal(other.train.images, a.train.images) and len(other.test) == 256  # no limit: all
+    encoder = load_encoder_from_run(run_dir).encoder
+    knn, linear = a.knn_and_linear(encoder)
+    assert knn["top1"] == a.knn(encoder)["top1"]  # one feature extraction serves both protocols
+    assert linear["settings"]["standardize"] and linear["settings"]["epochs"] == 10
+    monitor = KnnMonitor(config, train, CPU)
+    assert len(monitor.evaluation.train) == 412 and monitor(encoder) == pytest.approx(
+        FrozenEvaluation.from_config(config, CPU, train, 10_000, 10_000).knn(encoder)["top1"]
+    )

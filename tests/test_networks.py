@@ -75,3 +75,8 @@ def test_bad_architecture_is_refused():
         ResNet(42)
     with pytest.raises(ValueError, match="stem"):
         ResNet(18, stem="tiny")
+
+
+def test_mlp_depth_counts_linear_layers():
+    assert [type(m) for m in MLP(8, 16, 4, depth=1).net] == [nn.Linear]
+    assert sum(isinstance(m, nn.Linear) for m in MLP(8, 16, 4, depth=3).net) == 3

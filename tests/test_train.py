@@ -1,16 +1,22 @@
+"""The training step (per-view BN, EMA after the optimizer, probe on stop-gradient features, the non-finite
+guard), the schedules in optimizer steps, and the paper's ablation switches (section 5, appendices F and I)."""
+
 import pytest
 import torch
 from torch import nn
 
-from byol.config import apply_overrides, get_preset
+import byol.train as train_module
+from byol.config import apply_overrides, get_preset, validate
+from byol.ema import target_ema
 from byol.errors import TrainingError
-from byol.train import Schedule, create_state, train_step
+from byol.train import Schedule, ViewBatch, create_state, train_step
 
 SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
+SCHEDULE16 = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=16, base_lr=0.5, base_ema=0.9)
 
 
 def _state():
-    return create_state(get_preset("tiny"), 3, 4, torch.device("cpu"))
+    return create_state(get_preset("tiny"), 3, 4, torch.device("cpu"), SCHEDULE)
 
 
 def _views():
@@ -23,7 +29,7 @@ def test_each_view_is_its_own_bn_batch_and_target_runs_in_train_mode():
     state.online.encoder.stem[1].register_forward_hook(lambda m, i, o: sizes.append((m.training, i[0].shape[0])))
     target_bn = state.target.encoder.stem[1]
     before = target_bn.running_mean.clone()
-    train_step(state, *_views(), SCHEDULE)
+    train_step(state, ViewBatch(*_views()))
     assert sizes == [(True, 8), (True, 8)]  # two separate batches of 8, never one of 16
     assert not torch.equal(target_bn.running_mean, before)  # batch statistics → running stats move
 
@@ -31,7 +37,7 @@ def test_each_view_is_its_own_bn_batch_and_target_runs_in_train_mode():
 def test_no_gradient_reaches_the_target_and_ema_follows_the_optimizer_step():
     state = _state()
     xi0 = {n: p.clone() for n, p in state.target.named_parameters()}
-    metrics = train_step(state, *_views(), SCHEDULE)
+    metrics = train_step(state, ViewBatch(*_views()))
     assert metrics["tau"] == 0.9 and state.step == 1
     theta1 = dict(state.online.named_parameters())
     for name, param in state.target.named_parameters():
@@ -44,14 +50,13 @@ def test_online_probe_learns_from_stop_gradient_features_only():
     v1, v2, labels = _views()
     grads = []
     state.online.encoder.stem[0].weight.register_hook(lambda g: grads.append(g.clone()))
-    train_step(state, v1, v2, labels, SCHEDULE)
+    train_step(state, ViewBatch(v1, v2, labels))
     with_probe = grads[-1]
-    state2 = create_state(
-        apply_overrides(get_preset("tiny"), {"train.online_probe": "false"}), 3, 4, torch.device("cpu")
-    )
+    no_probe = apply_overrides(get_preset("tiny"), {"train.online_probe": "false"})
+    state2 = create_state(no_probe, 3, 4, torch.device("cpu"), SCHEDULE)
     assert state2.probe is None
     state2.online.encoder.stem[0].weight.register_hook(lambda g: grads.append(g.clone()))
-    train_step(state2, v1, v2, labels, SCHEDULE)
+    train_step(state2, ViewBatch(v1, v2, labels))
     torch.testing.assert_close(with_probe, grads[-1])  # the probe adds no gradient to the encoder
     assert state.probe is not None and state.probe.weight.grad is not None  # while the probe itself learns
 
@@ -62,15 +67,15 @@ def test_non_finite_loss_stops_before_any_update():
     v1, v2, labels = _views()
     v1[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingError, match="step 0"):
-        train_step(state, v1, v2, labels, SCHEDULE)
+        train_step(state, ViewBatch(v1, v2, labels))
     assert all(torch.equal(p, before[n]) for n, p in state.online.named_parameters())
     assert state.step == 0
 
 
 def test_predictor_lr_scale_reaches_the_optimizer():
     config = apply_overrides(get_preset("tiny"), {"optim.predictor_lr_scale": "10"})
-    state = create_state(config, 3, 4, torch.device("cpu"))
-    train_step(state, *_views(), SCHEDULE)
+    state = create_state(config, 3, 4, torch.device("cpu"), SCHEDULE)
+    train_step(state, ViewBatch(*_views()))
     lrs = {g["lr_scale"]: g["lr"] for g in state.optimizer.param_groups}
     assert lrs[10.0] == pytest.approx(10 * lrs[1.0])
 
@@ -85,9 +90,86 @@ def test_schedule_counts_epochs_in_optimizer_steps():
 @pytest.mark.slow
 def test_compiled_step_matches_the_eager_step():
     compiled_config = apply_overrides(get_preset("tiny"), {"train.compile": "true"})
-    eager, compiled = _state(), create_state(compiled_config, 3, 4, torch.device("cpu"))
+    eager, compiled = _state(), create_state(compiled_config, 3, 4, torch.device("cpu"), SCHEDULE)
     batch = _views()
     for _ in range(2):
-        a = train_step(eager, *batch, SCHEDULE)
-        b = train_step(compiled, *batch, SCHEDULE)
+        a = train_step(eager, ViewBatch(*batch))
+        b = train_step(compiled, ViewBatch(*batch))
         assert abs(a["byol_loss"].item() - b["byol_loss"].item()) < 1e-4
+
+
+def _batch(n=16):
+    return torch.randn(n, 3, 16, 16), torch.randn(n, 3, 16, 16), torch.arange(n) % 4
+
+
+def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
+    config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "4", "optim.batch_size": "16"})
+    state = create_state(validate(config), 3, 4, torch.device("cpu"), SCHEDULE16)
+    micro_batches, updates = [], []
+    state.online.encoder.register_forward_hook(lambda m, i, o: micro_batches.append(i[0].shape[0]))
+    real_update = train_module.update_target
+    monkeypatch.setattr(train_module, "update_target", lambda t, o, tau: (updates.append(tau), real_update(t, o, tau)))
+    for step in range(3):
+        metrics = train_step(state, ViewBatch(*_batch()))
+        assert metrics["tau"] == target_ema(step, 0.9, 10)  # τ counts optimizer steps, not micro-batches
+    assert micro_batches == [4] * 24  # 3 steps × 4 micro-batches × 2 views, each view its own BN batch of 4
+    assert updates == [target_ema(k, 0.9, 10) for k in range(3)] and state.step == 3
+
+
+@pytest.mark.parametrize(("schedule", "stop_gradient_of_online"), [("constant", True), ("cosine", False)])
+def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constant_schedule(
+    schedule, stop_gradient_of_online
+):
+    """Table 5a's τ_base = 0 row: after every step ξ = θ, so each step regresses onto stop-gradient(online)."""
+    config = validate(apply_overrides(get_preset("tiny"), {"target.base_ema": "0", "target.schedule": schedule}))
+    state = create_state(config, 3, 4, torch.device("cpu"), Schedule.create(config, steps_per_epoch=5))
+    equal_after_step = []
+    for _ in range(3):
+        train_step(state, ViewBatch(*_batch()))
+        target = dict(state.target.named_parameters())
+        equal_after_step.append(
+            all(torch.equal(p, target[n]) for n, p in state.online.named_parameters() if n in target)
+        )
+    # step 0 has τ = 0 under both schedules; afterwards only the constant schedule keeps copying θ
+    assert equal_after_step == [True, stop_gradient_of_online, stop_gradient_of_online]
+
+
+def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients():
+    config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "2", "train.online_probe": "false"})
+    state = create_state(config, 3, 4, torch.device("cpu"), SCHEDULE16)
+    v1, v2, y = _batch()
+    grads = []
+    for half in (slice(0, 8), slice(8, 16)):
+        state.online.zero_grad()
+        train_module._loss(state, v1[half], v2[half])[0].backward()
+        grads.append(state.online.encoder.stem[0].weight.grad.clone())
+    state.optimizer.step = lambda: None  # keep θ to read the accumulated gradient
+    train_step(state, ViewBatch(v1, v2, y))
+    torch.testing.assert_close(state.online.encoder.stem[0].weight.grad, (grads[0] + grads[1]) / 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "has_target", "has_predictor"),
+    [
+        ({"target.network": "online-sg"}, False, True),
+        ({"target.network": "online", "model.predictor": "none", "loss.beta": "1"}, False, False),
+        ({"model.predictor": "closed-form", "target.base_ema": "0"}, True, False),
+        ({"model.predictor_depth": "3", "model.projector_depth": "1"}, True, True),
+    ],
+)
+def test_ablation_switches_build_and_train(overrides, has_target, has_predictor):
+    config = validate(apply_overrides(get_preset("tiny"), overrides))
+    state = create_state(config, 3, 4, torch.device("cpu"), SCHEDULE16)
+    assert (state.target is not None) == has_target and (state.online.predictor is not None) == has_predictor
+    metrics = train_step(state, ViewBatch(*_batch()))
+    assert torch.isfinite(metrics["byol_loss"])
+
+
+def test_without_stop_gradient_the_target_side_gets_gradients():
+    grads = {}
+    for network in ("online-sg", "online"):
+        config = apply_overrides(get_preset("tiny"), {"target.network": network, "train.online_probe": "false"})
+        state = create_state(config, 3, 4, torch.device("cpu"), SCHEDULE16)
+        train_module._loss(state, *_batch()[:2])[0].backward()
+        grads[network] = state.online.projector.net[0].weight.grad.clone()
+    assert not torch.allclose(grads["online-sg"], grads["online"])

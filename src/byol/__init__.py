@@ -4,7 +4,7 @@ from byol.config import Config, get_preset
 from byol.export import load_encoder
 from byol.loss import byol_loss, regression_loss
 from byol.networks import MLP, OnlineNetwork, ResNet, TargetNetwork, build_online_network
-from byol.train import TrainState, pretrain, train_step
+from byol.train import TrainState, ViewBatch, pretrain, resume, train_step
 
 __version__ = "0.1.0"
 
@@ -15,11 +15,13 @@ __all__ = [
     "ResNet",
     "TargetNetwork",
     "TrainState",
+    "ViewBatch",
     "build_online_network",
     "byol_loss",
     "get_preset",
     "load_encoder",
     "pretrain",
     "regression_loss",
+    "resume",
     "train_step",
 ]

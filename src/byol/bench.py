@@ -11,12 +11,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from byol.augment import TwoViews
 from byol.config import Config
-from byol.train import Schedule, create_state, resolve_device, train_step
+from byol.distributed import resolve_device
+from byol.train import Schedule, ViewBatch, create_state, train_step
 
 # (channels, native size) of the in-memory datasets, so benchmarks need no files: inputs are random bytes.
 NATIVE_SHAPE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96)}
@@ -90,8 +92,7 @@ class StepFixture:
             config.augment.crop_min_scale,
         )
         self.generator = generator
-        self.state = create_state(config, channels, 10, device)
-        self.schedule = Schedule(
+        schedule = Schedule(
             max_steps=1_000_000,
             warmup_steps=0,
             steps_per_epoch=1000,
@@ -100,12 +101,13 @@ class StepFixture:
             base_ema=config.target.base_ema,
             tau_schedule=config.target.schedule,
         )
+        self.state = create_state(config, channels, 10, device, schedule)
 
     def views_only(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.views(self.images, self.generator)
 
-    def step(self) -> None:
-        train_step(self.state, *self.views_only(), self.labels, self.schedule)
+    def step(self) -> dict[str, Any]:
+        return train_step(self.state, ViewBatch(*self.views_only(), self.labels))
 
 
 def bench_step(config: Config, repeats: int = 10) -> StepTiming:
@@ -127,3 +129,29 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
     network_s = median_seconds(network, device, repeats)
     views_s = median_seconds(f.views_only, device, repeats)
     return StepTiming(str(device), state.precision.name, step_s, network_s, views_s)
+
+
+def format_augment(config: Config, preset: str, timings: list[AugmentTiming], view_s: float, step_s: float) -> str:
+    batch = config.optim.batch_size
+    lines = [
+        f"view pipeline (T and T', preset {config.augment.preset!r}), 256 RGB images, "
+        f"device {resolve_device(config.train.device)}:",
+        *(f"  {t.image_size:>4} px: {t.pairs_per_s:10.0f} view pairs/s ({2 * t.pairs_per_s:.0f} views/s)"
+          for t in timings),
+        f"preset {preset!r} ({config.data.dataset}, {config.data.image_size} px, batch {batch}):",
+        f"  views {view_s * 1e3:.1f} ms, whole step {step_s * 1e3:.1f} ms, {batch / step_s:.0f} images/s",
+        f"  view pipeline share of the step: {100 * view_s / step_s:.1f}%",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_step(config: Config, preset: str, r: StepTiming) -> str:
+    batch = config.optim.batch_size
+    return "\n".join([
+        f"training step, preset {preset!r}, batch {batch}, {config.data.image_size} px, device {r.device}, "
+        f"precision {r.precision}:",
+        f"  full step (views + step):  {r.step_s * 1e3:8.1f} ms  {batch / r.step_s:9.0f} images/s",
+        f"  bare network work:         {r.network_s * 1e3:8.1f} ms  {batch / r.network_s:9.0f} images/s",
+        f"  view pipeline:             {r.views_s * 1e3:8.1f} ms  {batch / r.views_s:9.0f} images/s",
+        f"  overhead ratio step / bare network: {r.step_s / r.network_s:.3f}",
+    ])  # fmt: skip

@@ -4,21 +4,30 @@ A checkpoint is written to a temporary file in the same directory, flushed and f
 renamed over its final name (and the directory entry fsynced), so a crash or a kill at any moment leaves
 either the old set of checkpoints or the new one. The last ``keep`` checkpoints are kept. Reading uses
 ``torch.load(weights_only=True)``, which refuses pickled objects that could execute code.
+
+A checkpoint also captures every global RNG (:func:`rng_state`), so a resumed run is bit-identical to one
+that was never interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from byol.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 
 
@@ -106,3 +115,54 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             f"run directory {run_dir} holds no checkpoint (expected {run_dir / CHECKPOINT_DIR}/step_*.pt)"
         )
     return checkpoints[-1]
+
+
+def load_resumable(run_dir: Path) -> dict[str, Any]:
+    """The newest checkpoint that reads; each unreadable newer one is moved aside (``.unreadable``), not deleted."""
+    latest_checkpoint(run_dir)  # its errors: no such directory, no checkpoint
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".unreadable")
+            path.replace(aside)
+            log.warning("%s; moved it aside to %s and resuming from the checkpoint before it", e, aside.name)
+    raise CheckpointError(f"no checkpoint of {run_dir} can be read (each was moved aside as *.unreadable)")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, as tensors and plain values (loadable with weights_only=True)."""
+    _, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(position),
+            "gauss": (int(has_gauss), float(cached)),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], *numpy_state["gauss"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -356,7 +356,7 @@ def validate(config: Config) -> Config:
             "optim.batch_size",
             o.accumulation_steps < 1
             or (o.batch_size % o.accumulation_steps == 0 and o.batch_size // o.accumulation_steps >= 2),
-            "must be divisible by optim.accumulation_steps into micro-batches of >= 2",
+            "must be divisible by optim.accumulation_steps into micro-batches of >= 2 (BN needs a batch)",
         ),
         ("loss.temperature", config.loss.temperature > 0, "must be > 0"),
         ("loss.beta", config.loss.beta >= 0, "must be >= 0"),
@@ -364,7 +364,6 @@ def validate(config: Config) -> Config:
         ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
         ("optim.momentum", 0 <= o.momentum < 1, "must lie in [0, 1)"),
         ("optim.eta", o.eta > 0, "must be > 0"),
-        ("optim.batch_size", o.batch_size >= 2, "must be >= 2 (BN needs a batch)"),
         (
             "optim.warmup_epochs",
             o.warmup_epochs >= 0,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +24,16 @@ from typing import Any
 
 import torch
 
-from byol.bench import StepFixture
-from byol.checkpoint import list_checkpoints
+from byol.bench import StepFixture, median_seconds
+from byol.checkpoint import atomic_write, list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, validate
-from byol.data import TEST_SPLIT, Dataset, load_dataset
+from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder, write_result
-from byol.evaluate.runner import knn_and_cached_linear
+from byol.evaluate.frozen import FrozenEvaluation
 from byol.precision import Precision
 from byol.report import write_report
-from byol.train import pretrain, resolve_device
+from byol.train import pretrain
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +85,7 @@ def measure_step_seconds(config: Config, device: torch.device, repeats: int = 3)
     """Median seconds of one training step (views included) of ``config`` on ``device``, after one warm-up
     step, on a throwaway state (pretraining re-seeds everything, so the run is unaffected)."""
     fixture = StepFixture(config, device, torch.Generator(device=device).manual_seed(config.train.seed))
-    fixture.step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fixture.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fixture.step, device, repeats, warmup=1)
 
 
 def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]:
@@ -104,7 +93,7 @@ def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]
     returns the config with the faster (the other only if :data:`LAYOUT_GAIN` times faster) and its step time.
     Which layout is faster depends on the machine: channels_last fp32 was 1.2x faster on an AVX2 CPU and
     7% slower on an AVX512_BF16 one; numerics differ only in float rounding."""
-    resolved = Precision.create(config.train.precision, config.train.memory_format, device)
+    resolved = Precision.for_run(config.train, device)
     other = apply_overrides(
         config, {"train.memory_format": "contiguous" if resolved.channels_last else "channels_last"}
     )
@@ -122,24 +111,13 @@ def plan_epochs(step_seconds: float, steps_per_epoch: int, pretrain_budget_s: fl
     return min(MAX_EPOCHS, max(MIN_EPOCHS, round(quanta * EPOCH_QUANTUM, 6)))
 
 
-def _evaluate(
-    encoder: torch.nn.Module,
-    train: Dataset,
-    test: Dataset,
-    config: Config,
-    device: torch.device,
-    progress: bool,
-    init: str,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    precision = Precision.create(config.train.precision, config.train.memory_format, device)
-    knn, linear = knn_and_cached_linear(
-        encoder, train, test, config.data.image_size, device, precision, progress, desc=f"{init} "
-    )
-    for result in (knn, linear):
+def _evaluate(frozen: FrozenEvaluation, encoder: torch.nn.Module, config: Config, progress: bool, init: str) -> list:
+    results = frozen.knn_and_linear(encoder, progress, desc=f"{init} ")
+    for result in results:
         result.update(
             dataset=config.data.dataset, init=init, encoder="online" if init == "pretrained" else "random init"
         )
-    return knn, linear
+    return list(results)
 
 
 def run_demo(
@@ -157,45 +135,38 @@ def run_demo(
     start = time.perf_counter()
     device = resolve_device(config.train.device)
     budget_minutes = budget_minutes or BUDGET_MINUTES.get(device.type, BUDGET_MINUTES["cpu"])
-    data = config.data
-    train = load_dataset(data.dataset, "train", data.data_dir, data.image_size)
-    test = load_dataset(data.dataset, TEST_SPLIT.get(data.dataset, "test"), data.data_dir, data.image_size)
-
     if config.train.memory_format == "auto":  # chosen first: both encoders are evaluated in the run's layout
         config, step_seconds = fastest_layout(config, device)
     else:
         step_seconds = measure_step_seconds(config, device)
 
+    frozen = FrozenEvaluation.from_config(config, device)
     eval_start = time.perf_counter()
-    random_results = _evaluate(random_encoder(config, train.channels), train, test, config, device, progress, "random")
+    random_results = _evaluate(frozen, random_encoder(config, frozen.train.channels), config, progress, "random")
     eval_seconds = time.perf_counter() - eval_start
 
-    steps_per_epoch = len(train) // config.optim.batch_size
+    steps_per_epoch = len(frozen.train) // config.optim.batch_size
     pretrain_budget = budget_minutes * 60 * (1 - RESERVE) - (time.perf_counter() - start) - eval_seconds
     epochs = plan_epochs(step_seconds, steps_per_epoch, pretrain_budget) if size_to_budget else config.train.epochs
     plan = Plan(epochs, step_seconds, steps_per_epoch, pretrain_budget, size_to_budget)
-    log.info(
-        "%s; precision %s",
-        plan.describe(budget_minutes),
-        Precision.create(config.train.precision, config.train.memory_format, device).name,
-    )
+    log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
     config = apply_overrides(config, {"train.epochs": epochs})
 
     pretrain_start = time.perf_counter()
     pretrain(config, run_dir, progress=progress, step_seconds_hint=step_seconds)
     pretrain_seconds = time.perf_counter() - pretrain_start
-    pretrained = _evaluate(load_encoder_from_run(run_dir).encoder, train, test, config, device, progress, "pretrained")
+    pretrained = _evaluate(frozen, load_encoder_from_run(run_dir).encoder, config, progress, "pretrained")
 
-    rows = []
+    rows, dataset = [], config.data.dataset
     for init, (knn, linear) in (("pretrained", pretrained), ("random", random_results)):
-        write_result(run_dir, f"knn_{data.dataset}_{init}", knn)
-        write_result(run_dir, f"linear-cached-standardized_{data.dataset}_{init}", linear)
+        write_result(run_dir, f"knn_{dataset}_{init}", knn)
+        write_result(run_dir, f"linear-cached-standardized_{dataset}_{init}", linear)
         rows.append({"init": init, "knn_top1": knn["top1"], "linear_top1": linear["top1"]})
     report = write_report(run_dir)
     summary = {
         "run_dir": str(run_dir),
         "device": str(device),
-        "precision": Precision.create(config.train.precision, config.train.memory_format, device).name,
+        "precision": frozen.precision.name,
         "budget_minutes": budget_minutes,
         "sized_to_budget": size_to_budget,
         "epochs": epochs,
@@ -209,8 +180,18 @@ def run_demo(
         "linear_gain": rows[0]["linear_top1"] - rows[1]["linear_top1"],
         "report": str(report),
     }
-    (run_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "demo.json", lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
     return summary
+
+
+def format_summary(summary: dict[str, Any], dataset: str) -> str:
+    """What `byol demo` prints at the end: the table, the report and the run directory."""
+    return (
+        f"\n{dataset} test set, after {summary['epochs']:g} epochs, {summary['pretrain_seconds'] / 60:.1f} min of "
+        f"BYOL pretraining ({summary['total_seconds'] / 60:.1f} min in all, {summary['device']}, "
+        f"{summary['precision']}):\n{format_table(summary)}\n\nreport: {summary['report']}\n"
+        f"run directory: {summary['run_dir']}"
+    )
 
 
 def format_table(summary: dict[str, Any]) -> str:

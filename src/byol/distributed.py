@@ -1,4 +1,8 @@
-"""A thin optional layer for multi-process training under ``torchrun``; one process is the same code path.
+"""Devices, and a thin optional layer for multi-process training under ``torchrun`` (one process is the same
+code path).
+
+- :func:`resolve_device` turns ``auto`` / ``cpu`` / ``cuda:N`` into a device; :func:`setup` also joins
+  torchrun's process group and gives each rank its GPU.
 
 - :func:`init_distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); without it the run
   is a single process and nothing here does anything.
@@ -20,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
+
+from byol.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,28 @@ def init_distributed(device: torch.device) -> DistributedContext:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_MainRankOnly(rank))
     return DistributedContext(rank, world_size, local_rank)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    return device
+
+
+def setup(device_name: str) -> tuple[torch.device, DistributedContext]:
+    """The device of this process and its place among torchrun's ranks (one rank per GPU)."""
+    device = resolve_device(device_name)
+    context = init_distributed(device)
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    return device, context
 
 
 def current_context() -> DistributedContext:
@@ -132,4 +160,6 @@ __all__ = [
     "convert_batchnorm",
     "current_context",
     "init_distributed",
+    "resolve_device",
+    "setup",
 ]

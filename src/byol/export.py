@@ -18,11 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from byol.checkpoint import atomic_write
-from byol.data import TEST_SPLIT, load_dataset
+from byol.data import load_dataset, split_name
+from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError
 from byol.evaluate.common import extract_features, load_encoder_from_run
 from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
-from byol.train import resolve_device
 
 EXPORT_FORMAT = 1
 
@@ -148,7 +148,7 @@ def embed(
         name, image_size, run_data_dir = dataset or data.dataset, data.image_size, data.data_dir
     if data_dir is None:
         data_dir = run_data_dir if not dataset else ""
-    images = load_dataset(name, split or TEST_SPLIT.get(name, "test"), data_dir, image_size)
+    images = load_dataset(name, split or split_name(name, "test"), data_dir, image_size)
     features, labels = extract_features(
         encoder, images, image_size, resolve_device(device), desc="embedding", progress=progress
     )

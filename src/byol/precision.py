@@ -14,9 +14,13 @@ bf16.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from byol.config import TrainConfig
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
@@ -59,6 +63,11 @@ class Precision:
             bf16, reason = precision == "bf16", f"{precision}, set in the config"
         channels_last = memory_format == "channels_last" or (memory_format == "auto" and bf16)
         return cls(torch.bfloat16 if bf16 else None, channels_last, reason)
+
+    @classmethod
+    def for_run(cls, train: TrainConfig, device: torch.device) -> Precision:
+        """:meth:`create` from a config's ``train`` section (its ``precision`` and ``memory_format``)."""
+        return cls.create(train.precision, train.memory_format, device)
 
     @property
     def name(self) -> str:

@@ -17,20 +17,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from byol import rundir
 from byol.errors import DataError
 from byol.evaluate.common import EVAL_DIR
 from byol.loss import collapse_floor
-from byol.train import CONFIG_FILE, METRICS_FILE
+from byol.rundir import METRICS_FILE
 
 REPORT_DIR = "report"
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training-step records, kNN records) of a run."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         raise DataError(f"{run_dir} holds no {METRICS_FILE}; is it a byol run directory?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = rundir.read_metrics(run_dir)
     return [r for r in records if "byol_loss" in r], [r for r in records if "knn_top1" in r]
 
 
@@ -66,7 +66,7 @@ def write_report(run_dir: str | Path) -> Path:
     steps, knn = read_metrics(run_dir)
     if not steps:
         raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
-    config = json.loads((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).is_file() else {}
+    config = rundir.read_config(run_dir) or {}
     d = config.get("model", {}).get("projection_dim", 256)
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)

@@ -1,4 +1,5 @@
-"""A run directory has one writer at a time, and keeps no debris of writes that were cut short.
+"""A run directory: its files (metrics.jsonl, config.json, environment.json), one writer at a time, and no
+debris of writes that were cut short.
 
 The writer holds an exclusive ``flock`` on ``<run>/.lock`` for as long as it runs. The kernel drops the lock
 when the process ends, however it ends (SIGKILL included), so a crashed run never leaves it stuck; a second
@@ -11,11 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from byol.checkpoint import atomic_write
 from byol.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,3 +73,77 @@ def exclusive(run_dir: str | Path, what: str = "a run") -> Iterator[Path]:
         yield run_dir
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+# ---- the files of a run directory, written by the training loop and read by evaluation, report and ablate
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+ENVIRONMENT_FILE = "environment.json"
+TIMING_KEYS = ("elapsed_s", "images_per_s")  # the only metrics.jsonl fields that depend on the machine's speed
+
+
+def writer_lock(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
+    """The run directory's lock, taken by the process that writes (rank 0 under torchrun)."""
+    writer = int(os.environ.get("RANK", "0")) == 0
+    return exclusive(run_dir, "this run") if writer else contextlib.nullcontext()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as records; a line cut short by a kill is skipped."""
+    records = []
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """config.json as a dict (None when the run has none yet)."""
+    path = run_dir / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> float:
+    """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one
+    (but for :data:`TIMING_KEYS`). Returns the training seconds the kept records had reached."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return 0.0
+    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= last_step]
+    elapsed = next((r["elapsed_s"] for r in reversed(kept) if "elapsed_s" in r), 0.0)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+    return float(elapsed)
+
+
+def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
+    """environment.json: one record per start of the run (a resume may run on another machine), ``record``
+    followed by what this machine's torch reports (its CPU capability, threads and version)."""
+    path = run_dir / ENVIRONMENT_FILE
+    starts = json.loads(path.read_text()) if resume and path.is_file() else []
+    starts.append(
+        {
+            **record,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+    )
+    atomic_write(path, lambda f: f.write((json.dumps(starts, indent=2) + "\n").encode()))
+
+
+class MetricsLog:
+    """metrics.jsonl, appended one JSON record per line and flushed as it goes; ``enabled=False`` (ranks
+    other than 0) writes nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.file = open(run_dir / METRICS_FILE, "a") if enabled else None  # noqa: SIM115 (closed by close())
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

@@ -8,6 +8,9 @@ One step (:func:`train_step`):
      the paper's ablations (section 5, appendices F and I) change this through :class:`Objective`;
   5. a non-finite loss stops the run before the optimizer touches the weights;
   6. LARS step on θ, then ξ ← τ_k·ξ + (1 − τ_k)·θ.
+
+The loop (:func:`pretrain`, :func:`resume`) feeds it batches and applies the run's policies (:class:`_Policies`):
+what a non-finite step does, what is logged, when the kNN monitor runs, when a checkpoint is written.
 """
 
 from __future__ import annotations
@@ -15,15 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -31,20 +31,23 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from byol import rundir
+from byol import distributed, rundir
 from byol.augment import TwoViews, get_views
-from byol.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from byol.config import Config
-from byol.data import PRETRAIN_SPLIT, TEST_SPLIT, Batch, Dataset, TrainBatches, load_dataset
-from byol.distributed import (
-    DistributedContext,
-    all_reduce_mean,
-    convert_batchnorm,
-    current_context,
-    init_distributed,
+from byol.checkpoint import (
+    CHECKPOINT_FORMAT,
+    list_checkpoints,
+    load_resumable,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
 )
+from byol.config import Config
+from byol.data import Batch, Dataset, TrainBatches, load_split
+from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
+from byol.evaluate.frozen import KnnMonitor
 from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
 from byol.optim import LARS, lars_param_groups
@@ -52,23 +55,6 @@ from byol.precision import Precision
 from byol.schedules import learning_rate
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-ENVIRONMENT_FILE = "environment.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
-    return device
 
 
 @dataclass(frozen=True)
@@ -88,13 +74,13 @@ class Schedule:
         max_steps = config.train.max_steps or max(1, round(config.train.epochs * steps_per_epoch))
         warmup = min(max_steps, round(config.optim.warmup_epochs * steps_per_epoch))
         return cls(
-            max_steps,
-            warmup,
-            steps_per_epoch,
-            config.optim.batch_size,
-            config.optim.base_lr,
-            config.target.base_ema,
-            config.target.schedule,
+            max_steps=max_steps,
+            warmup_steps=warmup,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=config.optim.batch_size,
+            base_lr=config.optim.base_lr,
+            base_ema=config.target.base_ema,
+            tau_schedule=config.target.schedule,
         )
 
 
@@ -119,12 +105,12 @@ class Objective:
     def from_config(cls, config: Config) -> Objective:
         loss = config.loss
         return cls(
-            config.target.network,
-            config.model.predictor,
-            loss.beta,
-            loss.temperature,
-            loss.normalize,
-            config.optim.accumulation_steps,
+            target_network=config.target.network,
+            predictor=config.model.predictor,
+            beta=loss.beta,
+            temperature=loss.temperature,
+            normalize=loss.normalize,
+            accumulation_steps=config.optim.accumulation_steps,
         )
 
 
@@ -146,13 +132,14 @@ class SiameseForward(nn.Module):
 @dataclass
 class TrainState:
     """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
-    augmentation RNG, plus how the step runs (objective, precision)."""
+    augmentation RNG, plus the run's constants: its schedules, its objective and its precision."""
 
     online: OnlineNetwork
     target: TargetNetwork | None
     probe: nn.Linear | None
     optimizer: LARS
     generator: torch.Generator
+    schedule: Schedule
     step: int = 0
     objective: Objective = field(default_factory=Objective)
     precision: Precision = field(default_factory=Precision)
@@ -190,8 +177,10 @@ class TrainState:
         self.step = int(payload["step"])
 
 
-def create_state(config: Config, in_channels: int, num_classes: int, device: torch.device) -> TrainState:
-    """Fresh networks and optimizer, seeded by ``config.train.seed``."""
+def create_state(
+    config: Config, in_channels: int, num_classes: int, device: torch.device, schedule: Schedule
+) -> TrainState:
+    """Fresh networks and optimizer, seeded by ``config.train.seed``, that step along ``schedule``."""
     torch.manual_seed(config.train.seed)
     m = config.model
     online = build_online_network(
@@ -228,7 +217,7 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
         groups, weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, eta=config.optim.eta
     )
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
-    precision = Precision.create(config.train.precision, config.train.memory_format, device)
+    precision = Precision.for_run(config.train, device)
     precision.prepare(online)
     if target is not None:
         precision.prepare(target)
@@ -243,17 +232,34 @@ def create_state(config: Config, in_channels: int, num_classes: int, device: tor
     if config.train.compile:  # the wrappers share parameters with online / target: checkpoints are unchanged
         forward = torch.compile(forward)  # type: ignore[assignment]
     state = TrainState(
-        online, target, probe, optimizer, generator, 0, Objective.from_config(config), precision, forward
+        online=online,
+        target=target,
+        probe=probe,
+        optimizer=optimizer,
+        generator=generator,
+        schedule=schedule,
+        objective=Objective.from_config(config),
+        precision=precision,
+        forward=forward,
     )
     if config.train.compile and target is not None:
         state.target_forward = torch.compile(target)  # type: ignore[assignment]
     return state
 
 
-def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+class ViewBatch(NamedTuple):
+    """What one step consumes: the two augmented views of a batch (T and T') and its labels (−1: none)."""
+
+    view1: Tensor
+    view2: Tensor
+    labels: Tensor
+
+
+def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> ViewBatch:
     if batch.second_crop is None:
-        return views(batch.images, generator)
-    return views.t(batch.images, generator, crop=False), views.t_prime(batch.second_crop, generator, crop=False)
+        return ViewBatch(*views(batch.images, generator), batch.labels)
+    view1 = views.t(batch.images, generator, crop=False)
+    return ViewBatch(view1, views.t_prime(batch.second_crop, generator, crop=False), batch.labels)
 
 
 def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs, Tensor | None]:
@@ -286,12 +292,13 @@ def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, View
     return loss, online1, logits
 
 
-def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, schedule: Schedule) -> dict[str, Any]:
+def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
     """One optimizer step on a pair of augmented batches; returns the step's metrics (tensors and floats).
 
     With N accumulation steps the batch is split into N micro-batches whose gradients are averaged; the
     optimizer, the target update and the τ / lr schedules all advance once per call.
     """
+    schedule, (view1, view2, labels) = state.schedule, batch
     lr = learning_rate(state.step, schedule.base_lr, schedule.batch_size, schedule.max_steps, schedule.warmup_steps)
     tau = target_ema(state.step, schedule.base_ema, schedule.max_steps, schedule.tau_schedule)
     for group in state.optimizer.param_groups:
@@ -340,96 +347,103 @@ def train_step(state: TrainState, view1: Tensor, view2: Tensor, labels: Tensor, 
     return {**totals, "lr": lr, "tau": tau}
 
 
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+def pretrain(
+    config: Config, run_dir: str | Path, progress: bool = True, step_seconds_hint: float | None = None
+) -> tuple[TrainState, Dataset]:
+    """Runs a new pretraining run in ``run_dir``: checkpoints, config.json, environment.json and metrics.jsonl.
+
+    ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists.
+
+    Under torchrun every rank runs this function: data are sharded, BN is cross-replica, gradients are
+    averaged, and rank 0 alone writes logs, metrics and checkpoints, holding the run directory's lock: a
+    second writer is refused.
+    """
+    run_dir = Path(run_dir)
+    with rundir.writer_lock(run_dir):
+        if list_checkpoints(run_dir):
+            raise ConfigError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir"
+            )
+        return _run(config, run_dir, None, progress, step_seconds_hint)
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG, as tensors and plain values (loadable with weights_only=True)."""
-    _, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(position),
-            "gauss": (int(has_gauss), float(cached)),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
+    """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
+    run_dir = Path(run_dir)
+    with rundir.writer_lock(run_dir):
+        payload = load_resumable(run_dir)
+        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload, progress, None)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], *numpy_state["gauss"])
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _run(
+    config: Config, run_dir: Path, payload: dict[str, Any] | None, progress: bool, step_seconds_hint: float | None
+) -> tuple[TrainState, Dataset]:
+    """The run, from scratch or (``payload``: a checkpoint) resumed."""
+    device, context = distributed.setup(config.train.device)
+    _check_config(config, context)
+    seed_everything(config.train.seed, config.train.deterministic)
+    d = config.data
+    dataset = load_split(d.dataset, "pretrain", d.data_dir, d.image_size)
+    batches = TrainBatches(
+        dataset, config.optim.batch_size // context.world_size, config.train.seed, device,
+        get_views(config.augment.preset, config.augment.crop_min_scale), d.image_size, d.num_workers,
+        context.rank, context.world_size,
+    )  # fmt: skip
+    views = TwoViews(config.augment.preset, d.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale)
+    schedule = Schedule.create(config, batches.steps_per_epoch)
+    state = create_state(config, dataset.channels, len(dataset.classes), device, schedule)
+    if payload is not None:
+        _restore(state, payload, context)
+        log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
+    policies = _Policies(config, run_dir, state, dataset, device, context, payload is not None, progress)
+    policies.show_eta(step_seconds_hint)
+    try:
+        policies.monitor(start=True)
+        while state.step < schedule.max_steps:
+            epoch, offset = divmod(state.step, schedule.steps_per_epoch)
+            for batch in batches.epoch(epoch, offset):
+                policies.skipped_files.update(batch.skipped)
+                try:
+                    metrics = train_step(state, make_views(views, batch, state.generator))
+                except NonFiniteError as e:
+                    policies.non_finite(e)
+                    continue
+                policies.log(metrics)
+                policies.monitor()
+                policies.checkpoint()
+                if state.step >= schedule.max_steps:
+                    break
+    finally:
+        policies.close()
+    return state, dataset
 
 
-TIMING_KEYS = ("elapsed_s", "images_per_s")  # the only metrics.jsonl fields that depend on the machine's speed
-
-
-def _truncate_metrics(path: Path, last_step: int) -> float:
-    """Drops log records past the resumed checkpoint, so a resumed run's log equals an uninterrupted one
-    (but for :data:`TIMING_KEYS`). Returns the training seconds the kept records had reached."""
-    if not path.is_file():
-        return 0.0
-    kept, elapsed = [], 0.0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        if record.get("step", 0) <= last_step:
-            kept.append(line)
-            elapsed = record.get("elapsed_s", elapsed)
-    atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
-    return float(elapsed)
-
-
-def checkpoint_payload(state: TrainState, config: Config, epoch_info: dict[str, int]) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "config": json.dumps(config.to_dict()),
-        "state": state.state_dict(),
-        "data": epoch_info,
-        "rng": rng_state(),
-    }
-
-
-class KnnMonitor:
-    """kNN accuracy of the online encoder every few epochs, on up to 10k training and 10k test images."""
-
-    MAX_IMAGES = 10_000
-
-    def __init__(self, config: Config, train: Dataset, device: torch.device) -> None:
-        d = config.data
-        test = load_dataset(d.dataset, TEST_SPLIT.get(d.dataset, "test"), d.data_dir, d.image_size)
-        generator = torch.Generator().manual_seed(config.train.seed)
-        labelled = (train.labels >= 0).nonzero().squeeze(1)
-        self.train = train.subset(labelled[torch.randperm(len(labelled), generator=generator)[: self.MAX_IMAGES]])
-        self.test = test.subset(torch.randperm(len(test), generator=generator)[: self.MAX_IMAGES])
-        self.image_size, self.device = d.image_size, device
-
-    def __call__(self, encoder: nn.Module, precision: Precision) -> float:
-        from byol.evaluate.knn import knn_evaluation  # evaluation is optional for the loop
-
-        result = knn_evaluation(
-            encoder, self.train, self.test, self.image_size, self.device, progress=False, precision=precision
+def _check_config(config: Config, context: DistributedContext) -> None:
+    """What a run refuses, or warns about, once it knows its ranks."""
+    o = config.optim
+    if o.batch_size % (context.world_size * o.accumulation_steps):
+        raise ConfigError(
+            f"optim.batch_size = {o.batch_size} must be divisible by the number of ranks "
+            f"({context.world_size}) times optim.accumulation_steps ({o.accumulation_steps})"
         )
-        return float(result["top1"])
+    if config.target.base_ema < 0.5 and config.target.schedule == "cosine" and context.is_main:
+        log.warning(
+            "target.base_ema = %g with the cosine schedule: τ rises to 1 (0.5 halfway), a slow moving average "
+            "for most of the run; for the paper's stop-gradient of the online network (τ = 0 at every step) "
+            "add --target.schedule constant",
+            config.target.base_ema,
+        )
+
+
+def _restore(state: TrainState, payload: dict[str, Any], context: DistributedContext) -> None:
+    """The networks, optimizer, step and every RNG as the checkpoint saved them."""
+    state.load_state_dict(payload["state"])
+    set_rng_state(payload["rng"])
+    generators = payload.get("generators", [])
+    if len(generators) == context.world_size:
+        state.generator.set_state(generators[context.rank])
+    else:
+        log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
 
 
 def _generator_states(state: TrainState, context: DistributedContext) -> list[Tensor]:
@@ -442,249 +456,130 @@ def _generator_states(state: TrainState, context: DistributedContext) -> list[Te
     return gathered
 
 
-def _record_environment(run_dir: Path, state: TrainState, device: torch.device, world_size: int, resume: bool) -> None:
-    """environment.json: one record per start of the run (a resume may run on another machine), saying
-    where it ran and what ``train.precision`` / ``memory_format`` resolved to, and why."""
-    path = run_dir / ENVIRONMENT_FILE
-    starts = json.loads(path.read_text()) if resume and path.is_file() else []
-    starts.append(
-        {
-            "step": state.step,
-            "device": str(device),
-            "world_size": world_size,
-            "precision": state.precision.name,
-            "precision_reason": state.precision.reason,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        }
-    )
-    atomic_write(path, lambda f: f.write((json.dumps(starts, indent=2) + "\n").encode()))
+class _Policies:
+    """The run directory's files and what the loop does around each step: skip or stop on a non-finite step,
+    log every ``log_every`` steps (and warn once of collapse), run the kNN monitor every ``knn_every`` epochs,
+    checkpoint every ``checkpoint_every`` steps and at the end. Rank 0 alone writes."""
 
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        state: TrainState,
+        dataset: Dataset,
+        device: torch.device,
+        context: DistributedContext,
+        resumed: bool,
+        progress: bool,
+    ) -> None:
+        self.config, self.run_dir, self.state, self.context = config, run_dir, state, context
+        self.schedule = state.schedule
+        self.elapsed_before = 0.0
+        if context.is_main:
+            log.info("precision %s (%s)", state.precision.name, state.precision.reason)
+            if resumed:
+                self.elapsed_before = rundir.truncate_metrics(run_dir, state.step)
+            else:
+                (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)
+            config.save(run_dir / rundir.CONFIG_FILE)
+            precision = state.precision
+            rundir.record_environment(
+                run_dir, resumed, step=state.step, device=str(device), world_size=context.world_size,
+                precision=precision.name, precision_reason=precision.reason,
+            )  # fmt: skip
+        self.knn = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
+        self.floor = collapse_floor(config.model.projection_dim)
+        self.warned_collapse, self.skipped_steps, self.skipped_files = False, 0, set[str]()
+        self.bar = tqdm(
+            total=self.schedule.max_steps, initial=state.step, desc="pretrain", unit="step",
+            disable=not (progress and context.is_main),
+        )  # fmt: skip
+        self.start_time = self.last_time = time.perf_counter()
+        self.last_step = state.step
+        self.metrics = rundir.MetricsLog(run_dir, context.is_main)
 
-class _MetricsLog:
-    """metrics.jsonl, written by rank 0 only, one JSON record per line, flushed as it goes."""
+    def show_eta(self, step_seconds: float | None) -> None:
+        """An ETA on the progress bar from a measured step time, before the bar has a rate of its own."""
+        if step_seconds is not None:
+            eta = (self.schedule.max_steps - self.state.step) * step_seconds
+            self.bar.set_postfix_str(f"eta {self.bar.format_interval(eta)}")
 
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.file = open(path, "a") if enabled else None  # noqa: SIM115 (closed by close())
+    def non_finite(self, error: NonFiniteError) -> None:
+        """Skips the batch (``train.on_nonfinite skip``, up to ``max_skipped_steps``) or stops the run."""
+        t = self.config.train
+        if t.on_nonfinite == "skip" and self.skipped_steps < t.max_skipped_steps:
+            self.skipped_steps += 1
+            log.warning("%s: batch skipped (%d of at most %d)", error, self.skipped_steps, t.max_skipped_steps)
+            return
+        checkpoints = list_checkpoints(self.run_dir)
+        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
+        raise TrainingError(f"{error}; the run stopped, {last}") from None
 
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+    def log(self, metrics: dict[str, Any]) -> None:
+        step = self.state.step
+        self.bar.update(1)
+        if step % self.config.train.log_every and step != self.schedule.max_steps:
+            return
+        tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
+        record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
+        now = time.perf_counter()
+        images_per_s = (step - self.last_step) * self.schedule.batch_size / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        record.update(
+            step=step,
+            epoch=step / self.schedule.steps_per_epoch,
+            elapsed_s=round(self.elapsed_before + now - self.start_time, 3),
+            images_per_s=round(images_per_s, 1),
+        )
+        self.metrics.write(record)
+        self.bar.set_postfix(
+            loss=f"{record['byol_loss']:.3f}", tau=f"{record['tau']:.4f}", lr=f"{record['lr']:.3g}",
+            img_s=f"{images_per_s:.0f}",
+        )  # fmt: skip
+        if record["proj_std"] < self.floor and not self.warned_collapse:
+            log.warning(
+                "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
+                step, record["proj_std"], self.floor,
+            )  # fmt: skip
+            self.warned_collapse = True
+
+    def monitor(self, start: bool = False) -> None:
+        """kNN of the online encoder at the end of every ``knn_every``-th epoch (``start``: before step 0)."""
+        if self.knn is None:
+            return
+        if start:
+            if self.state.step == 0:  # the starting point: kNN of the initial encoder
+                self.metrics.write({"step": 0, "epoch": 0, "knn_top1": self.knn(self.state.online.encoder)})
+            return
+        epoch, within = divmod(self.state.step, self.schedule.steps_per_epoch)
+        if within == 0 and epoch % self.config.train.knn_every == 0:
+            top1 = self.knn(self.state.online.encoder)
+            self.metrics.write({"step": self.state.step, "epoch": epoch, "knn_top1": top1})
+            log.info("epoch %d: kNN top-1 %.2f%%", epoch, top1)
+
+    def checkpoint(self) -> None:
+        step = self.state.step
+        if step % self.config.train.checkpoint_every and step != self.schedule.max_steps:
+            return
+        generators = _generator_states(self.state, self.context)  # every rank takes part in the gather
+        if self.context.is_main:
+            payload = {
+                "format": CHECKPOINT_FORMAT,
+                "config": json.dumps(self.config.to_dict()),
+                "state": self.state.state_dict(),
+                "data": {"epoch": step // self.schedule.steps_per_epoch},
+                "rng": rng_state(),
+                "generators": generators,
+            }
+            save_checkpoint(self.run_dir, step, payload, self.config.train.keep_checkpoints)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def pretrain(
-    config: Config,
-    run_dir: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-    step_seconds_hint: float | None = None,
-) -> tuple[TrainState, Dataset]:
-    """Runs (or resumes) a pretraining run in ``run_dir``: checkpoints, config.json and metrics.jsonl.
-
-    ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists.
-
-    Under torchrun every rank runs this function: data are sharded, BN is cross-replica, gradients are
-    averaged, and rank 0 alone writes logs, metrics and checkpoints, holding the run directory's lock: a
-    second writer is refused.
-    """
-    with _writer_lock(Path(run_dir)):
-        return _pretrain(None if resume else config, Path(run_dir), progress, step_seconds_hint)
-
-
-def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
-    """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
-    with _writer_lock(Path(run_dir)):
-        return _pretrain(None, Path(run_dir), progress, None)
-
-
-def _writer_lock(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
-    """The run directory's lock, taken by the process that writes (rank 0 under torchrun)."""
-    writer = int(os.environ.get("RANK", "0")) == 0
-    return rundir.exclusive(run_dir, "this run") if writer else contextlib.nullcontext()
-
-
-def load_resumable(run_dir: Path) -> dict[str, Any]:
-    """The newest checkpoint that reads; each unreadable newer one is moved aside (``.unreadable``), not deleted."""
-    latest_checkpoint(run_dir)  # its errors: no such directory, no checkpoint
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return load_checkpoint(path)
-        except CheckpointError as e:
-            aside = path.with_name(path.name + ".unreadable")
-            path.replace(aside)
-            log.warning("%s; moved it aside to %s and resuming from the checkpoint before it", e, aside.name)
-    raise CheckpointError(f"no checkpoint of {run_dir} can be read (each was moved aside as *.unreadable)")
-
-
-def _pretrain(
-    config: Config | None, run_dir: Path, progress: bool, step_seconds_hint: float | None
-) -> tuple[TrainState, Dataset]:
-    """The run; ``config`` None resumes it with the config saved in its newest readable checkpoint."""
-    resume = config is None
-    if config is None:
-        payload = load_resumable(run_dir)
-        config = Config.from_dict(json.loads(payload["config"]))
-    elif list_checkpoints(run_dir):
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-
-    # ---- processes and devices
-    device = resolve_device(config.train.device)
-    context = init_distributed(device)
-    if context.enabled and device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    if config.optim.batch_size % (context.world_size * config.optim.accumulation_steps):
-        raise ConfigError(
-            f"optim.batch_size = {config.optim.batch_size} must be divisible by the number of ranks "
-            f"({context.world_size}) times optim.accumulation_steps ({config.optim.accumulation_steps})"
-        )
-    _seed_everything(config.train.seed, config.train.deterministic)
-
-    # ---- data
-    dataset = load_dataset(
-        config.data.dataset,
-        PRETRAIN_SPLIT.get(config.data.dataset, "train"),
-        config.data.data_dir,
-        config.data.image_size,
-    )
-    view_configs = get_views(config.augment.preset, config.augment.crop_min_scale)
-    batches = TrainBatches(
-        dataset,
-        config.optim.batch_size // context.world_size,
-        config.train.seed,
-        device,
-        view_configs,
-        config.data.image_size,
-        config.data.num_workers,
-        context.rank,
-        context.world_size,
-    )
-    views = TwoViews(
-        config.augment.preset, config.data.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale
-    )
-    schedule = Schedule.create(config, batches.steps_per_epoch)
-    if config.target.base_ema < 0.5 and config.target.schedule == "cosine" and context.is_main:
-        log.warning(
-            "target.base_ema = %g with the cosine schedule: τ rises to 1 (0.5 halfway), a slow moving average "
-            "for most of the run; for the paper's stop-gradient of the online network (τ = 0 at every step) "
-            "add --target.schedule constant",
-            config.target.base_ema,
-        )
-
-    # ---- state
-    state = create_state(config, dataset.channels, len(dataset.classes), device)
-    metrics_path = run_dir / METRICS_FILE
-    elapsed_before = 0.0
-    if resume:
-        state.load_state_dict(payload["state"])
-        set_rng_state(payload["rng"])
-        generators = payload.get("generators", [])
-        if len(generators) == context.world_size:
-            state.generator.set_state(generators[context.rank])
-        else:
-            log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
-        if context.is_main:
-            elapsed_before = _truncate_metrics(metrics_path, state.step)
-        log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
-    if context.is_main:
-        log.info("precision %s (%s)", state.precision.name, state.precision.reason)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            metrics_path.unlink(missing_ok=True)
-        config.save(run_dir / CONFIG_FILE)
-        _record_environment(run_dir, state, device, context.world_size, resume)
-    knn_monitor = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
-
-    # ---- loop
-    floor = collapse_floor(config.model.projection_dim)
-    warned_collapse, skipped_files, skipped_steps = False, set[str](), 0
-    show = progress and context.is_main
-    bar = tqdm(total=schedule.max_steps, initial=state.step, desc="pretrain", unit="step", disable=not show)
-    if step_seconds_hint is not None:
-        bar.set_postfix_str(f"eta {bar.format_interval((schedule.max_steps - state.step) * step_seconds_hint)}")
-    start_time = last_time = time.perf_counter()
-    last_step = state.step
-    metrics_log = _MetricsLog(metrics_path, context.is_main)
-    try:
-        if knn_monitor is not None and state.step == 0:  # the starting point: kNN of the initial encoder
-            metrics_log.write({"step": 0, "epoch": 0, "knn_top1": knn_monitor(state.online.encoder, state.precision)})
-        while state.step < schedule.max_steps:
-            epoch, offset = divmod(state.step, schedule.steps_per_epoch)
-            for batch in batches.epoch(epoch, offset):
-                skipped_files.update(batch.skipped)
-                view1, view2 = make_views(views, batch, state.generator)
-                try:
-                    metrics = train_step(state, view1, view2, batch.labels, schedule)
-                except NonFiniteError as e:
-                    if config.train.on_nonfinite == "skip" and skipped_steps < config.train.max_skipped_steps:
-                        skipped_steps += 1
-                        log.warning(
-                            "%s: batch skipped (%d of at most %d)", e, skipped_steps, config.train.max_skipped_steps
-                        )
-                        continue
-                    checkpoints = list_checkpoints(run_dir)
-                    last = (
-                        f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
-                    )
-                    raise TrainingError(f"{e}; the run stopped, {last}") from None
-                step = state.step
-                bar.update(1)
-
-                if step % config.train.log_every == 0 or step == schedule.max_steps:
-                    tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
-                    record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
-                    now = time.perf_counter()
-                    images_per_s = (step - last_step) * schedule.batch_size / max(now - last_time, 1e-9)
-                    last_time, last_step = now, step
-                    record.update(
-                        step=step,
-                        epoch=step / schedule.steps_per_epoch,
-                        elapsed_s=round(elapsed_before + now - start_time, 3),
-                        images_per_s=round(images_per_s, 1),
-                    )
-                    metrics_log.write(record)
-                    bar.set_postfix(
-                        loss=f"{record['byol_loss']:.3f}",
-                        tau=f"{record['tau']:.4f}",
-                        lr=f"{record['lr']:.3g}",
-                        img_s=f"{images_per_s:.0f}",
-                    )
-                    if record["proj_std"] < floor and not warned_collapse:
-                        log.warning(
-                            "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
-                            step,
-                            record["proj_std"],
-                            floor,
-                        )
-                        warned_collapse = True
-
-                epoch_done, epoch_end = divmod(step, schedule.steps_per_epoch)
-                if knn_monitor is not None and epoch_end == 0 and epoch_done % config.train.knn_every == 0:
-                    knn_top1 = knn_monitor(state.online.encoder, state.precision)
-                    metrics_log.write({"step": step, "epoch": epoch_done, "knn_top1": knn_top1})
-                    log.info("epoch %d: kNN top-1 %.2f%%", epoch_done, knn_top1)
-
-                if step % config.train.checkpoint_every == 0 or step == schedule.max_steps:
-                    generators = _generator_states(state, context)
-                    if context.is_main:
-                        payload = checkpoint_payload(state, config, {"epoch": step // schedule.steps_per_epoch})
-                        payload["generators"] = generators
-                        save_checkpoint(run_dir, step, payload, config.train.keep_checkpoints)
-                if step >= schedule.max_steps:
-                    break
-    finally:
-        metrics_log.close()
-        bar.close()
-    if skipped_steps:
-        log.warning("%d step(s) with a non-finite loss or gradient were skipped", skipped_steps)
-    if skipped_files:
-        log.warning(
-            "%d unreadable image file(s) were skipped during pretraining (see the warnings above)", len(skipped_files)
-        )
-    return state, dataset
+        self.metrics.close()
+        self.bar.close()
+        if self.skipped_steps:
+            log.warning("%d step(s) with a non-finite loss or gradient were skipped", self.skipped_steps)
+        if self.skipped_files:
+            log.warning(
+                "%d unreadable image file(s) were skipped during pretraining (see the warnings above)",
+                len(self.skipped_files),
+            )

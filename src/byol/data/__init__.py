@@ -30,6 +30,18 @@ def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32
     return DATASETS[name](split, data_dir, image_size)
 
 
+def split_name(name: str, role: str) -> str:
+    """The split of dataset ``name`` that plays ``role``: pretrain, train (evaluation training) or test."""
+    if role == "pretrain":
+        return PRETRAIN_SPLIT.get(name, "train")
+    return TEST_SPLIT.get(name, "test") if role == "test" else role
+
+
+def load_split(name: str, role: str, data_dir: str = "", image_size: int = 32) -> Dataset:
+    """:func:`load_dataset` of the split that plays ``role`` (see :func:`split_name`)."""
+    return load_dataset(name, split_name(name, role), data_dir, image_size)
+
+
 __all__ = [
     "DATASETS",
     "PRETRAIN_SPLIT",
@@ -42,4 +54,6 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "load_dataset",
+    "load_split",
+    "split_name",
 ]

@@ -6,6 +6,7 @@ exp(similarity / T); the class with the largest total weight wins. Defaults k = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,13 @@ from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics, extract_features
 from byol.precision import FP32, Precision
 
-DEFAULT_K, DEFAULT_TEMPERATURE = 200, 0.1  # the paper's kNN monitor settings (SPEC §5)
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """The paper's kNN monitor settings (SPEC §5)."""
+
+    k: int = 200
+    temperature: float = 0.1
 
 
 @torch.no_grad()
@@ -26,8 +33,8 @@ def knn_scores(
     train_labels: Tensor,
     test_features: Tensor,
     num_classes: int,
-    k: int = DEFAULT_K,
-    temperature: float = DEFAULT_TEMPERATURE,
+    k: int = KnnConfig.k,
+    temperature: float = KnnConfig.temperature,
     chunk_size: int = 1024,
 ) -> Tensor:
     """Per-class vote weights (N_test, num_classes); argmax is the prediction, top-5 reads from it too."""
@@ -52,8 +59,8 @@ def knn_on_features(
     test_features: Tensor,
     test_labels: Tensor,
     num_classes: int,
-    k: int = DEFAULT_K,
-    temperature: float = DEFAULT_TEMPERATURE,
+    k: int = KnnConfig.k,
+    temperature: float = KnnConfig.temperature,
 ) -> dict[str, Any]:
     """kNN metrics from features already extracted; unlabelled training images (label −1) do not vote."""
     labelled = train_labels >= 0
@@ -71,8 +78,8 @@ def knn_evaluation(
     test: Dataset,
     image_size: int,
     device: torch.device,
-    k: int = DEFAULT_K,
-    temperature: float = DEFAULT_TEMPERATURE,
+    k: int = KnnConfig.k,
+    temperature: float = KnnConfig.temperature,
     progress: bool = True,
     precision: Precision = FP32,
 ) -> dict[str, Any]:

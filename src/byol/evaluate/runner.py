@@ -10,50 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from byol.data import TEST_SPLIT, Dataset, load_dataset
+from byol.data import load_split, split_name
+from byol.distributed import resolve_device
 from byol.errors import ConfigError
-from byol.evaluate.common import check_compatible, extract_features, load_encoder_from_run, write_result
+from byol.evaluate.common import check_compatible, load_encoder_from_run, write_result
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
-from byol.evaluate.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_evaluation, knn_on_features
-from byol.evaluate.linear import LinearConfig, linear_evaluation, linear_on_features
+from byol.evaluate.frozen import FrozenEvaluation
+from byol.evaluate.knn import KnnConfig
+from byol.evaluate.linear import LinearConfig, linear_evaluation
 from byol.precision import Precision
-from byol.train import resolve_device
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("knn", "linear", "finetune")
-
-# The CPU-friendly frozen-encoder protocol of the demo and the ablations: linear on cached features, standardized
-# with training statistics (a random-init encoder's features are ~5x smaller than BYOL's, and on raw features the
-# paper's lr grid under-trains its classifier: measured 57.5% raw vs 67.8% standardized; BYOL 81.4 vs 82.0),
-# the paper's lr grid, 10 epochs (enough for a 10-class linear head on fixed features).
-CACHED_LINEAR = LinearConfig(
-    mode="cached", base_lrs=(0.4, 0.3, 0.2, 0.1, 0.05), epochs=10, batch_size=256, standardize=True
-)
-
-
-def knn_and_cached_linear(
-    encoder: torch.nn.Module,
-    train: Dataset,
-    test: Dataset,
-    image_size: int,
-    device: torch.device,
-    precision: Precision,
-    progress: bool = True,
-    desc: str = "",
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """kNN and :data:`CACHED_LINEAR` of a frozen encoder, from one feature extraction of each split."""
-    (train_f, train_l), (test_f, test_l) = (
-        extract_features(encoder, split, image_size, device, desc=f"{desc}{name} features", progress=progress,
-                         precision=precision)
-        for name, split in (("train", train), ("test", test))
-    )  # fmt: skip
-    classes = len(train.classes)
-    knn = knn_on_features(train_f, train_l, test_f, test_l, classes)
-    linear = linear_on_features(train_f, train_l, test_f, test_l, classes, CACHED_LINEAR, progress)
-    return knn, linear
 
 
 @dataclass(frozen=True)
@@ -65,8 +34,7 @@ class EvaluationRequest:
     image_size: int = 0  # 0 → the run's view size
     init: str = "pretrained"
     device: str = "auto"
-    k: int = DEFAULT_K
-    temperature: float = DEFAULT_TEMPERATURE
+    knn: KnnConfig = field(default_factory=KnnConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -82,26 +50,28 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
         request.data_dir if request.data_dir is not None else (run_data.data_dir if name == run_data.dataset else "")
     )
     image_size = request.image_size or run_data.image_size
-    test_split = TEST_SPLIT.get(name, "test")
-    train = load_dataset(name, "train", data_dir, image_size)
-    test = load_dataset(name, test_split, data_dir, image_size)
+    device = resolve_device(request.device)
+    frozen = FrozenEvaluation(
+        load_split(name, "train", data_dir, image_size),
+        load_split(name, "test", data_dir, image_size),
+        image_size,
+        device,
+        Precision.for_run(pretrained.config.train, device),
+    )
+    train, test = frozen.train, frozen.test
     check_compatible(pretrained, train)
     splits = {
         "train_split": getattr(train, "split_note", "") or "train",
-        "test_split": getattr(test, "split_note", "") or test_split,
+        "test_split": getattr(test, "split_note", "") or split_name(name, "test"),
     }
     if "held out" in splits["test_split"]:
         log.warning("%s has no evaluation split of its own; evaluating on %s", name, splits["test_split"])
-    device = resolve_device(request.device)
     encoder = pretrained.encoder
-    precision = Precision.create(pretrained.config.train.precision, pretrained.config.train.memory_format, device)
 
     if request.protocol == "knn":
-        result = knn_evaluation(
-            encoder, train, test, image_size, device, request.k, request.temperature, progress, precision
-        )
+        result = frozen.knn(encoder, request.knn, progress)
     elif request.protocol == "linear":
-        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress, precision)
+        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress, frozen.precision)
     else:
         result = finetune_evaluation(
             encoder, encoder.out_dim, train, test, image_size, device, request.finetune, progress

@@ -1,0 +1,107 @@
+"""What the subcommands share: argument types that name what is valid, the config flags, and config building."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+
+from byol.config import PRESETS, Config, apply_overrides, get_preset, valid_keys, validate
+from byol.errors import ConfigError
+
+# Short flags for the most used config keys; any key is also settable as --section.field VALUE.
+SHORTCUTS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "epochs": "train.epochs",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, str]:
+    """["--optim.base_lr", "0.3", "--train.seed=1"] → {"optim.base_lr": "0.3", "train.seed": "1"}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise ConfigError(
+                f"unrecognised argument {token!r}; config overrides look like --section.key VALUE, "
+                "valid keys are:\n  " + "\n  ".join(valid_keys())
+            )
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"{token} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def build_config(args: argparse.Namespace, extra: Sequence[str]) -> Config:
+    """The preset, then the shortcut flags, then the dotted overrides; validated."""
+    overrides = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
+    overrides.update(parse_overrides(extra))
+    return validate(apply_overrides(get_preset(preset_name(args)), overrides))
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    return str(args.preset or args.default_preset)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    parser.add_argument("--preset", help=f"config preset: {', '.join(PRESETS)} (default: {default_preset})")
+    parser.set_defaults(default_preset=default_preset, accepts_overrides=True)
+    parser.add_argument(
+        "--dataset", help="dataset name (synthetic, fashion-mnist, cifar10, cifar100, stl10, imagefolder)"
+    )
+    parser.add_argument("--data-dir", dest="data_dir", help="directory holding the dataset's files")
+    parser.add_argument("--epochs", help="number of pretraining epochs")
+    parser.add_argument("--seed", help="random seed")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+
+
+def quiet_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def listed(item: Callable[[str], float], what: str) -> Callable[[str], tuple]:
+    """An argparse type: comma-separated values, each parsed by ``item``."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(v) for v in text.split(","))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+    return parse
+
+
+def number(kind: type, minimum: float, what: str, upper: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> ``minimum`` when ``what`` starts
+    with "a positive") and <= ``upper``, with a message naming what is valid."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        low_ok = value > minimum if what.startswith("a positive") else value >= minimum
+        if not (math.isfinite(value) and low_ok and value <= upper):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive = number(float, 0.0, "a positive number")
+positive_int = number(int, 1, "an integer >= 1")
+count = number(int, 0, "an integer >= 0")
+nonnegative = number(float, 0.0, "a number >= 0")
+fraction = number(float, 0.0, "a positive label fraction, which must lie in (0, 1]", upper=1.0)
+floats = listed(positive, "positive numbers")
+ints = listed(count, "integers >= 0")
+positive_ints = listed(positive_int, "integers >= 1")

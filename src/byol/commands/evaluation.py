@@ -1,0 +1,177 @@
+"""`byol knn`, `linear`, `finetune`, `export`, `embed` and `report`: the commands that read a finished run.
+
+Every default comes from the protocol's own config dataclass (KnnConfig, LinearConfig, FinetuneConfig).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from byol.commands.common import count, floats, fraction, nonnegative, positive, positive_int, positive_ints, quiet_flag
+from byol.evaluate.finetune import FinetuneConfig
+from byol.evaluate.knn import KnnConfig
+from byol.evaluate.linear import LinearConfig
+
+
+def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser:
+    """A protocol's parser with the flags they share: the run, the dataset (transfer), the baseline, the device."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    p.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
+    p.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
+    p.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
+    p.add_argument("--image-size", type=count, default=0, help="input size (default: the run's view size)")
+    p.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained",
+        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=count, default=0, help="seed of the splits and the classifier")
+    quiet_flag(p)
+    p.set_defaults(handler=evaluate)
+    return p
+
+
+def add_knn(sub: Any) -> None:
+    d = KnnConfig()
+    p = _add_protocol(sub, "knn", help="kNN accuracy of a run's online encoder (cosine, weighted vote)")
+    p.add_argument("--k", type=positive_int, default=d.k, help=f"neighbours (default {d.k})")
+    p.add_argument(
+        "--temperature", type=positive, default=d.temperature, help=f"vote temperature (default {d.temperature})"
+    )
+
+
+def add_linear(sub: Any) -> None:
+    d = LinearConfig()
+    p = _add_protocol(
+        sub,
+        "linear",
+        help="linear evaluation of a run's frozen online encoder",
+        description="Linear evaluation (paper §4.1): frozen online encoder with BN in inference mode, a linear "
+        "layer trained with SGD Nesterov and a cosine schedule; the learning rate is swept on a validation "
+        "split held out from the training set, then the test accuracy of the chosen one is reported.",
+    )
+    p.add_argument(
+        "--mode", choices=("augmented", "cached"), default=d.mode,
+        help="augmented: random crop + flip each epoch (the paper); cached: features once (fast)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lrs", type=floats, default=d.base_lrs,
+        help="base learning rates to sweep, scaled by batch/256 (default: the paper's)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--val-size", type=count, default=d.val_size, help="held-out validation images (0: min(10k, 10%%))")
+    p.add_argument(
+        "--standardize", action="store_true",
+        help="cached mode: z-score features with training-set statistics (not the paper's protocol)",
+    )  # fmt: skip
+
+
+def add_finetune(sub: Any) -> None:
+    d = FinetuneConfig()
+    p = _add_protocol(
+        sub,
+        "finetune",
+        help="semi-supervised fine-tuning on a class-balanced fraction of the labels",
+        description="Fine-tune the whole online encoder and a linear head on a seeded, class-balanced subset "
+        "of the labels (paper §4.2); lr and epochs are chosen on a held-out validation split.",
+    )
+    p.add_argument(
+        "--label-fraction", type=fraction, default=d.label_fraction, help="fraction of labels in (0, 1] (0.01, 0.1)"
+    )
+    p.add_argument("--lrs", type=floats, default=d.lrs, help="learning rates to sweep")
+    p.add_argument("--epochs", type=positive_ints, default=d.epochs, help="epoch counts to sweep (comma-separated)")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--weight-decay", type=nonnegative, default=d.weight_decay)
+    p.add_argument("--val-size", type=count, default=d.val_size, help="held-out validation images (0: min(10k, 10%%))")
+
+
+def evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.evaluate.runner import EvaluationRequest, run_evaluation
+
+    protocol = args.command
+    request = EvaluationRequest(
+        protocol=protocol,
+        run=args.run,
+        dataset=args.dataset or "",
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        init=args.init,
+        device=args.device,
+        knn=KnnConfig(args.k, args.temperature) if protocol == "knn" else KnnConfig(),
+        linear=LinearConfig(
+            args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed, args.standardize
+        )
+        if protocol == "linear"
+        else LinearConfig(),
+        finetune=FinetuneConfig(
+            args.label_fraction, args.lrs, args.epochs, args.batch_size, args.weight_decay, args.val_size, args.seed
+        )
+        if protocol == "finetune"
+        else FinetuneConfig(),
+    )
+    result, path = run_evaluation(request, progress=not args.quiet)
+    print(
+        f"{result['protocol']} on {result['dataset']}, {result['test_split']} ({result['init']} encoder): "
+        f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, mean per-class {result['mean_per_class']:.2f}%"
+    )
+    print(f"written to {path}")
+    return 0
+
+
+def add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's online encoder as safetensors + JSON architecture",
+        description="Exports the ONLINE encoder of a run's latest checkpoint (never the target) for downstream "
+        "use; load it with byol.load_encoder(path).",
+    )
+    p.add_argument("run", type=Path, help="run directory or checkpoint file")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.set_defaults(handler=export)
+
+
+def export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.export import export_encoder
+
+    weights, meta = export_encoder(args.run, args.out)
+    print(f"online encoder written to {weights} (architecture in {meta})")
+    return 0
+
+
+def add_embed(sub: Any) -> None:
+    p = sub.add_parser("embed", help="write encoder features of a dataset split to a .npy file")
+    p.add_argument("source", type=Path, help="run directory, checkpoint, or exported .safetensors encoder")
+    p.add_argument("--out", type=Path, required=True, help="output .npy file (labels go to <out>.labels.npy)")
+    p.add_argument("--dataset", help="dataset (default: the one the encoder was pretrained on)")
+    p.add_argument("--split", help="split (default: test)")
+    p.add_argument("--data-dir", dest="data_dir", help="directory of the dataset's files")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    quiet_flag(p)
+    p.set_defaults(handler=embed)
+
+
+def embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.export import embed
+
+    path, shape = embed(
+        args.source, args.out, args.dataset or "", args.split or "", args.data_dir, args.device, not args.quiet
+    )
+    print(f"features {shape} written to {path} (labels beside it)")
+    return 0
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
+    p.add_argument("run", type=Path, help="run directory")
+    p.set_defaults(handler=report)
+
+
+def report(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.report import write_report
+
+    print(f"report written to {write_report(args.run)}")
+    return 0

@@ -1,0 +1,152 @@
+"""`byol pretrain`, `demo`, `ablate` and `bench`: the commands that train."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from byol.commands.common import (
+    SHORTCUTS,
+    add_config_flags,
+    build_config,
+    ints,
+    parse_overrides,
+    positive,
+    positive_int,
+    preset_name,
+    quiet_flag,
+)
+from byol.errors import ConfigError
+
+
+def add_pretrain(sub: Any) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder with BYOL",
+        description="Pretrain with BYOL. Any config key can be set as --section.key VALUE; sections: "
+        "model, optim, target, data, augment, train (e.g. --optim.base_lr 0.3 --target.base_ema 0.99).",
+    )
+    add_config_flags(p, "imagenet-1000ep")
+    p.add_argument("--run-dir", default="runs/byol", type=Path, help="where checkpoints and logs go")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    quiet_flag(p)
+    p.set_defaults(handler=pretrain)
+
+
+def pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.distributed import current_context
+    from byol.train import pretrain, resume
+
+    if args.resume:
+        if extra or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
+            raise ConfigError("--resume continues a run with its saved config; drop the other config flags")
+        resume(args.run_dir, progress=not args.quiet)
+    else:
+        pretrain(build_config(args, extra), args.run_dir, progress=not args.quiet)
+    if current_context().is_main:
+        print(f"run directory: {args.run_dir}")
+    return 0
+
+
+def add_demo(sub: Any) -> None:
+    from byol.demo import BUDGET_MINUTES
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: BYOL on Fashion-MNIST on a CPU, evaluated against a random-init encoder",
+        description="Evaluates a random-init encoder, times a few training steps, pretrains with the cpu-demo "
+        "preset on Fashion-MNIST for as many epochs as the time budget leaves, evaluates the online encoder "
+        "with the same kNN and linear protocols, writes the report and prints the table. Config overrides "
+        "(--section.key VALUE) apply to the pretraining.",
+    )
+    add_config_flags(p, "cpu-demo")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<date>-<time>")
+    p.add_argument(
+        "--budget-minutes", type=positive, default=None,
+        help="wall time of the whole demo; the run is sized to it from a measured step time "
+        f"(default: {BUDGET_MINUTES['cpu']:g} on a CPU, {BUDGET_MINUTES['cuda']:g} on a GPU; --epochs N forces a "
+        "length instead)",
+    )  # fmt: skip
+    quiet_flag(p)
+    p.set_defaults(handler=demo)
+
+
+def demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.demo import default_run_dir, format_summary, run_demo
+
+    config = build_config(args, extra)
+    run_dir = args.run_dir or default_run_dir()
+    forced = args.epochs is not None or any(key.split("=")[0] == "--train.epochs" for key in extra)
+    summary = run_demo(run_dir, config, not args.quiet, args.budget_minutes, size_to_budget=not forced)
+    print(format_summary(summary, config.data.dataset))
+    return 0
+
+
+def add_ablate(sub: Any) -> None:
+    from byol.ablate import SCALES, TABLES
+
+    p = sub.add_parser(
+        "ablate",
+        help="rerun one of the paper's ablation tables at a chosen scale",
+        description="Runs every row of a paper ablation table for every seed at the chosen scale, evaluates each "
+        "run with the same kNN and linear protocols, and writes a Markdown table in the paper's layout "
+        "(mean ± half-range over seeds, collapse flag, the paper's number). Finished runs are reused; unfinished "
+        "ones resume. Config overrides (--train.epochs 3) change the scale for every row; use another --out for "
+        "them (a directory made with other settings is refused).",
+    )
+    p.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
+    p.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
+    p.add_argument("--seeds", type=ints, default=(0, 1), help="comma-separated seeds (default 0,1)")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/ablate-<table>-<scale>")
+    quiet_flag(p)
+    p.set_defaults(handler=ablate, accepts_overrides=True)
+
+
+def ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.ablate import run_table
+
+    out_dir = args.out or Path("runs") / f"ablate-{args.table}-{args.scale}"
+    path = run_table(args.table, args.scale, list(args.seeds), out_dir, not args.quiet, parse_overrides(extra))
+    print(path.read_text())
+    print(f"table written to {path}")
+    return 0
+
+
+def add_bench(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (print numbers, assert nothing)")
+    what = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    for name, handler, summary, description in (
+        (
+            "augment", bench_augment, "view-pipeline throughput and its share of a training step",
+            "Times the T/T' view pipeline on 256 random images at 32, 96 and 224 px on the current device, then "
+            "its share of a whole training step for the chosen preset (random inputs).",
+        ),
+        (
+            "step", bench_step, "full training step vs the bare network work it contains",
+            "Times (median after warm-up) the full training step including the views, the bare network work "
+            "(online forward+backward on both views and target forward on both views, same shapes) and the view "
+            "pipeline; prints images/s and the ratio step / bare network. Inputs are random images.",
+        ),
+    ):  # fmt: skip
+        p = what.add_parser(name, help=summary, description=description)
+        add_config_flags(p, "cpu-demo")
+        p.add_argument("--repeats", type=positive_int, default=10, help="timed repeats (median reported)")
+        p.set_defaults(handler=handler)
+
+
+def bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.bench import bench_augment, format_augment
+
+    config = build_config(args, extra)
+    print(format_augment(config, preset_name(args), *bench_augment(config, args.repeats)))
+    return 0
+
+
+def bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.bench import bench_step, format_step
+
+    config = build_config(args, extra)
+    print(format_step(config, preset_name(args), bench_step(config, args.repeats)))
+    return 0

@@ -1,0 +1,47 @@
+"""The run directory: one writer at a time, no debris of interrupted writes, and its files."""
+
+import json
+
+from byol import rundir
+from byol.checkpoint import list_checkpoints
+from byol.cli import main
+from byol.config import apply_overrides, get_preset
+from byol.train import pretrain
+
+TINY = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet"]
+
+
+def test_a_second_writer_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path, capsys):
+    with rundir.exclusive(tmp_path / "run"):
+        assert main([*TINY, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "in use by another byol process" in capsys.readouterr().err
+    assert not list_checkpoints(tmp_path / "run")
+    assert main([*TINY, "--run-dir", str(tmp_path / "run"), "--train.max_steps", "2"]) == 0  # the lock was released
+
+
+def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    stale = tmp_path / "checkpoints" / ".step_000000002.pt.tmp-99999"
+    stale.write_bytes(b"PK half")
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 2}), tmp_path, progress=False)
+    assert not stale.exists() and keep.read_text() == "mine"
+
+
+def test_a_resumed_log_keeps_the_records_up_to_the_checkpoint_and_its_training_time(tmp_path):
+    records = [{"step": s, "byol_loss": 1.0 / s, "elapsed_s": 0.5 * s} for s in (1, 2, 3, 4)]
+    text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "byol_lo'  # a line cut by a kill
+    (tmp_path / rundir.METRICS_FILE).write_text(text)
+    assert rundir.truncate_metrics(tmp_path, 2) == 1.0  # the elapsed time of step 2
+    assert rundir.read_metrics(tmp_path) == records[:2]
+    assert rundir.truncate_metrics(tmp_path / "none", 2) == 0.0
+
+
+def test_environment_gets_one_record_per_start(tmp_path):
+    rundir.record_environment(tmp_path, False, step=0)
+    rundir.record_environment(tmp_path, True, step=7)
+    starts = json.loads((tmp_path / rundir.ENVIRONMENT_FILE).read_text())
+    assert [s["step"] for s in starts] == [0, 7] and starts[1]["cpu_capability"] and starts[1]["torch"]
+    rundir.record_environment(tmp_path, False, step=0)  # a fresh run starts a fresh history
+    assert [s["step"] for s in json.loads((tmp_path / rundir.ENVIRONMENT_FILE).read_text())] == [0]
