@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from byol.config import apply_overrides, cpu_demo, get_preset
-from byol.precision import Precision, native_bf16
+from byol.precision import Precision, flush_denormals, native_bf16
 from byol.train import pretrain, resume
 
 CPU = torch.device("cpu")
@@ -69,3 +69,10 @@ def test_the_run_records_the_resolved_precision_and_why(tmp_path, monkeypatch):
     assert start["step"] == 0 and start["device"] == "cpu"
     resume(tmp_path, progress=False)  # a finished run: it records the start and stops
     assert [s["step"] for s in json.loads((tmp_path / "environment.json").read_text())] == [0, 2]
+
+
+def test_denormals_are_flushed_inside_the_block_only():
+    tiny = torch.tensor([1e-39])  # a denormal float32
+    with flush_denormals(CPU):
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() > 0.0  # torch's default restored

@@ -29,8 +29,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device."""
+def step_times(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Wall times of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -40,7 +40,12 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int 
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> float:
+    """Median of :func:`step_times`."""
+    return statistics.median(step_times(fn, device, repeats, warmup))
 
 
 @dataclass

@@ -13,6 +13,8 @@ bf16.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,3 +87,17 @@ class Precision:
 
 
 FP32 = Precision()
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """On a CPU, treats denormal floats (|x| < 1.2e-38) as zero for the ``with`` block, then restores torch's
+    default (no flushing). Training made them: a Fashion-MNIST run on an AVX2 CPU was 10% faster with them
+    flushed (505 against 460 images/s, docs/benchmarks.md); values that small change no weight or loss."""
+    if device.type != "cpu" or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

@@ -51,7 +51,7 @@ from byol.evaluate.frozen import KnnMonitor
 from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
 from byol.optim import LARS, lars_param_groups
-from byol.precision import Precision
+from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ def _run(
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     policies = _Policies(config, run_dir, state, dataset, device, context, payload is not None, progress)
     policies.show_eta(step_seconds_hint)
-    try:
+    with flush_denormals(device), contextlib.closing(policies):
         policies.monitor(start=True)
         while state.step < schedule.max_steps:
             epoch, offset = divmod(state.step, schedule.steps_per_epoch)
@@ -413,8 +413,6 @@ def _run(
                 policies.checkpoint()
                 if state.step >= schedule.max_steps:
                     break
-    finally:
-        policies.close()
     return state, dataset
 
 

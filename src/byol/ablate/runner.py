@@ -29,6 +29,7 @@ from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder
 from byol.evaluate.frozen import FrozenEvaluation
+from byol.evaluate.knn import KnnConfig
 from byol.loss import collapse_floor
 from byol.train import pretrain, resume
 
@@ -148,7 +149,8 @@ def format_table(table: Table, results: Mapping[str, list[dict[str, Any]]], scal
     lines = [
         f"# {table.title}",
         "",
-        f"Scale `{scale}`, seeds {seeds}, mean ± half-range over seeds. kNN: top-1, k = 200, T = 0.1. Linear: "
+        f"Scale `{scale}`, seeds {seeds}, mean ± half-range over seeds. kNN: top-1, k = {KnnConfig.k}, "
+        f"T = {KnnConfig.temperature}. Linear: "
         "top-1 of a linear classifier on standardized cached features, lr chosen on a held-out validation split. "
         "Collapsed: final projection std < 0.1/√d (runs collapsed / runs). "
         "Paper: ImageNet linear top-1 or verdict, where SPEC §6 states it.",

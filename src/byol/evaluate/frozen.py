@@ -14,7 +14,7 @@ from torch import nn
 from byol.config import Config
 from byol.data import Dataset, load_split
 from byol.evaluate.common import extract_features
-from byol.evaluate.knn import KnnConfig, knn_evaluation, knn_on_features
+from byol.evaluate.knn import KnnConfig, knn_on_features
 from byol.evaluate.linear import LinearConfig, linear_on_features
 from byol.precision import Precision
 
@@ -75,11 +75,10 @@ class FrozenEvaluation:
         ]  # fmt: skip
 
     def knn(self, encoder: nn.Module, knn: KnnConfig | None = None, progress: bool = False) -> dict[str, Any]:
+        """kNN (``knn``: the paper's k = 200, T = 0.1 by default) of the test images against the training ones."""
         knn = knn or KnnConfig()
-        return knn_evaluation(
-            encoder, self.train, self.test, self.image_size, self.device, knn.k, knn.temperature, progress,
-            self.precision,
-        )  # fmt: skip
+        (train_f, train_l), (test_f, test_l) = self.features(encoder, progress)
+        return knn_on_features(train_f, train_l, test_f, test_l, len(self.train.classes), knn.k, knn.temperature)
 
     def knn_and_linear(
         self, encoder: nn.Module, progress: bool = False, desc: str = ""

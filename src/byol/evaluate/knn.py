@@ -13,10 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from byol.data import Dataset
 from byol.errors import ConfigError
-from byol.evaluate.common import classification_metrics, extract_features
-from byol.precision import FP32, Precision
+from byol.evaluate.common import classification_metrics
 
 
 @dataclass(frozen=True)
@@ -70,24 +68,3 @@ def knn_on_features(
         **classification_metrics(scores, test_labels, num_classes),
         "settings": {"k": k, "temperature": temperature},
     }
-
-
-def knn_evaluation(
-    encoder: torch.nn.Module,
-    train: Dataset,
-    test: Dataset,
-    image_size: int,
-    device: torch.device,
-    k: int = KnnConfig.k,
-    temperature: float = KnnConfig.temperature,
-    progress: bool = True,
-    precision: Precision = FP32,
-) -> dict[str, Any]:
-    """kNN top-1 / top-5 / mean per-class accuracy of the test set against the training set's features."""
-    train_features, train_labels = extract_features(
-        encoder, train, image_size, device, desc="train features", progress=progress, precision=precision
-    )
-    test_features, test_labels = extract_features(
-        encoder, test, image_size, device, desc="test features", progress=progress, precision=precision
-    )
-    return knn_on_features(train_features, train_labels, test_features, test_labels, len(train.classes), k, temperature)
