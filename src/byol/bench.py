@@ -18,6 +18,7 @@ import torch
 from byol.augment import TwoViews
 from byol.config import Config
 from byol.distributed import resolve_device
+from byol.precision import flush_denormals
 from byol.train import Schedule, ViewBatch, create_state, train_step
 
 # (channels, native size) of the in-memory datasets, so benchmarks need no files: inputs are random bytes.
@@ -30,16 +31,18 @@ def _sync(device: torch.device) -> None:
 
 
 def step_times(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> list[float]:
-    """Wall times of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
+    """Wall times of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device; with
+    denormals flushed on a CPU, as the training loop runs (:func:`byol.precision.flush_denormals`)."""
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
+    with flush_denormals(device):
+        for _ in range(warmup):
+            fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
     return times
 
 

@@ -31,7 +31,7 @@ from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder, write_result
 from byol.evaluate.frozen import FrozenEvaluation
-from byol.precision import Precision, flush_denormals
+from byol.precision import Precision
 from byol.report import write_report
 from byol.train import pretrain
 
@@ -92,8 +92,7 @@ def measure_step_seconds(config: Config, device: torch.device, repeats: int = 5)
     other runs (20 px), and that run trained 25% less than it could; the loop's overhead is
     :data:`LOOP_OVERHEAD`."""
     fixture = StepFixture(config, device, torch.Generator(device=device).manual_seed(config.train.seed))
-    with flush_denormals(device):  # as the training loop runs
-        return min(step_times(fixture.step, device, repeats, warmup=2))
+    return min(step_times(fixture.step, device, repeats, warmup=2))
 
 
 def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]:
