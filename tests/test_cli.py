@@ -30,7 +30,7 @@ def test_help_on_every_subcommand(capsys):
     [
         (["--preset", "huge"], "valid presets are"),
         (["--dataset", "mnist"], "choose one of"),
-        (["--model.depth", "42"], "choose one of 18, 34, 50"),
+        (["--model.depth", "42"], "choose one of 10, 18, 34, 50"),
         (["--optim.lr", "1"], "valid keys are"),
         (["--bogus"], "valid keys are"),
     ],

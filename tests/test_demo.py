@@ -5,6 +5,7 @@ import json
 import pytest
 
 import byol.demo as demo
+import byol.train as train_module
 from byol.cli import main
 from byol.config import get_preset
 from byol.demo import EPOCH_QUANTUM, MAX_EPOCHS, MIN_EPOCHS, plan_epochs
@@ -40,6 +41,7 @@ def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     # tiny: 512 synthetic images in batches of 32, 16 steps an epoch; with a (faked) step time of 1 s (1.1 s in the
     # loop), a 1-minute budget leaves at most 57 s for pretraining, less the start-up and evaluation time.
     _fake_step_time(monkeypatch, 1.0)
+    monkeypatch.setattr(demo, "MIN_REPLAN_STEP", 10**6)  # no re-plan from the loop's own (real) speed
     run = tmp_path / "demo"
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=1.0)
     assert summary["sized_to_budget"] and summary["step_seconds_measured"] == 1.0
@@ -47,6 +49,22 @@ def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     assert summary["epochs"] == plan_epochs(demo.LOOP_OVERHEAD, 16, summary["pretrain_budget_s"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == round(summary["epochs"] * 16)
+
+
+def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
+    # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 2 s a step (faked): the re-plan,
+    # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 2.1 s a step
+    _fake_step_time(monkeypatch, 1.0)
+    monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 2.0)
+    run = tmp_path / "demo"
+    summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
+    assert summary["loop_seconds_per_step"] == 2.0
+    budget_at_replan = summary["pretrain_budget_s"] + 50 * 2.0 * demo.REPLAN_MARGIN
+    assert summary["epochs"] <= plan_epochs(2.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
+    assert MIN_EPOCHS <= summary["epochs"] < summary["planned_epochs"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == round(summary["epochs"] * 16)
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == summary["epochs"]
 
 
 def test_epochs_flag_forces_the_length(tmp_path, monkeypatch, capsys):

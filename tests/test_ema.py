@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from byol.config import ModelConfig
 from byol.ema import target_ema, update_target
 from byol.networks import build_online_network
 
@@ -35,8 +36,11 @@ def test_tau_schedule_rejects_bad_arguments():
         target_ema(0, 0.9, 10, "linear")
 
 
+SMALL = ModelConfig(depth=18, width=0.125, stem="cifar", projector_hidden=16, projection_dim=8, predictor_hidden=16)
+
+
 def _pair():
-    online = build_online_network(18, 0.125, "cifar", 3, 16, 8, 16)
+    online = build_online_network(SMALL, in_channels=3)
     target = online.make_target(copy_weights=False)
     return online, target
 

@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
+from byol.config import ModelConfig
 from byol.networks import BN_EPS, BN_MOMENTUM, MLP, ResNet, build_online_network, count_parameters
 
 
@@ -53,8 +56,11 @@ def test_mlp_head_is_linear_bn_relu_linear_without_output_bn():
     assert head.net[0].bias is not None and head.net[3].bias is None
 
 
+SMALL = ModelConfig(depth=18, width=0.125, stem="cifar", projector_hidden=32, projection_dim=16, predictor_hidden=32)
+
+
 def test_online_and_target_share_parameter_names():
-    online = build_online_network(18, 0.125, "cifar", 3, 32, 16, 32)
+    online = build_online_network(SMALL, in_channels=3)
     target = online.make_target()
     online_names = dict(online.named_parameters())
     for name, param in target.named_parameters():
@@ -65,7 +71,7 @@ def test_online_and_target_share_parameter_names():
 
 
 def test_without_predictor_the_prediction_is_the_projection():
-    online = build_online_network(18, 0.125, "cifar", 3, 32, 16, None)
+    online = build_online_network(replace(SMALL, predictor="none"), in_channels=3)
     out = online.eval()(torch.rand(2, 3, 16, 16))
     assert out.p is out.z
 

@@ -1,14 +1,19 @@
 """The training step (per-view BN, EMA after the optimizer, probe on stop-gradient features, the non-finite
 guard), the schedules in optimizer steps, and the paper's ablation switches (section 5, appendices F and I)."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 import byol.train as train_module
+from byol.checkpoint import list_checkpoints
 from byol.config import apply_overrides, get_preset, validate
 from byol.ema import target_ema
 from byol.errors import TrainingError
+from byol.rundir import read_metrics
+from byol.schedules import learning_rate
 from byol.train import Schedule, ViewBatch, create_state, train_step
 
 SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
@@ -173,3 +178,23 @@ def test_without_stop_gradient_the_target_side_gets_gradients():
         train_module._loss(state, *_batch()[:2])[0].backward()
         grads[network] = state.online.projector.net[0].weight.grad.clone()
     assert not torch.allclose(grads["online-sg"], grads["online"])
+
+
+def test_a_resize_at_the_end_of_warm_up_sets_the_length_everywhere(tmp_path):
+    class Resize:  # after 4 of tiny's 32 steps (16 an epoch), half an epoch in all
+        at_step = 4
+
+        def __call__(self, seconds_per_step):
+            assert seconds_per_step > 0
+            return 0.5
+
+    config = apply_overrides(get_preset("tiny"), {"train.checkpoint_every": 100})
+    state, _ = train_module.pretrain(config, tmp_path, progress=False, resize=Resize())
+    assert state.step == state.schedule.max_steps == 8
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 0.5
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000008.pt"]
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
+    o = config.optim
+    for step in (3, 7):  # metrics of step k carry the lr used at k - 1, before and after the resize
+        expected = learning_rate(step - 1, o.base_lr, o.batch_size, 8 if step > 4 else 32, 0)
+        assert lrs[step] == pytest.approx(expected)

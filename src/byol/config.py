@@ -254,35 +254,27 @@ def cpu_demo() -> Config:
     """Fashion-MNIST on a 2-core CPU: `byol demo` sizes ``train.epochs`` to its time budget (byol/demo.py).
 
     The algorithm is the paper's (loss, per-view BN, cosine τ, LARS with its exclusions, T/T' asymmetry).
-    Choices for the budget, each measured on a 2-core CPU (docs/benchmarks.md):
-    - ResNet-18 with the cifar stem, width 1/8 (8-channel stem): 3x faster per step and 6x faster to embed
-      than width 1/4, which buys more epochs in the same minutes. The paper's stride-2 stem at 32 px is 3.2x
-      faster per image but learns far less here (kNN +2.0 points over random init against +5.6 for the cifar
-      stem, the same 6.4 minutes of training, seed 1).
-    - DEVIATION, loud: views and evaluation at 20 px, not Fashion-MNIST's 28. A step takes 288 ms instead of
-      519 (fp32, AVX2), so the 9-minute budget trains 3.4 epochs instead of 1.7, and BYOL's lead over the
-      random-init encoder grew on every seed (seed 1: kNN +7.3 / linear +7.3 against +3.9 / +3.0 at 28 px;
-      the random-init encoder scores the same at both sizes).
-    - DEVIATION, loud: no blur in either view (``augment.preset remove-blur``, the paper's Table 17 row). The
-      paper's σ ∈ [0.1, 2.0] px is for 224-px images; on 20-px grey images it blurs away a tenth of the
-      image. Seed 2 rose from +3.9 / +5.4 to +4.6 / +6.4 without it (the CIFAR-10 study of issue 15 found
-      blur off worth about 4 points at 32 px).
-    - DEVIATION, loud: the smallest crop covers 25% of the image, not 8%. On 28-px Fashion-MNIST an 8% crop
-      is an 8x8 patch, often of black background, and the two views share almost nothing: kNN after 2 epochs
-      was 61.4% with 0.08 and 69.7% with 0.25 (random init 58.5%, same monitor). 40% was no better (seed 2,
-      kNN +4.7 / linear +5.6).
+    Choices for the budget, each measured on a 2-core AVX2 CPU (the studies: docs/benchmarks.md):
+    - DEVIATION, loud: a ResNet-10 (one basic block per stage; not in the paper) of width 1/8 with the cifar
+      stem (3x3/1, no max-pool). A step takes 0.163 s against 0.271 for ResNet-18 (its 20-px first stages
+      dominate), so the budget trains 5 epochs instead of 3 and BYOL's lead over random init grew on every
+      seed (seed 2: kNN / linear +8.0 / +6.6 against +2.4 / +4.1). The paper's stride-2 stem learns far less.
+    - DEVIATION, loud: views and evaluation at 20 px, not Fashion-MNIST's 28: a step takes 288 ms instead of
+      519 (ResNet-18), and the random-init encoder scores the same at both sizes.
+    - DEVIATION, loud: no blur in either view (``augment.preset remove-blur``, the paper's Table 17 row): its
+      σ ∈ [0.1, 2.0] px is for 224-px images and blurs away a tenth of a 20-px one.
+    - DEVIATION, loud: the smallest crop covers 25% of the image, not 8%: an 8% crop of a 28-px image is an
+      8x8 patch, often of background (kNN after 2 epochs 61.4% with 0.08, 69.7% with 0.25; 40% was no better).
     - ``train.precision auto``: bf16 + channels_last where the CPU has native bf16 (2.9x faster than fp32
       on an AVX512_BF16 CPU), fp32 elsewhere (emulated bf16 was 7x slower than fp32 on an AVX2 CPU).
     - Heads 1024 → 128 (predictor 1024) instead of 4096 → 256: the encoder is 64-d.
-    - Batch 128, LARS base lr 2.0 (the released code's small-dataset rate, its Imagenette recipe, scaled by
-      128/256; 3.0 was no different, seed 2), half an epoch of warm-up, τ_base 0.99. In the same minutes
-      batch 128 beat 256 (kNN / linear over random init +5.6 / +4.6 against +2.1 / +2.2, seed 1, 28 px) and 64
-      (+3.6 / +4.7 with τ_base 0.97), and a tenth of an epoch of warm-up fell to +1.7 / +2.1.
+    - Batch 128 (it beat 64 and 256 in the same minutes), LARS base lr 2.0 (the released code's Imagenette
+      rate; 3.0 was no different), half an epoch of warm-up (a tenth learned far less), τ_base 0.99.
     Every other augmentation parameter is the paper's.
     """
     return Config(
         model=ModelConfig(
-            depth=18, width=0.125, stem="cifar", projector_hidden=1024, projection_dim=128, predictor_hidden=1024
+            depth=10, width=0.125, stem="cifar", projector_hidden=1024, projection_dim=128, predictor_hidden=1024
         ),
         optim=OptimConfig(base_lr=2.0, weight_decay=1e-6, batch_size=128, warmup_epochs=0.5),
         target=TargetConfig(base_ema=0.99),

@@ -8,8 +8,10 @@
 3. Plan the run: as many epochs as the budget leaves after both evaluations (a multiple of a tenth of an epoch;
    ``--epochs`` forces a length). CPUs differ by 10x or more (native bf16 or not, cores), GPUs by more; a
    fixed number of epochs cannot fit them all in the same minutes, a budget can.
-4. Pretrain with the ``cpu-demo`` preset (its docstring gives the choices and why), evaluate the online
-   encoder with exactly the same protocols, write the report and print the table.
+4. Pretrain with the ``cpu-demo`` preset (its docstring gives the choices and why). At the end of warm-up the
+   run is re-planned once from the loop's own seconds per step (:class:`Replan`): a shared machine may run
+   slower or faster than during the few timed steps.
+5. Evaluate the online encoder with exactly the same protocols, write the report and print the table.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ LAYOUT_GAIN = 1.05  # the other memory layout is taken only when it is this much
 # The loop's steps are slower on average than the timed ones (checkpoints, logging, epoch changes and the
 # step time drifting with the weights: 3-13% in five 9-minute runs on an AVX2 CPU); the plan assumes this.
 LOOP_OVERHEAD = 1.1
+# The re-plan measures the loop itself; this margin is for a machine that slows down after it.
+REPLAN_MARGIN = 1.05
+MIN_REPLAN_STEP = 50  # without warm-up, the loop's speed is measured over this many steps
 
 
 def default_run_dir() -> Path:
@@ -110,6 +115,30 @@ def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]
     return config, own_seconds
 
 
+@dataclass
+class Replan:
+    """The run's length re-planned at step ``at_step`` from the loop's own seconds per step: as many epochs
+    as fit what is left of ``budget_s`` since ``start`` (time.perf_counter), with :data:`REPLAN_MARGIN`."""
+
+    at_step: int
+    steps_per_epoch: int
+    budget_s: float
+    start: float
+    epochs: float | None = None  # the re-planned length, once chosen
+    seconds_per_step: float | None = None
+
+    def __call__(self, seconds_per_step: float) -> float:
+        per_step = seconds_per_step * REPLAN_MARGIN
+        left = self.budget_s - (time.perf_counter() - self.start)
+        self.epochs = plan_epochs(per_step, self.steps_per_epoch, left + self.at_step * per_step)
+        self.seconds_per_step = seconds_per_step
+        log.info(
+            "re-planned at step %d from the loop's %.3f s/step (+%.0f%%): %g epochs in all",
+            self.at_step, seconds_per_step, 100 * (REPLAN_MARGIN - 1), self.epochs,
+        )  # fmt: skip
+        return self.epochs
+
+
 def plan_epochs(step_seconds: float, steps_per_epoch: int, pretrain_budget_s: float) -> float:
     """The longest run, in multiples of :data:`EPOCH_QUANTUM` epochs, that fits ``pretrain_budget_s``,
     within [:data:`MIN_EPOCHS`, :data:`MAX_EPOCHS`]."""
@@ -164,8 +193,12 @@ def run_demo(
     config = apply_overrides(config, {"train.epochs": epochs})
 
     pretrain_start = time.perf_counter()
-    pretrain(config, run_dir, progress=progress, step_seconds_hint=step_seconds * LOOP_OVERHEAD)
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+    replan = Replan(max(warmup_steps, MIN_REPLAN_STEP), steps_per_epoch, pretrain_budget, pretrain_start)
+    hint = step_seconds * LOOP_OVERHEAD
+    pretrain(config, run_dir, progress=progress, step_seconds_hint=hint, resize=replan if size_to_budget else None)
     pretrain_seconds = time.perf_counter() - pretrain_start
+    epochs = replan.epochs or epochs
     pretrained = _evaluate(frozen, load_encoder_from_run(run_dir).encoder, config, progress, "pretrained")
 
     rows, dataset = [], config.data.dataset
@@ -181,7 +214,9 @@ def run_demo(
         "budget_minutes": budget_minutes,
         "sized_to_budget": size_to_budget,
         "epochs": epochs,
+        "planned_epochs": plan.epochs,
         "step_seconds_measured": step_seconds,
+        "loop_seconds_per_step": replan.seconds_per_step,
         "evaluation_seconds": eval_seconds,
         "pretrain_budget_s": pretrain_budget,
         "pretrain_seconds": pretrain_seconds,

@@ -16,15 +16,20 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from byol.config import ModelConfig
 
 # Paper / released code: BN decay 0.9 (PyTorch momentum 0.1), eps 1e-5.
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
 
 BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),  # not in the paper: the CPU demo's encoder (config.cpu_demo)
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -113,7 +118,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet stem must be one of {STEMS}, got {stem!r}")
         if width <= 0 or in_channels < 1:
             raise ValueError(f"width must be > 0 and in_channels >= 1, got {width} and {in_channels}")
-        self.depth, self.width, self.stem_kind = depth, width, stem
+        self.depth, self.width = depth, width
         base = max(1, round(64 * width))
         block: type[BasicBlock] | type[Bottleneck] = BasicBlock if depth < 50 else Bottleneck
 
@@ -246,25 +251,16 @@ class OnlineNetwork(nn.Module):
         return target
 
 
-def build_online_network(
-    depth: int,
-    width: float,
-    stem: str,
-    in_channels: int,
-    projector_hidden: int = 4096,
-    projection_dim: int = 256,
-    predictor_hidden: int | None = 4096,
-    zero_init_residual: bool = False,
-    projector_depth: int = 2,
-    predictor_depth: int = 2,
-) -> OnlineNetwork:
-    """The online network of the paper; ``predictor_hidden=None`` builds it without a predictor."""
-    encoder = ResNet(depth, width, stem, in_channels, zero_init_residual)
-    projector = MLP(encoder.out_dim, projector_hidden, projection_dim, projector_depth)
-    predictor = (
-        None if predictor_hidden is None else MLP(projection_dim, predictor_hidden, projection_dim, predictor_depth)
-    )
-    return OnlineNetwork(encoder, projector, predictor)
+def build_encoder(m: ModelConfig, in_channels: int) -> ResNet:
+    return ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+
+
+def build_online_network(m: ModelConfig, in_channels: int) -> OnlineNetwork:
+    """The online network of the paper as ``m`` describes it; without a predictor unless ``m.predictor`` is mlp."""
+    encoder = build_encoder(m, in_channels)
+    projector = MLP(encoder.out_dim, m.projector_hidden, m.projection_dim, m.projector_depth)
+    predictor = MLP(m.projection_dim, m.predictor_hidden, m.projection_dim, m.predictor_depth)
+    return OnlineNetwork(encoder, projector, predictor if m.predictor == "mlp" else None)
 
 
 def count_parameters(module: nn.Module, names: Sequence[str] = ()) -> int:

@@ -20,9 +20,9 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,7 +42,7 @@ from byol.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from byol.config import Config
+from byol.config import Config, apply_overrides
 from byol.data import Batch, Dataset, TrainBatches, load_split
 from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
@@ -132,7 +132,9 @@ class SiameseForward(nn.Module):
 @dataclass
 class TrainState:
     """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
-    augmentation RNG, plus the run's constants: its schedules, its objective and its precision."""
+    augmentation RNG, plus the run's constants: its schedules, its objective and its precision. ``forward``
+    runs :class:`SiameseForward` (under torchrun wrapped in DistributedDataParallel, compiled on request),
+    ``target_forward`` the target (compiled or not); both share their parameters with ``online`` / ``target``."""
 
     online: OnlineNetwork
     target: TargetNetwork | None
@@ -140,17 +142,11 @@ class TrainState:
     optimizer: LARS
     generator: torch.Generator
     schedule: Schedule
+    objective: Objective
+    precision: Precision
+    forward: nn.Module
+    target_forward: nn.Module | None
     step: int = 0
-    objective: Objective = field(default_factory=Objective)
-    precision: Precision = field(default_factory=Precision)
-    forward: nn.Module | None = None  # SiameseForward, wrapped in DistributedDataParallel under torchrun
-    target_forward: nn.Module | None = None  # the target, compiled or not
-
-    def __post_init__(self) -> None:
-        if self.forward is None:
-            self.forward = SiameseForward(self.online, self.probe)
-        if self.target_forward is None:
-            self.target_forward = self.target
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -182,45 +178,20 @@ def create_state(
 ) -> TrainState:
     """Fresh networks and optimizer, seeded by ``config.train.seed``, that step along ``schedule``."""
     torch.manual_seed(config.train.seed)
-    m = config.model
-    online = build_online_network(
-        m.depth,
-        m.width,
-        m.stem,
-        in_channels,
-        m.projector_hidden,
-        m.projection_dim,
-        m.predictor_hidden if m.predictor == "mlp" else None,
-        m.zero_init_residual,
-        m.projector_depth,
-        m.predictor_depth,
-    ).to(device)
-    target = None
-    if config.target.network == "ema":
-        target = online.make_target(copy_weights=config.target.init == "copy").to(device)
-    context = current_context()
-    if context.enabled:  # cross-replica BN everywhere, as the released code; before the optimizer sees θ
-        convert_batchnorm(online)
-        if target is not None:
-            convert_batchnorm(target)
+    online = build_online_network(config.model, in_channels).to(device)
+    ema_target = config.target.network == "ema"
+    target = online.make_target(copy_weights=config.target.init == "copy").to(device) if ema_target else None
+    networks = [online] if target is None else [online, target]
+    context, precision = current_context(), Precision.for_run(config.train, device)
+    for network in networks:  # cross-replica BN under torchrun, as the released code; before the optimizer sees θ
+        precision.prepare(convert_batchnorm(network) if context.enabled else network)
     probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if config.train.online_probe else None
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
-    groups = lars_param_groups(
-        modules,
-        config.optim.weight_decay,
-        {
-            "online.predictor": config.optim.predictor_lr_scale,
-            "online.projector": config.optim.projector_lr_scale,
-        },
-    )
-    optimizer = LARS(
-        groups, weight_decay=config.optim.weight_decay, momentum=config.optim.momentum, eta=config.optim.eta
-    )
+    o = config.optim
+    scales = {"online.predictor": o.predictor_lr_scale, "online.projector": o.projector_lr_scale}
+    groups = lars_param_groups(modules, o.weight_decay, scales)
+    optimizer = LARS(groups, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
-    precision = Precision.for_run(config.train, device)
-    precision.prepare(online)
-    if target is not None:
-        precision.prepare(target)
     forward: nn.Module = SiameseForward(online, probe)
     if context.enabled:  # gradients averaged across ranks by DDP
         with warnings.catch_warnings():  # broadcast_buffers=False is the portable spelling across torch versions
@@ -229,22 +200,15 @@ def create_state(
                 forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
             )
         generator.manual_seed(config.train.seed + 1_000_003 * context.rank)  # per-rank augmentations
+    target_forward = target
     if config.train.compile:  # the wrappers share parameters with online / target: checkpoints are unchanged
         forward = torch.compile(forward)  # type: ignore[assignment]
-    state = TrainState(
-        online=online,
-        target=target,
-        probe=probe,
-        optimizer=optimizer,
-        generator=generator,
-        schedule=schedule,
-        objective=Objective.from_config(config),
-        precision=precision,
-        forward=forward,
-    )
-    if config.train.compile and target is not None:
-        state.target_forward = torch.compile(target)  # type: ignore[assignment]
-    return state
+        target_forward = torch.compile(target) if target is not None else None  # type: ignore[assignment]
+    objective = Objective.from_config(config)
+    return TrainState(
+        online=online, target=target, probe=probe, optimizer=optimizer, generator=generator, schedule=schedule,
+        objective=objective, precision=precision, forward=forward, target_forward=target_forward,
+    )  # fmt: skip
 
 
 class ViewBatch(NamedTuple):
@@ -265,7 +229,6 @@ def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> Vie
 def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs, Tensor | None]:
     """The objective on one (micro-)batch; returns it, the online outputs of view 1 and the probe's logits."""
     objective = state.objective
-    assert state.forward is not None
     with state.precision.context(view1.device):
         online1, online2, logits = state.forward(view1, view2)  # each view is its own BN batch
         if state.target_forward is not None:
@@ -280,15 +243,9 @@ def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, View
         weight = closed_form_predictor(torch.cat((p1, p2)), torch.cat((z2, z1)))
         p1, p2 = p1 @ weight.T, p2 @ weight.T
     loss = unified_loss(
-        p1,
-        p2,
-        z1,
-        z2,
-        beta=objective.beta,
-        alpha=objective.temperature,
-        normalize=objective.normalize,
+        p1, p2, z1, z2, beta=objective.beta, alpha=objective.temperature, normalize=objective.normalize,
         stop_gradient=objective.target_network != "online",
-    )
+    )  # fmt: skip
     return loss, online1, logits
 
 
@@ -314,7 +271,7 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
     state.optimizer.zero_grad(set_to_none=True)
     for i, (v1, v2, y) in enumerate(zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True)):
         # gradients are averaged across ranks once per optimizer step, on the last micro-batch
-        sync = contextlib.nullcontext() if not distributed or i == n - 1 else state.forward.no_sync()  # type: ignore[union-attr,operator]
+        sync = contextlib.nullcontext() if not distributed or i == n - 1 else state.forward.no_sync()  # type: ignore[operator]
         with sync:
             loss, online1, logits = _loss(state, v1, v2)
             parts = {"byol_loss": loss}
@@ -347,12 +304,28 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
     return {**totals, "lr": lr, "tau": tau}
 
 
+class Resize(Protocol):
+    """Sizes a run once, after ``at_step`` steps, from the loop's own seconds per step: returns its epochs.
+    Called at the end of warm-up, the learning rate is the same whatever length it returns; τ_k has moved
+    from τ_base by a few 1e-5 at most (the demo's time budget, byol/demo.py)."""
+
+    at_step: int
+
+    def __call__(self, seconds_per_step: float) -> float: ...
+
+
 def pretrain(
-    config: Config, run_dir: str | Path, progress: bool = True, step_seconds_hint: float | None = None
+    config: Config,
+    run_dir: str | Path,
+    progress: bool = True,
+    step_seconds_hint: float | None = None,
+    resize: Resize | None = None,
 ) -> tuple[TrainState, Dataset]:
     """Runs a new pretraining run in ``run_dir``: checkpoints, config.json, environment.json and metrics.jsonl.
 
-    ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists.
+    ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists;
+    ``resize`` may change ``train.epochs`` once, from the loop's speed (config.json and later checkpoints
+    hold the new length).
 
     Under torchrun every rank runs this function: data are sharded, BN is cross-replica, gradients are
     averaged, and rank 0 alone writes logs, metrics and checkpoints, holding the run directory's lock: a
@@ -364,7 +337,7 @@ def pretrain(
             raise ConfigError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir"
             )
-        return _run(config, run_dir, None, progress, step_seconds_hint)
+        return _run(config, run_dir, None, progress, step_seconds_hint, resize)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
@@ -372,11 +345,16 @@ def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Data
     run_dir = Path(run_dir)
     with rundir.writer_lock(run_dir):
         payload = load_resumable(run_dir)
-        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload, progress, None)
+        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload, progress)
 
 
 def _run(
-    config: Config, run_dir: Path, payload: dict[str, Any] | None, progress: bool, step_seconds_hint: float | None
+    config: Config,
+    run_dir: Path,
+    payload: dict[str, Any] | None,
+    progress: bool,
+    step_seconds_hint: float | None = None,
+    resize: Resize | None = None,
 ) -> tuple[TrainState, Dataset]:
     """The run, from scratch or (``payload``: a checkpoint) resumed."""
     device, context = distributed.setup(config.train.device)
@@ -399,7 +377,7 @@ def _run(
     policies.show_eta(step_seconds_hint)
     with flush_denormals(device), contextlib.closing(policies):
         policies.monitor(start=True)
-        while state.step < schedule.max_steps:
+        while state.step < state.schedule.max_steps:
             epoch, offset = divmod(state.step, schedule.steps_per_epoch)
             for batch in batches.epoch(epoch, offset):
                 policies.skipped_files.update(batch.skipped)
@@ -409,9 +387,11 @@ def _run(
                     policies.non_finite(e)
                     continue
                 policies.log(metrics)
+                if resize is not None and state.step == resize.at_step:
+                    policies.resize(resize(policies.seconds_per_step()))
                 policies.monitor()
                 policies.checkpoint()
-                if state.step >= schedule.max_steps:
+                if state.step >= state.schedule.max_steps:
                     break
     return state, dataset
 
@@ -471,7 +451,6 @@ class _Policies:
         progress: bool,
     ) -> None:
         self.config, self.run_dir, self.state, self.context = config, run_dir, state, context
-        self.schedule = state.schedule
         self.elapsed_before = 0.0
         if context.is_main:
             log.info("precision %s (%s)", state.precision.name, state.precision.reason)
@@ -489,18 +468,34 @@ class _Policies:
         self.floor = collapse_floor(config.model.projection_dim)
         self.warned_collapse, self.skipped_steps, self.skipped_files = False, 0, set[str]()
         self.bar = tqdm(
-            total=self.schedule.max_steps, initial=state.step, desc="pretrain", unit="step",
+            total=self.state.schedule.max_steps, initial=state.step, desc="pretrain", unit="step",
             disable=not (progress and context.is_main),
         )  # fmt: skip
         self.start_time = self.last_time = time.perf_counter()
-        self.last_step = state.step
+        self.last_step = self.first_step = state.step
         self.metrics = rundir.MetricsLog(run_dir, context.is_main)
 
     def show_eta(self, step_seconds: float | None) -> None:
         """An ETA on the progress bar from a measured step time, before the bar has a rate of its own."""
         if step_seconds is not None:
-            eta = (self.schedule.max_steps - self.state.step) * step_seconds
+            eta = (self.state.schedule.max_steps - self.state.step) * step_seconds
             self.bar.set_postfix_str(f"eta {self.bar.format_interval(eta)}")
+
+    def seconds_per_step(self) -> float:
+        """The loop's own seconds per step since it started (logging and checkpoints included)."""
+        return (time.perf_counter() - self.start_time) / max(self.state.step - self.first_step, 1)
+
+    def resize(self, epochs: float) -> None:
+        """``train.epochs`` from now on (at least the steps done): in the schedules, config.json and the bar."""
+        state, steps_per_epoch = self.state, self.state.schedule.steps_per_epoch
+        self.config = apply_overrides(self.config, {"train.epochs": max(epochs, state.step / steps_per_epoch)})
+        state.schedule = Schedule.create(self.config, steps_per_epoch)
+        if self.context.is_main:
+            self.config.save(self.run_dir / rundir.CONFIG_FILE)
+        log.info("run resized at step %d to %g epochs (%d steps)", state.step, self.config.train.epochs,
+                 state.schedule.max_steps)  # fmt: skip
+        self.bar.total = state.schedule.max_steps
+        self.bar.refresh()
 
     def non_finite(self, error: NonFiniteError) -> None:
         """Skips the batch (``train.on_nonfinite skip``, up to ``max_skipped_steps``) or stops the run."""
@@ -516,16 +511,16 @@ class _Policies:
     def log(self, metrics: dict[str, Any]) -> None:
         step = self.state.step
         self.bar.update(1)
-        if step % self.config.train.log_every and step != self.schedule.max_steps:
+        if step % self.config.train.log_every and step != self.state.schedule.max_steps:
             return
         tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
         record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
         now = time.perf_counter()
-        images_per_s = (step - self.last_step) * self.schedule.batch_size / max(now - self.last_time, 1e-9)
+        images_per_s = (step - self.last_step) * self.state.schedule.batch_size / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
         record.update(
             step=step,
-            epoch=step / self.schedule.steps_per_epoch,
+            epoch=step / self.state.schedule.steps_per_epoch,
             elapsed_s=round(self.elapsed_before + now - self.start_time, 3),
             images_per_s=round(images_per_s, 1),
         )
@@ -549,7 +544,7 @@ class _Policies:
             if self.state.step == 0:  # the starting point: kNN of the initial encoder
                 self.metrics.write({"step": 0, "epoch": 0, "knn_top1": self.knn(self.state.online.encoder)})
             return
-        epoch, within = divmod(self.state.step, self.schedule.steps_per_epoch)
+        epoch, within = divmod(self.state.step, self.state.schedule.steps_per_epoch)
         if within == 0 and epoch % self.config.train.knn_every == 0:
             top1 = self.knn(self.state.online.encoder)
             self.metrics.write({"step": self.state.step, "epoch": epoch, "knn_top1": top1})
@@ -557,7 +552,7 @@ class _Policies:
 
     def checkpoint(self) -> None:
         step = self.state.step
-        if step % self.config.train.checkpoint_every and step != self.schedule.max_steps:
+        if step % self.config.train.checkpoint_every and step != self.state.schedule.max_steps:
             return
         generators = _generator_states(self.state, self.context)  # every rank takes part in the gather
         if self.context.is_main:
@@ -565,7 +560,7 @@ class _Policies:
                 "format": CHECKPOINT_FORMAT,
                 "config": json.dumps(self.config.to_dict()),
                 "state": self.state.state_dict(),
-                "data": {"epoch": step // self.schedule.steps_per_epoch},
+                "data": {"epoch": step // self.state.schedule.steps_per_epoch},
                 "rng": rng_state(),
                 "generators": generators,
             }

@@ -6,6 +6,7 @@ Every default comes from the protocol's own config dataclass (KnnConfig, LinearC
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def add_linear(sub: Any) -> None:
         help="augmented: random crop + flip each epoch (the paper); cached: features once (fast)",
     )  # fmt: skip
     p.add_argument(
-        "--lrs", type=floats, default=d.base_lrs,
+        "--lrs", dest="base_lrs", type=floats, default=d.base_lrs,
         help="base learning rates to sweep, scaled by batch/256 (default: the paper's)",
     )  # fmt: skip
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs (default {d.epochs})")
@@ -92,27 +93,12 @@ def add_finetune(sub: Any) -> None:
 def evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.evaluate.runner import EvaluationRequest, run_evaluation
 
-    protocol = args.command
+    protocol = {"knn": KnnConfig, "linear": LinearConfig, "finetune": FinetuneConfig}[args.command]
+    settings = protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(protocol)})
     request = EvaluationRequest(
-        protocol=protocol,
-        run=args.run,
-        dataset=args.dataset or "",
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        init=args.init,
-        device=args.device,
-        knn=KnnConfig(args.k, args.temperature) if protocol == "knn" else KnnConfig(),
-        linear=LinearConfig(
-            args.mode, args.lrs, args.epochs, args.batch_size, args.val_size, args.seed, args.standardize
-        )
-        if protocol == "linear"
-        else LinearConfig(),
-        finetune=FinetuneConfig(
-            args.label_fraction, args.lrs, args.epochs, args.batch_size, args.weight_decay, args.val_size, args.seed
-        )
-        if protocol == "finetune"
-        else FinetuneConfig(),
-    )
+        protocol=args.command, run=args.run, dataset=args.dataset or "", data_dir=args.data_dir,
+        image_size=args.image_size, init=args.init, device=args.device, **{args.command: settings},
+    )  # fmt: skip
     result, path = run_evaluation(request, progress=not args.quiet)
     print(
         f"{result['protocol']} on {result['dataset']}, {result['test_split']} ({result['init']} encoder): "

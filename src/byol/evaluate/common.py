@@ -21,7 +21,7 @@ from byol.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 from byol.config import Config
 from byol.data import Dataset, eval_batches
 from byol.errors import CheckpointError, ConfigError
-from byol.networks import ResNet
+from byol.networks import ResNet, build_encoder
 from byol.precision import FP32, Precision
 
 EVAL_DIR = "eval"
@@ -40,9 +40,8 @@ class Pretrained:
 
 def random_encoder(config: Config, in_channels: int) -> ResNet:
     """The run's encoder architecture, initialised with the run's seed: the online encoder before training."""
-    m = config.model
     torch.manual_seed(config.train.seed)
-    return ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+    return build_encoder(config.model, in_channels)
 
 
 def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrained:

@@ -59,12 +59,10 @@ class FrozenEvaluation:
         test = load_split(d.dataset, "test", d.data_dir, d.image_size)
         generator = torch.Generator().manual_seed(config.train.seed)
         return cls(
-            _sample(train, max_train, generator, labelled_only=True),
-            _sample(test, max_test, generator, labelled_only=False),
-            d.image_size,
-            device,
-            Precision.for_run(config.train, device),
-        )
+            train=_sample(train, max_train, generator, labelled_only=True),
+            test=_sample(test, max_test, generator, labelled_only=False),
+            image_size=d.image_size, device=device, precision=Precision.for_run(config.train, device),
+        )  # fmt: skip
 
     def features(self, encoder: nn.Module, progress: bool = False, desc: str = "") -> list[tuple[Any, Any]]:
         """(features, labels) of the training and of the test images."""

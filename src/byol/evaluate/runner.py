@@ -52,12 +52,9 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     image_size = request.image_size or run_data.image_size
     device = resolve_device(request.device)
     frozen = FrozenEvaluation(
-        load_split(name, "train", data_dir, image_size),
-        load_split(name, "test", data_dir, image_size),
-        image_size,
-        device,
-        Precision.for_run(pretrained.config.train, device),
-    )
+        train=load_split(name, "train", data_dir, image_size), test=load_split(name, "test", data_dir, image_size),
+        image_size=image_size, device=device, precision=Precision.for_run(pretrained.config.train, device),
+    )  # fmt: skip
     train, test = frozen.train, frozen.test
     check_compatible(pretrained, train)
     splits = {
