@@ -52,15 +52,15 @@ def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
 
 
 def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
-    # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 2 s a step (faked): the re-plan,
-    # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 2.1 s a step
+    # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 4 s a step (faked): the re-plan,
+    # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 4.2 s a step
     _fake_step_time(monkeypatch, 1.0)
-    monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 2.0)
+    monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 4.0)
     run = tmp_path / "demo"
-    summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
-    assert summary["loop_seconds_per_step"] == 2.0
-    budget_at_replan = summary["pretrain_budget_s"] + 50 * 2.0 * demo.REPLAN_MARGIN
-    assert summary["epochs"] <= plan_epochs(2.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
+    summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=2.0)
+    assert summary["loop_seconds_per_step"] == 4.0
+    budget_at_replan = summary["pretrain_budget_s"] + 50 * 4.0 * demo.REPLAN_MARGIN
+    assert summary["epochs"] <= plan_epochs(4.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
     assert MIN_EPOCHS <= summary["epochs"] < summary["planned_epochs"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == round(summary["epochs"] * 16)

@@ -23,6 +23,7 @@ from byol.train import Schedule, ViewBatch, create_state, train_step
 
 # (channels, native size) of the in-memory datasets, so benchmarks need no files: inputs are random bytes.
 NATIVE_SHAPE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96)}
+AUGMENT_SIZES = (32, 96, 224)  # the view sizes of CIFAR, STL-10 and ImageNet
 
 
 def _sync(device: torch.device) -> None:
@@ -63,7 +64,7 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
     device = resolve_device(config.train.device)
     generator = torch.Generator(device=device).manual_seed(0)
     timings = []
-    for size in (32, 96, 224):
+    for size in AUGMENT_SIZES:
         views = TwoViews(config.augment.preset, size, [0.5] * 3, [0.25] * 3)
         images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
         seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
