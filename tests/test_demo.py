@@ -67,12 +67,14 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == summary["epochs"]
 
 
-def test_epochs_flag_forces_the_length(tmp_path, monkeypatch, capsys):
-    _fake_step_time(monkeypatch, 1e6)  # a budget plan would give the minimum; --epochs must win
+@pytest.mark.parametrize("flags", [["--epochs", "2"], ["--train.max_steps", "32"]])
+def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
+    _fake_step_time(monkeypatch, 1e6)  # a budget plan would give the minimum (16 steps); the user's length must win
     run = tmp_path / "demo"
-    assert main([*TINY_DEMO, "--run-dir", str(run), "--epochs", "2"]) == 0
+    assert main([*TINY_DEMO, "--run-dir", str(run), *flags]) == 0
     summary = json.loads((run / "demo.json").read_text())
     assert summary["epochs"] == 2 and not summary["sized_to_budget"]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 32
 
 
 def test_demo_evaluates_byol_and_random_init_identically_and_byol_learns(tmp_path, capsys):

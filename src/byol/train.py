@@ -378,7 +378,7 @@ def _run(
     with flush_denormals(device), contextlib.closing(policies):
         policies.monitor(start=True)
         while state.step < state.schedule.max_steps:
-            epoch, offset = divmod(state.step, schedule.steps_per_epoch)
+            epoch, offset = divmod(state.step, state.schedule.steps_per_epoch)
             for batch in batches.epoch(epoch, offset):
                 policies.skipped_files.update(batch.skipped)
                 try:
@@ -487,6 +487,10 @@ class _Policies:
 
     def resize(self, epochs: float) -> None:
         """``train.epochs`` from now on (at least the steps done): in the schedules, config.json and the bar."""
+        if self.context.enabled:  # every rank takes rank 0's length: each timed itself, and the ranks' schedules
+            chosen = [epochs]  # and collectives must not part
+            dist.broadcast_object_list(chosen, src=0)
+            epochs = chosen[0]
         state, steps_per_epoch = self.state, self.state.schedule.steps_per_epoch
         self.config = apply_overrides(self.config, {"train.epochs": max(epochs, state.step / steps_per_epoch)})
         state.schedule = Schedule.create(self.config, steps_per_epoch)

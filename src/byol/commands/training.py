@@ -78,7 +78,8 @@ def demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     config = build_config(args, extra)
     run_dir = args.run_dir or default_run_dir()
-    forced = args.epochs is not None or any(key.split("=")[0] == "--train.epochs" for key in extra)
+    # a length the user set wins over the budget (train.max_steps, when set, decides the length of any run)
+    forced = args.epochs is not None or bool({"train.epochs", "train.max_steps"} & parse_overrides(extra).keys())
     summary = run_demo(run_dir, config, not args.quiet, args.budget_minutes, size_to_budget=not forced)
     print(format_summary(summary, config.data.dataset))
     return 0
