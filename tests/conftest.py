@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Runs `byol ARGS` in a child process whose checkpoint write of one step stalls half-way (a few bytes in the
 # temporary file, then a long sleep) after touching a marker file: a test can kill it mid-save at a known point,
@@ -32,6 +33,23 @@ def atomic_write(path, write):
 checkpoint.atomic_write = atomic_write
 sys.exit(main(sys.argv[1:]))
 """
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators run inside it: ``kernels`` (operators that compute, not views of a tensor) and
+    ``syncs``, those that make the host wait for the device (nonzero, .item(), bool(tensor))."""
+
+    SYNCS = frozenset({"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::item"})
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        self.syncs += name in self.SYNCS
+        self.kernels += not (func.is_view or name in ("aten::lift_fresh", "aten::scalar_tensor"))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(autouse=True)

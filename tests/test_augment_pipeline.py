@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import OpCounter
 
 from byol.augment import BYOL_T, BYOL_T_PRIME, PRESETS, TwoViews, ViewPipeline, get_views
 from byol.augment import functional as AF
@@ -69,27 +70,45 @@ def test_each_image_gets_its_own_parameters_and_the_seed_reproduces_views():
     assert torch.equal(v1, w1) and torch.equal(v2, w2)
 
 
-def test_apply_composes_the_functional_ops_in_the_released_order():
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_apply_composes_the_functional_ops_in_the_released_order(sync_free):
+    """Image by image, the functional ops in the released order; either way of reaching the selected images
+    (index-select on a CPU, compute-all-and-mask on a GPU) gives the same views."""
     pipeline = ViewPipeline(BYOL_T_PRIME, 40, [0.0] * 3, [1.0] * 3)
+    pipeline.sync_free = sync_free
     assert pipeline.kernel_size == 5
-    images = torch.rand(6, 3, 48, 48)
-    p = pipeline.sample(6, 48, 48, torch.Generator().manual_seed(5))
-    p.jitter[:] = True
-    p.grayscale[:] = False
-    p.blur[:] = True
-    p.solarize[:] = True
+    n = 24
+    images = torch.rand(n, 3, 48, 48)
+    p = pipeline.sample(n, 48, 48, torch.Generator().manual_seed(5))
+    masks = torch.rand(4, n, generator=torch.Generator().manual_seed(6)) < 0.5
+    p.jitter, p.grayscale, p.blur, p.solarize = masks  # every op selects some images and leaves others
     out = pipeline.apply(images, p)
     x = AF.resized_crop(images, p.boxes, 40).clamp(0, 1)
     x = AF.hflip(x, p.flip)
     ops = [AF.adjust_brightness, AF.adjust_contrast, AF.adjust_saturation, AF.adjust_hue]
     factors = [p.brightness, p.contrast, p.saturation, p.hue]
-    for i in range(6):
+    for i in range(n):
         xi = x[i : i + 1]
-        for op_index in p.jitter_order[i].tolist():
+        for op_index in p.jitter_order[i].tolist() if p.jitter[i] else []:
             xi = ops[op_index](xi, factors[op_index][i : i + 1]).clamp(0, 1)
-        xi = AF.gaussian_blur(xi, p.blur_sigma[i : i + 1], 5).clamp(0, 1)
-        xi = AF.solarize(xi)
+        xi = AF.to_grayscale(xi) if p.grayscale[i] else xi
+        xi = AF.gaussian_blur(xi, p.blur_sigma[i : i + 1], 5).clamp(0, 1) if p.blur[i] else xi
+        xi = AF.solarize(xi) if p.solarize[i] else xi
         torch.testing.assert_close(out[i : i + 1], xi, atol=1e-5, rtol=0)
+
+
+def test_gpu_views_never_synchronise_with_the_host():
+    """The compute-all-and-mask path has no data-dependent shapes: no nonzero, no .item(), no bool(tensor)."""
+    views = TwoViews("byol", 32, [0.5] * 3, [0.25] * 3)
+    views.t.sync_free = views.t_prime.sync_free = True
+    images = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    with OpCounter() as ops:
+        views(images, torch.Generator().manual_seed(0))
+    assert ops.syncs == 0 and ops.kernels > 0
+    views.t.sync_free = views.t_prime.sync_free = False  # the CPU path selects its images: it does synchronise
+    with OpCounter() as ops:
+        views(images, torch.Generator().manual_seed(0))
+    assert ops.syncs > 0
 
 
 def test_table_17_presets():

@@ -25,6 +25,7 @@ def test_the_printed_ratios_follow_from_the_timings():
     batch = config.optim.batch_size
     text = format_step(config, "tiny", StepTiming("cpu", "fp32", step_s=0.2, network_s=0.1, views_s=0.05))
     assert "overhead ratio step / bare network: 2.000" in text and f"{batch / 0.2:9.0f} images/s" in text
+    assert "runs at 0.500 of the bare network's images/s" in text
     text = format_augment(config, "tiny", [AugmentTiming(32, 1000.0)], view_s=0.01, step_s=0.04)
     assert "32 px:       1000 view pairs/s (2000 views/s)" in text and "share of the step: 25.0%" in text
 

@@ -5,16 +5,20 @@ import json
 
 import pytest
 import torch
+from conftest import OpCounter
 from torch import nn
+from torch.nn import functional as F
 
 import byol.train as train_module
+from byol.augment import TwoViews
 from byol.checkpoint import list_checkpoints
 from byol.config import apply_overrides, get_preset, validate
+from byol.data import Batch
 from byol.ema import target_ema
 from byol.errors import TrainingError
 from byol.rundir import read_metrics
 from byol.schedules import learning_rate
-from byol.train import Schedule, ViewBatch, create_state, train_step
+from byol.train import Schedule, ViewBatch, ViewPrefetch, create_state, make_views, train_step
 
 SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
 SCHEDULE16 = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=16, base_lr=0.5, base_ema=0.9)
@@ -75,6 +79,42 @@ def test_non_finite_loss_stops_before_any_update():
         train_step(state, ViewBatch(v1, v2, labels))
     assert all(torch.equal(p, before[n]) for n, p in state.online.named_parameters())
     assert state.step == 0
+
+
+def test_the_step_synchronises_once_and_the_probe_counts_labelled_images_only():
+    state, (v1, v2, labels) = _state(), _views()
+    with OpCounter() as ops:
+        metrics = train_step(state, ViewBatch(v1, v2, labels))
+    assert ops.syncs == 1  # the non-finite guard; the probe does not ask the host how many labels there are
+    logits = state.probe(state.online.encoder(v1))
+    half = torch.where(torch.arange(8) < 4, labels, -1)  # the last four images unlabelled
+    loss, acc = train_module._probe(logits, half)
+    torch.testing.assert_close(loss, F.cross_entropy(logits[:4], labels[:4]))
+    assert acc == (logits[:4].argmax(1) == labels[:4]).float().mean()
+    loss, acc = train_module._probe(logits, torch.full((8,), -1))
+    assert loss == 0 and acc.isnan() and metrics["probe_acc"] >= 0  # none labelled: no accuracy, no loss
+
+
+def test_prefetched_views_are_the_views_a_sequential_loop_draws():
+    """The next batch's views are made during the step (``overlap``), or on demand when a step failed before
+    it got there; either way each batch gets the views a sequential loop gives it, and the generator state a
+    checkpoint records is the one the next batch's views start from."""
+    views = TwoViews("byol", 16, [0.5] * 3, [0.25] * 3)
+    batches = [Batch(torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8), torch.arange(4)) for _ in range(5)]
+    sequential = torch.Generator().manual_seed(0)
+    expected, states = [], []
+    for batch in batches:
+        states.append(sequential.get_state())
+        expected.append(make_views(views, batch, sequential))
+    prefetch = ViewPrefetch(views, torch.Generator().manual_seed(0), torch.device("cpu"))
+    for i, (batch, got) in enumerate(prefetch.epoch(batches)):
+        assert batch is batches[i] and all(torch.equal(a, b) for a, b in zip(got, expected[i], strict=True))
+        if i != 2:  # step 2 "fails" before its overlap
+            prefetch.prepare()
+            prefetch.prepare()  # a second call queues nothing more
+        if i < 4:
+            assert torch.equal(prefetch.generator_state(), states[i + 1])
+    assert i == 4
 
 
 def test_predictor_lr_scale_reaches_the_optimizer():

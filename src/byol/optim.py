@@ -102,13 +102,10 @@ class LARS(torch.optim.Optimizer):
             if group["weight_decay"] != 0.0:
                 updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
             if group["lars_adaptation"]:
-                w_norms = torch._foreach_norm(params)
-                u_norms = torch._foreach_norm(updates)
-                trust = [
-                    torch.where((w > 0) & (u > 0), group["eta"] * w / u, torch.ones_like(w))
-                    for w, u in zip(w_norms, u_norms, strict=True)
-                ]
-                updates = torch._foreach_mul(updates, trust)
+                w = torch.stack(torch._foreach_norm(params))  # one vector of norms: a few kernels per group,
+                u = torch.stack(torch._foreach_norm(updates))  # not a few per parameter
+                trust = torch.where((w > 0) & (u > 0), group["eta"] * w / u, 1.0)
+                updates = torch._foreach_mul(updates, list(trust.unbind()))
             buffers = []
             for p in params:
                 state = self.state[p]

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -226,6 +227,59 @@ def make_views(views: TwoViews, batch: Batch, generator: torch.Generator) -> Vie
     return ViewBatch(view1, views.t_prime(batch.second_crop, generator, crop=False), batch.labels)
 
 
+class ViewPrefetch:
+    """Batches and their views, the next batch's views made while the current step runs.
+
+    :meth:`prepare` is ``train_step``'s ``overlap``: it runs once the step's backward pass is queued, and
+    queues the next batch's views, on a GPU on a side CUDA stream that the device runs beside the backward.
+    The views are drawn from the run's generator in the order a sequential loop draws them, so runs and
+    resumes are the same; :meth:`generator_state` is the generator as the next batch's views found it
+    (what a checkpoint saves).
+    """
+
+    def __init__(self, views: TwoViews, generator: torch.Generator, device: torch.device) -> None:
+        self.views, self.generator = views, generator
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.source: Iterator[Batch] = iter(())
+        self.next: tuple[Batch, ViewBatch, Tensor] | None = None
+
+    def epoch(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, ViewBatch]]:
+        self.source, self.next = iter(batches), None
+        while self.next is not None or self.prepare():
+            assert self.next is not None
+            batch, views, _ = self.next
+            self.next = None
+            if self.stream is not None:  # the step's kernels wait for its views' kernels
+                torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
+            yield batch, views
+
+    def prepare(self) -> bool:
+        """Queues the views of the source's next batch unless they are queued already; False at its end."""
+        if self.next is not None:
+            return True
+        batch = next(self.source, None)
+        if batch is None:
+            return False
+        state = self.generator.get_state()
+        if self.stream is None:
+            self.next = (batch, make_views(self.views, batch, self.generator), state)
+            return True
+        main = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(main)  # the batch was gathered or copied on the main stream
+        with torch.cuda.stream(self.stream):
+            views = make_views(self.views, batch, self.generator)
+        for tensor in (batch.images, batch.second_crop):  # made on one stream, used on the other: the
+            if tensor is not None:  # allocator must not reuse their memory before both are done
+                tensor.record_stream(self.stream)
+        for tensor in views[:2]:
+            tensor.record_stream(main)
+        self.next = (batch, views, state)
+        return True
+
+    def generator_state(self) -> Tensor:
+        return self.next[2] if self.next is not None else self.generator.get_state()
+
+
 def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, ViewOutputs, Tensor | None]:
     """The objective on one (micro-)batch; returns it, the online outputs of view 1 and the probe's logits."""
     objective = state.objective
@@ -249,11 +303,23 @@ def _loss(state: TrainState, view1: Tensor, view2: Tensor) -> tuple[Tensor, View
     return loss, online1, logits
 
 
-def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
+def _probe(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The online probe's cross-entropy and accuracy over the labelled images (label ≥ 0), computed without
+    asking the host how many there are: no labelled image gives a zero loss (DDP's graph stays complete) and a
+    NaN accuracy, which the log leaves out."""
+    labelled = labels >= 0
+    count = labelled.sum()
+    loss = (F.cross_entropy(logits, labels.clamp_min(0), reduction="none") * labelled).sum() / count.clamp_min(1)
+    return loss, ((logits.argmax(1) == labels) & labelled).sum() / count
+
+
+def train_step(state: TrainState, batch: ViewBatch, overlap: Callable[[], object] | None = None) -> dict[str, Any]:
     """One optimizer step on a pair of augmented batches; returns the step's metrics (tensors and floats).
 
     With N accumulation steps the batch is split into N micro-batches whose gradients are averaged; the
-    optimizer, the target update and the τ / lr schedules all advance once per call.
+    optimizer, the target update and the τ / lr schedules all advance once per call. The step synchronises
+    with the host once, to stop a non-finite step before any weight changes; ``overlap`` runs just before,
+    while the device still works on the backward pass (the loop prepares the next batch's views there).
     """
     schedule, (view1, view2, labels) = state.schedule, batch
     lr = learning_rate(state.step, schedule.base_lr, schedule.batch_size, schedule.max_steps, schedule.warmup_steps)
@@ -267,6 +333,7 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
 
     n = state.objective.accumulation_steps
     totals: dict[str, Tensor] = {}
+    loss_finite = torch.ones((), dtype=torch.bool, device=view1.device)
     distributed = isinstance(state.forward, DistributedDataParallel)
     state.optimizer.zero_grad(set_to_none=True)
     for i, (v1, v2, y) in enumerate(zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True)):
@@ -274,29 +341,24 @@ def train_step(state: TrainState, batch: ViewBatch) -> dict[str, Any]:
         sync = contextlib.nullcontext() if not distributed or i == n - 1 else state.forward.no_sync()  # type: ignore[operator]
         with sync:
             loss, online1, logits = _loss(state, v1, v2)
-            parts = {"byol_loss": loss}
-            total = loss
-            if logits is not None:
-                labelled = y >= 0
-                logits = logits.float()
-                if bool(labelled.any()):
-                    probe_loss = F.cross_entropy(logits[labelled], y[labelled])
-                    parts["probe_acc"] = (logits.argmax(1) == y)[labelled].float().mean()
-                else:  # unlabelled images (STL-10's 100k): no accuracy; a zero loss keeps DDP's graph complete
-                    probe_loss = logits.sum() * 0
-                total = total + probe_loss
-                parts["probe_loss"] = probe_loss
-            # in one process a bad loss stops here; across ranks the gradient check below sees it on every rank
-            if not distributed and not torch.isfinite(total):
-                raise NonFiniteError(f"non-finite loss ({total.item()}) at step {state.step}; no weights were updated")
+            parts, total = {"byol_loss": loss}, loss
+            if logits is not None:  # on the labelled images (−1: unlabelled, e.g. STL-10's 100k)
+                parts["probe_loss"], parts["probe_acc"] = _probe(logits.float(), y)
+                total = total + parts["probe_loss"]
+            loss_finite &= torch.isfinite(total)
             (total / n).backward()
         parts["proj_std"] = projection_std(online1.z)
         for key, value in parts.items():
             totals[key] = totals.get(key, 0.0) + value.detach() / n
     grads = [p.grad for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+    grad_finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+    if overlap is not None:  # the device still runs the backward: the host prepares what comes next
+        overlap()
+    finite = torch.stack((loss_finite, grad_finite))
+    if not finite.all().item():  # the step's one host synchronisation
         state.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteError(f"non-finite gradient at step {state.step}; no weights were updated")
+        what = "gradient" if finite[0] else f"loss ({float(totals['byol_loss'])})"
+        raise NonFiniteError(f"non-finite {what} at step {state.step}; no weights were updated")
     state.optimizer.step()
     if state.target is not None:
         update_target(state.target, state.online, tau)
@@ -373,16 +435,17 @@ def _run(
     if payload is not None:
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
-    policies = _Policies(config, run_dir, state, dataset, device, context, payload is not None, progress)
+    prefetch = ViewPrefetch(views, state.generator, device)
+    policies = _Policies(config, run_dir, state, dataset, device, context, payload is not None, progress, prefetch)
     policies.show_eta(step_seconds_hint)
     with flush_denormals(device), contextlib.closing(policies):
         policies.monitor(start=True)
         while state.step < state.schedule.max_steps:
             epoch, offset = divmod(state.step, state.schedule.steps_per_epoch)
-            for batch in batches.epoch(epoch, offset):
+            for batch, view_batch in prefetch.epoch(batches.epoch(epoch, offset)):
                 policies.skipped_files.update(batch.skipped)
                 try:
-                    metrics = train_step(state, make_views(views, batch, state.generator))
+                    metrics = train_step(state, view_batch, overlap=prefetch.prepare)
                 except NonFiniteError as e:
                     policies.non_finite(e)
                     continue
@@ -424,9 +487,8 @@ def _restore(state: TrainState, payload: dict[str, Any], context: DistributedCon
         log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
 
 
-def _generator_states(state: TrainState, context: DistributedContext) -> list[Tensor]:
+def _generator_states(local: Tensor, context: DistributedContext) -> list[Tensor]:
     """Every rank's augmentation RNG state (each rank draws its own views), gathered for rank 0's checkpoint."""
-    local = state.generator.get_state()
     if not context.enabled:
         return [local]
     gathered: list[Any] = [None] * context.world_size
@@ -449,8 +511,9 @@ class _Policies:
         context: DistributedContext,
         resumed: bool,
         progress: bool,
+        prefetch: ViewPrefetch,
     ) -> None:
-        self.config, self.run_dir, self.state, self.context = config, run_dir, state, context
+        self.config, self.run_dir, self.state, self.context, self.prefetch = config, run_dir, state, context, prefetch
         self.elapsed_before = 0.0
         if context.is_main:
             log.info("precision %s (%s)", state.precision.name, state.precision.reason)
@@ -519,6 +582,8 @@ class _Policies:
             return
         tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
         record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
+        if record.get("probe_acc") != record.get("probe_acc"):  # NaN: no labelled image in the batch
+            del record["probe_acc"]
         now = time.perf_counter()
         images_per_s = (step - self.last_step) * self.state.schedule.batch_size / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
@@ -558,7 +623,7 @@ class _Policies:
         step = self.state.step
         if step % self.config.train.checkpoint_every and step != self.state.schedule.max_steps:
             return
-        generators = _generator_states(self.state, self.context)  # every rank takes part in the gather
+        generators = _generator_states(self.prefetch.generator_state(), self.context)  # every rank gathers
         if self.context.is_main:
             payload = {
                 "format": CHECKPOINT_FORMAT,

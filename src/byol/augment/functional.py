@@ -75,6 +75,17 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
     return hsv_to_rgb(torch.cat((h, hsv[:, 1:]), dim=1))
 
 
+def adjust_hsv(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
+    """Saturation s ↦ clip(s·f, 0, 1) and hue h ↦ (h + δ) mod 1 in one HSV round trip: with δ = 0 it is
+    :func:`adjust_saturation`, with f = 1 :func:`adjust_hue`. Identity on single-channel images."""
+    if x.shape[1] == 1:
+        return x
+    h, s, v = rgb_to_hsv(x).split(1, dim=1)
+    h = torch.remainder(h + _per_image(hue).to(x.dtype), 1.0)
+    s = torch.clamp(s * _per_image(saturation).to(x.dtype), 0.0, 1.0)
+    return hsv_to_rgb(torch.cat((h, s, v), dim=1))
+
+
 def to_grayscale(x: Tensor) -> Tensor:
     """Luma 0.2989 R + 0.5870 G + 0.1140 B, repeated to the input's channel count."""
     if x.shape[1] == 1:

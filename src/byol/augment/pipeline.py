@@ -108,19 +108,16 @@ def sample_crop_boxes(n: int, height: int, width: int, view: ViewConfig, generat
     return torch.stack((top, left, h, w), dim=1)
 
 
-_JITTER_OPS: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (
-    AF.adjust_brightness,
-    AF.adjust_contrast,
-    AF.adjust_saturation,
-    AF.adjust_hue,
-)
+def _apply_to(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Tensor, sync_free: bool) -> Tensor:
+    """x with op(images, *their params) applied to the images selected by mask, clipped to [0, 1]; the others
+    stay untouched.
 
-
-def _apply_to(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Tensor) -> Tensor:
-    """x with op(images, *their params) applied to the images selected by mask, clipped to [0, 1].
-
-    The others stay untouched; no work is done when no image is selected.
+    ``sync_free`` (a GPU): every image is computed and the mask selects, with no host synchronisation, so the
+    next batch's views can run ahead on a side stream while a step runs. Otherwise (a CPU, where synchronising
+    costs nothing) only the selected images are computed, none when none is selected.
     """
+    if sync_free:
+        return torch.where(mask.view(-1, 1, 1, 1), op(x, *params).clamp(0.0, 1.0), x)
     index = mask.nonzero().squeeze(1)
     if index.numel() == 0:
         return x
@@ -149,7 +146,13 @@ class ViewParams:
 
 
 class ViewPipeline:
-    """Samples one view of each image of a batch: float (N, C, H, W) in [0, 1] → normalised (N, C, S, S)."""
+    """Samples one view of each image of a batch: float (N, C, H, W) in [0, 1] → normalised (N, C, S, S).
+
+    ``sync_free``: how an op reaches the images it selects (see :func:`_apply_to`); None, the default, chooses
+    by the batch's device. Both ways give the same views.
+    """
+
+    sync_free: bool | None = None
 
     def __init__(self, view: ViewConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.view = view
@@ -183,23 +186,40 @@ class ViewPipeline:
             x = AF.resized_crop(x, params.boxes, self.image_size).clamp_(0.0, 1.0)
         elif x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"uncropped batch must be {self.image_size} px, got {tuple(x.shape[-2:])}")
-        x = AF.hflip(x, params.flip)
-        factors = (params.brightness, params.contrast, params.saturation, params.hue)
-        for position in range(4):
-            for op_index, op in enumerate(_JITTER_OPS):
-                selected = params.jitter & (params.jitter_order[:, position] == op_index)
-                x = _apply_to(x, selected, op, factors[op_index])
-        x = _apply_to(x, params.grayscale, AF.to_grayscale)
-        x = _apply_to(
-            x, params.blur, functools.partial(AF.gaussian_blur, kernel_size=self.kernel_size), params.blur_sigma
-        )
-        x = _apply_to(x, params.solarize, functools.partial(AF.solarize, threshold=self.view.solarize_threshold))
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x, view = AF.hflip(x, params.flip), self.view
+        sync_free = x.device.type != "cpu" if self.sync_free is None else self.sync_free
+        if view.jitter_prob > 0:  # an op whose probability is 0 costs nothing, on a GPU too
+            x = _jitter(x, params, sync_free)
+        if view.grayscale_prob > 0:
+            x = _apply_to(x, params.grayscale, AF.to_grayscale, sync_free=sync_free)
+        if view.blur_prob > 0:
+            blur = functools.partial(AF.gaussian_blur, kernel_size=self.kernel_size)
+            x = _apply_to(x, params.blur, blur, params.blur_sigma, sync_free=sync_free)
+        if view.solarize_prob > 0:
+            solarize = functools.partial(AF.solarize, threshold=view.solarize_threshold)
+            x = _apply_to(x, params.solarize, solarize, sync_free=sync_free)
+        if self.mean.device != x.device:  # moved once, not at every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
     def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> Tensor:
         """``crop=False`` for batches already cropped to image_size at decode time (image folders)."""
         params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], generator)
         return self.apply(images, params, crop)
+
+
+def _jitter(x: Tensor, p: ViewParams, sync_free: bool) -> Tensor:
+    """Colour jitter: at each of the 4 positions every jittered image runs the op its own order puts there,
+    clipped. Saturation and hue share one HSV round trip (:func:`AF.adjust_hsv`) with the other's identity."""
+    for position in range(4):
+        op = torch.where(p.jitter, p.jitter_order[:, position], -1)  # -1: no jitter for this image
+        x = _apply_to(x, op == 0, AF.adjust_brightness, p.brightness, sync_free=sync_free)
+        x = _apply_to(x, op == 1, AF.adjust_contrast, p.contrast, sync_free=sync_free)
+        if x.shape[1] == 3:  # saturation and hue are identities on one channel
+            saturation, hue = op == 2, op == 3
+            factor, delta = torch.where(saturation, p.saturation, 1.0), torch.where(hue, p.hue, 0.0)
+            x = _apply_to(x, saturation | hue, AF.adjust_hsv, factor, delta, sync_free=sync_free)
+    return x
 
 
 class TwoViews:
