@@ -37,9 +37,12 @@ sys.exit(main(sys.argv[1:]))
 
 class OpCounter(TorchDispatchMode):
     """Counts the aten operators run inside it: ``kernels`` (operators that compute, not views of a tensor) and
-    ``syncs``, those that make the host wait for the device (nonzero, .item(), bool(tensor))."""
+    ``syncs``, those that make the host wait for a GPU: nonzero, .item(), bool(tensor), and a tensor made from
+    host data (``lift_fresh``; on a GPU a blocking copy)."""
 
-    SYNCS = frozenset({"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::item"})
+    SYNCS = frozenset(
+        {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::item", "aten::lift_fresh"}
+    )
 
     def __init__(self):
         super().__init__()

@@ -48,6 +48,18 @@ def test_hue_and_saturation_closed_forms():
     torch.testing.assert_close(gray, gray.max(dim=1, keepdim=True).values.expand_as(gray))  # s = 0: r = g = b = v
 
 
+def test_one_hsv_round_trip_is_saturation_or_hue_exactly():
+    """adjust_hsv with the other's identity gives adjust_saturation and adjust_hue bit for bit, grey pixels,
+    black pixels and ties for the maximum included; together it is saturation, then hue."""
+    x = torch.rand(64, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    x[:8], x[8:16, 1], x[16:20] = x[:8, :1], x[8:16, 0], 0.0  # grey images, r = g ties, black images
+    f, delta = torch.rand(64) * 0.4 + 0.8, torch.rand(64) * 0.2 - 0.1
+    assert torch.equal(AF.adjust_hsv(x, f, torch.zeros(64)), AF.adjust_saturation(x, f))
+    assert torch.equal(AF.adjust_hsv(x, torch.ones(64), delta), AF.adjust_hue(x, delta))
+    both = AF.adjust_hue(AF.adjust_saturation(x, f), delta)
+    torch.testing.assert_close(AF.adjust_hsv(x, f, delta), both, atol=1e-5, rtol=0)
+
+
 def test_grayscale_luma_weights_keep_the_channel_count():
     x = _rgb()
     luma = 0.2989 * x[:, 0] + 0.5870 * x[:, 1] + 0.1140 * x[:, 2]
@@ -62,6 +74,7 @@ def test_single_channel_images_ignore_chroma_operations():
     assert AF.to_grayscale(x) is x
     assert AF.adjust_hue(x, torch.ones(2)) is x
     assert AF.adjust_saturation(x, torch.zeros(2)) is x
+    assert AF.adjust_hsv(x, torch.zeros(2), torch.ones(2)) is x
 
 
 @pytest.mark.parametrize(("size", "taps"), [(224, 23), (96, 9), (32, 3), (28, 3)])

@@ -10,12 +10,20 @@ channel; saturation, hue and grayscale are identities, since a one-channel image
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 # ITU-R 601 luma, as tf.image.rgb_to_grayscale and the released code use.
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+@functools.cache
+def _channel_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(1, C, 1, 1) constants, made once per device: from host data on a GPU, each making is a blocking copy."""
+    return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
 
 
 def _per_image(v: Tensor) -> Tensor:
@@ -51,7 +59,7 @@ def rgb_to_hsv(x: Tensor) -> Tensor:
 def hsv_to_rgb(x: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_hsv`."""
     h, s, v = x.unbind(dim=1)
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # for r, g, b
+    n = _channel_constants((5.0, 3.0, 1.0), x.device, x.dtype)  # for r, g, b
     k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
     ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
     return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * ramp
@@ -77,20 +85,31 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
 
 def adjust_hsv(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
     """Saturation s ↦ clip(s·f, 0, 1) and hue h ↦ (h + δ) mod 1 in one HSV round trip: with δ = 0 it is
-    :func:`adjust_saturation`, with f = 1 :func:`adjust_hue`. Identity on single-channel images."""
+    :func:`adjust_saturation`, with f = 1 :func:`adjust_hue`. Identity on single-channel images.
+
+    The same arithmetic as :func:`rgb_to_hsv` and :func:`hsv_to_rgb`, in fewer kernels (a GPU runs it for
+    the whole batch at each jitter position): the hue's three branches are one gather by the channel that
+    holds the maximum.
+    """
     if x.shape[1] == 1:
         return x
-    h, s, v = rgb_to_hsv(x).split(1, dim=1)
+    value, argmax = x.max(dim=1, keepdim=True)
+    chroma = value - x.amin(dim=1, keepdim=True)
+    # hue in sixths: (g − b)/c, (b − r)/c + 2 or (r − g)/c + 4 when r, g or b holds the maximum
+    differences = x.roll(-1, dims=1) - x.roll(-2, dims=1)  # (g − b, b − r, r − g)
+    sixths = differences.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax
+    h = torch.where(chroma > 0, torch.remainder(sixths, 6.0) / 6.0, 0.0)
     h = torch.remainder(h + _per_image(hue).to(x.dtype), 1.0)
-    s = torch.clamp(s * _per_image(saturation).to(x.dtype), 0.0, 1.0)
-    return hsv_to_rgb(torch.cat((h, s, v), dim=1))
+    s = torch.clamp(chroma / value.clamp_min(1e-12) * _per_image(saturation).to(x.dtype), 0.0, 1.0)
+    k = torch.remainder(_channel_constants((5.0, 3.0, 1.0), x.device, x.dtype) + 6.0 * h, 6.0)
+    return value - value * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def to_grayscale(x: Tensor) -> Tensor:
     """Luma 0.2989 R + 0.5870 G + 0.1140 B, repeated to the input's channel count."""
     if x.shape[1] == 1:
         return x
-    weights = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    weights = _channel_constants(LUMA_WEIGHTS, x.device, x.dtype)
     return (x * weights).sum(dim=1, keepdim=True).expand_as(x).contiguous()
 
 
