@@ -65,6 +65,25 @@ def test_zero_norm_weight_uses_trust_one():
     torch.testing.assert_close(model[0].weight.detach(), -LR * g)  # u = g (w = 0), trust = 1
 
 
+@pytest.mark.parametrize("exclude", [True, False])
+def test_without_the_trust_ratio_it_is_torch_sgd(exclude):
+    """optim.optimizer sgd: momentum SGD with coupled weight decay, on every parameter when nothing is
+    excluded (the peers' CIFAR-10 recipe) or, as for LARS, not on biases and BN γ/β."""
+    model, reference = _model(), _model()
+    opt = LARS(lars_param_groups(model, WD, adaptation=False, exclude=exclude), lr=LR, momentum=MOMENTUM, eta=ETA)
+    decayed = [reference[0].weight] if exclude else list(reference.parameters())
+    others = [p for p in reference.parameters() if all(p is not q for q in decayed)]
+    groups = [{"params": decayed, "weight_decay": WD}, *([{"params": others, "weight_decay": 0.0}] if others else [])]
+    torch_sgd = torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM)
+    for scale in (1.0, -2.0, 0.5):
+        _set_grads(model, scale)
+        _set_grads(reference, scale)
+        opt.step()
+        torch_sgd.step()
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+
+
 def test_lr_scale_groups_for_a_named_submodule():
     model = nn.ModuleDict({"predictor": nn.Linear(2, 2), "encoder": nn.Linear(2, 2)})
     groups = lars_param_groups(model, WD, {"predictor": 10.0})

@@ -15,7 +15,7 @@ from byol.checkpoint import list_checkpoints
 from byol.config import apply_overrides, get_preset, validate
 from byol.data import Batch
 from byol.ema import target_ema
-from byol.errors import TrainingError
+from byol.errors import ConfigError, TrainingError
 from byol.rundir import read_metrics
 from byol.schedules import learning_rate
 from byol.train import Schedule, ViewBatch, ViewPrefetch, create_state, make_views, train_step
@@ -115,6 +115,16 @@ def test_prefetched_views_are_the_views_a_sequential_loop_draws():
         if i < 4:
             assert torch.equal(prefetch.generator_state(), states[i + 1])
     assert i == 4
+
+
+def test_the_optimizer_choice_reaches_the_parameter_groups():
+    sgd = apply_overrides(get_preset("tiny"), {"optim.optimizer": "sgd", "optim.exclude_bias_and_norm": "false"})
+    groups = create_state(sgd, 3, 4, torch.device("cpu"), SCHEDULE).optimizer.param_groups
+    assert all(not g["lars_adaptation"] and g["weight_decay"] == sgd.optim.weight_decay for g in groups)
+    groups = _state().optimizer.param_groups  # LARS: adapted, decayed weights; biases and BN γ/β neither
+    assert {(g["lars_adaptation"], g["weight_decay"] > 0) for g in groups} == {(True, True), (False, False)}
+    with pytest.raises(ConfigError, match=r"optim\.optimizer"):
+        validate(apply_overrides(get_preset("tiny"), {"optim.optimizer": "adam"}))
 
 
 def test_predictor_lr_scale_reaches_the_optimizer():

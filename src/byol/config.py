@@ -47,6 +47,10 @@ class ModelConfig:
 class OptimConfig:
     """LARS and its schedule (SPEC §4): lr = base_lr · batch_size / 256, warm-up, cosine decay.
 
+    ``optimizer``: lars (the paper) or sgd (the same momentum update without the trust ratio, as the peers'
+    CIFAR-10 recipes use; for the CIFAR-10 experiments of docs/cifar10.md). ``exclude_bias_and_norm``: biases
+    and BN γ/β get neither weight decay nor the trust ratio (the released code); false puts the weight decay
+    on every parameter, as ``torch.optim.SGD`` does.
     ``accumulation_steps`` N emulates ``batch_size`` B with N micro-batches of B/N (each view of each
     micro-batch its own BN batch): gradients are averaged and θ and ξ are updated once per B (Table 16).
     """
@@ -60,6 +64,8 @@ class OptimConfig:
     predictor_lr_scale: float = 1.0
     projector_lr_scale: float = 1.0
     accumulation_steps: int = 1
+    optimizer: str = "lars"
+    exclude_bias_and_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,7 @@ def validate(config: Config) -> Config:
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
         ("model.stem", m.stem, STEMS),
         ("target.init", t.init, ("copy", "random")),
+        ("optim.optimizer", o.optimizer, ("lars", "sgd")),
         ("target.schedule", t.schedule, TAU_SCHEDULES),
         ("target.network", t.network, ("ema", "online-sg", "online")),
         ("model.predictor", m.predictor, ("mlp", "none", "closed-form")),

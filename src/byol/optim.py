@@ -32,11 +32,14 @@ def lars_param_groups(
     model: nn.Module,
     weight_decay: float,
     lr_scales: Mapping[str, float] | None = None,
+    adaptation: bool = True,
+    exclude: bool = True,
 ) -> list[dict[str, Any]]:
     """Parameter groups for :class:`LARS`: excluded parameters get no weight decay and no adaptation.
 
     ``lr_scales`` maps a sub-module prefix (``"predictor"``) to a learning-rate multiplier (paper App. I).
     Each group carries ``lr_scale``; the training loop sets ``lr = lr_scale · schedule(step)``.
+    ``adaptation=False`` drops the trust ratio everywhere (momentum SGD); ``exclude=False`` excludes nothing.
     """
     scales = dict(lr_scales or {})
     groups: dict[tuple[bool, float], list[Tensor]] = {}
@@ -46,12 +49,13 @@ def lars_param_groups(
                 continue
             full_name = f"{module_name}.{param_name}" if module_name else param_name
             scale = next((s for prefix, s in scales.items() if full_name.startswith(prefix + ".")), 1.0)
-            groups.setdefault((is_excluded_from_lars(module, param_name), scale), []).append(param)
+            excluded = exclude and is_excluded_from_lars(module, param_name)
+            groups.setdefault((excluded, scale), []).append(param)
     return [
         {
             "params": params,
             "weight_decay": 0.0 if excluded else weight_decay,
-            "lars_adaptation": not excluded,
+            "lars_adaptation": adaptation and not excluded,
             "lr_scale": scale,
         }
         for (excluded, scale), params in sorted(groups.items())

@@ -190,7 +190,7 @@ def create_state(
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
     o = config.optim
     scales = {"online.predictor": o.predictor_lr_scale, "online.projector": o.projector_lr_scale}
-    groups = lars_param_groups(modules, o.weight_decay, scales)
+    groups = lars_param_groups(modules, o.weight_decay, scales, o.optimizer == "lars", o.exclude_bias_and_norm)
     optimizer = LARS(groups, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
     forward: nn.Module = SiameseForward(online, probe)
