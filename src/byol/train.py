@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -354,10 +355,12 @@ def train_step(state: TrainState, batch: ViewBatch, overlap: Callable[[], object
     grad_finite = torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
     if overlap is not None:  # the device still runs the backward: the host prepares what comes next
         overlap()
-    finite = torch.stack((loss_finite, grad_finite))
+    # under DDP only the all-reduced gradients decide, so that every rank takes the same path
+    finite = torch.stack((grad_finite,) if distributed else (loss_finite, grad_finite))
     if not finite.all().item():  # the step's one host synchronisation
         state.optimizer.zero_grad(set_to_none=True)
-        what = "gradient" if finite[0] else f"loss ({float(totals['byol_loss'])})"
+        loss_value = float(totals["byol_loss"] + totals.get("probe_loss", 0.0))
+        what = "gradient" if distributed or finite[0] else f"loss ({loss_value})"
         raise NonFiniteError(f"non-finite {what} at step {state.step}; no weights were updated")
     state.optimizer.step()
     if state.target is not None:
@@ -582,7 +585,7 @@ class _Policies:
             return
         tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
         record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
-        if record.get("probe_acc") != record.get("probe_acc"):  # NaN: no labelled image in the batch
+        if math.isnan(record.get("probe_acc", 0.0)):  # no labelled image in the batch
             del record["probe_acc"]
         now = time.perf_counter()
         images_per_s = (step - self.last_step) * self.state.schedule.batch_size / max(now - self.last_time, 1e-9)
