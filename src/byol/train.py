@@ -191,7 +191,9 @@ def create_state(
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
     o = config.optim
     scales = {"online.predictor": o.predictor_lr_scale, "online.projector": o.projector_lr_scale}
-    groups = lars_param_groups(modules, o.weight_decay, scales, o.optimizer == "lars", o.exclude_bias_and_norm)
+    groups = lars_param_groups(
+        modules, o.weight_decay, scales, adaptation=o.optimizer == "lars", exclude=o.exclude_bias_and_norm
+    )
     optimizer = LARS(groups, weight_decay=o.weight_decay, momentum=o.momentum, eta=o.eta)
     generator = torch.Generator(device=device).manual_seed(config.train.seed)
     forward: nn.Module = SiameseForward(online, probe)
@@ -246,7 +248,7 @@ class ViewPrefetch:
 
     def epoch(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, ViewBatch]]:
         self.source, self.next = iter(batches), None
-        while self.next is not None or self.prepare():
+        while self.prepare():  # queued during the last step, or now
             assert self.next is not None
             batch, views, _ = self.next
             self.next = None

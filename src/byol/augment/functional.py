@@ -41,28 +41,31 @@ def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
     return (x - mean) * _per_image(factor).to(x.dtype) + mean
 
 
+def _hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Hue, saturation and value of an (N, 3, H, W) RGB batch, each (N, 1, H, W). The hue's three branches
+    ((g − b)/c, (b − r)/c + 2 or (r − g)/c + 4 in sixths, as r, g or b holds the maximum) are one gather."""
+    value, argmax = x.max(dim=1, keepdim=True)
+    chroma = value - x.amin(dim=1, keepdim=True)
+    differences = x.roll(-1, dims=1) - x.roll(-2, dims=1)  # (g − b, b − r, r − g)
+    sixths = differences.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax
+    hue = torch.where(chroma > 0, torch.remainder(sixths, 6.0) / 6.0, 0.0)
+    return hue, torch.where(value > 0, chroma / value.clamp_min(1e-12), 0.0), value
+
+
+def _rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """RGB (N, 3, H, W) from hue, saturation and value, each (N, 1, H, W)."""
+    k = torch.remainder(_channel_constants((5.0, 3.0, 1.0), h.device, h.dtype) + 6.0 * h, 6.0)  # for r, g, b
+    return v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
 def rgb_to_hsv(x: Tensor) -> Tensor:
     """(N, 3, H, W) RGB in [0, 1] → HSV with h, s, v in [0, 1]."""
-    r, g, b = x.unbind(dim=1)
-    value, argmax = x.max(dim=1)
-    chroma = value - x.min(dim=1).values
-    saturation = torch.where(value > 0, chroma / value.clamp_min(1e-12), torch.zeros_like(value))
-    safe = chroma.clamp_min(1e-12)
-    hue_r = torch.remainder((g - b) / safe, 6.0)
-    hue_g = (b - r) / safe + 2.0
-    hue_b = (r - g) / safe + 4.0
-    hue = torch.where(argmax == 0, hue_r, torch.where(argmax == 1, hue_g, hue_b)) / 6.0
-    hue = torch.where(chroma > 0, hue, torch.zeros_like(hue))
-    return torch.stack((hue, saturation, value), dim=1)
+    return torch.cat(_hsv(x), dim=1)
 
 
 def hsv_to_rgb(x: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_hsv`."""
-    h, s, v = x.unbind(dim=1)
-    n = _channel_constants((5.0, 3.0, 1.0), x.device, x.dtype)  # for r, g, b
-    k = torch.remainder(n + 6.0 * h.unsqueeze(1), 6.0)
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * ramp
+    return _rgb(*x.split(1, dim=1))
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
@@ -87,22 +90,15 @@ def adjust_hsv(x: Tensor, saturation: Tensor, hue: Tensor) -> Tensor:
     """Saturation s ↦ clip(s·f, 0, 1) and hue h ↦ (h + δ) mod 1 in one HSV round trip: with δ = 0 it is
     :func:`adjust_saturation`, with f = 1 :func:`adjust_hue`. Identity on single-channel images.
 
-    The same arithmetic as :func:`rgb_to_hsv` and :func:`hsv_to_rgb`, in fewer kernels (a GPU runs it for
-    the whole batch at each jitter position): the hue's three branches are one gather by the channel that
-    holds the maximum.
+    The arithmetic of :func:`rgb_to_hsv` and :func:`hsv_to_rgb` without stacking the channels (a GPU runs it
+    for the whole batch at each jitter position).
     """
     if x.shape[1] == 1:
         return x
-    value, argmax = x.max(dim=1, keepdim=True)
-    chroma = value - x.amin(dim=1, keepdim=True)
-    # hue in sixths: (g − b)/c, (b − r)/c + 2 or (r − g)/c + 4 when r, g or b holds the maximum
-    differences = x.roll(-1, dims=1) - x.roll(-2, dims=1)  # (g − b, b − r, r − g)
-    sixths = differences.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax
-    h = torch.where(chroma > 0, torch.remainder(sixths, 6.0) / 6.0, 0.0)
+    h, s, v = _hsv(x)
     h = torch.remainder(h + _per_image(hue).to(x.dtype), 1.0)
-    s = torch.clamp(chroma / value.clamp_min(1e-12) * _per_image(saturation).to(x.dtype), 0.0, 1.0)
-    k = torch.remainder(_channel_constants((5.0, 3.0, 1.0), x.device, x.dtype) + 6.0 * h, 6.0)
-    return value - value * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    s = torch.clamp(s * _per_image(saturation).to(x.dtype), 0.0, 1.0)
+    return _rgb(h, s, v)
 
 
 def to_grayscale(x: Tensor) -> Tensor:
