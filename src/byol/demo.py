@@ -189,13 +189,18 @@ def run_demo(
         if size_to_budget
         else config.train.epochs
     )
-    plan = Plan(epochs, step_seconds, steps_per_epoch, pretrain_budget, size_to_budget)
+    plan = Plan(
+        epochs, step_seconds, steps_per_epoch=steps_per_epoch, pretrain_budget_s=pretrain_budget, sized=size_to_budget
+    )
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
     config = apply_overrides(config, {"train.epochs": epochs})
 
     pretrain_start = time.perf_counter()
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
-    replan = Replan(max(warmup_steps, MIN_REPLAN_STEP), steps_per_epoch, pretrain_budget, pretrain_start)
+    replan = Replan(
+        at_step=max(warmup_steps, MIN_REPLAN_STEP), steps_per_epoch=steps_per_epoch, budget_s=pretrain_budget,
+        start=pretrain_start,
+    )  # fmt: skip
     hint = step_seconds * LOOP_OVERHEAD
     pretrain(config, run_dir, progress=progress, step_seconds_hint=hint, resize=replan if size_to_budget else None)
     pretrain_seconds = time.perf_counter() - pretrain_start

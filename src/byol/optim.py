@@ -62,6 +62,12 @@ def lars_param_groups(
     ]
 
 
+def _plain(name: str) -> Any:
+    """``torch.optim.Optimizer.<name>`` without the ``torch._disable_dynamo`` wrapper torch puts on it."""
+    method = getattr(torch.optim.Optimizer, name)
+    return getattr(method, "__wrapped__", method)
+
+
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling with the update order of the module docstring.
 
@@ -91,6 +97,14 @@ class LARS(torch.optim.Optimizer):
             "lr_scale": 1.0,
         }
         super().__init__(params, defaults)
+
+    # torch wraps these four in torch._disable_dynamo, whose first call imports torch._dynamo: 1.7 of the 2.5 s
+    # before a CPU run's first step. The plain methods do the same work; only compiled code calling them
+    # would trace them instead of breaking the graph (the runs compile the forward passes, never the optimizer).
+    zero_grad = _plain("zero_grad")
+    add_param_group = _plain("add_param_group")
+    state_dict = _plain("state_dict")
+    load_state_dict = _plain("load_state_dict")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

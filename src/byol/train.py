@@ -429,19 +429,23 @@ def _run(
     seed_everything(config.train.seed, config.train.deterministic)
     d = config.data
     dataset = load_split(d.dataset, "pretrain", d.data_dir, d.image_size)
+    a = config.augment
     batches = TrainBatches(
-        dataset, config.optim.batch_size // context.world_size, config.train.seed, device,
-        get_views(config.augment.preset, config.augment.crop_min_scale), d.image_size, d.num_workers,
-        context.rank, context.world_size,
+        dataset, batch_size=config.optim.batch_size // context.world_size, seed=config.train.seed, device=device,
+        views=get_views(a.preset, a.crop_min_scale), image_size=d.image_size, num_workers=d.num_workers,
+        rank=context.rank, world_size=context.world_size,
     )  # fmt: skip
-    views = TwoViews(config.augment.preset, d.image_size, dataset.mean, dataset.std, config.augment.crop_min_scale)
+    views = TwoViews(a.preset, d.image_size, mean=dataset.mean, std=dataset.std, crop_min_scale=a.crop_min_scale)
     schedule = Schedule.create(config, batches.steps_per_epoch)
     state = create_state(config, dataset.channels, len(dataset.classes), device, schedule)
     if payload is not None:
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     prefetch = ViewPrefetch(views, state.generator, device)
-    policies = _Policies(config, run_dir, state, dataset, device, context, payload is not None, progress, prefetch)
+    policies = _Policies(
+        config, run_dir, state, dataset, device, context, resumed=payload is not None, progress=progress,
+        prefetch=prefetch,
+    )  # fmt: skip
     policies.show_eta(step_seconds_hint)
     with flush_denormals(device), contextlib.closing(policies):
         policies.monitor(start=True)
