@@ -49,8 +49,8 @@ class OptimConfig:
 
     ``optimizer``: lars (the paper) or sgd (the same momentum update without the trust ratio, as the peers'
     CIFAR-10 recipes use; for the CIFAR-10 experiments of docs/cifar10.md). ``exclude_bias_and_norm``: biases
-    and BN γ/β get neither weight decay nor the trust ratio (the released code); false puts the weight decay
-    on every parameter, as ``torch.optim.SGD`` does.
+    and BN γ/β get neither weight decay nor the trust ratio (the released code); false treats every parameter
+    alike: the weight decay on all of them, as ``torch.optim.SGD`` does, and with lars the trust ratio too.
     ``accumulation_steps`` N emulates ``batch_size`` B with N micro-batches of B/N (each view of each
     micro-batch its own BN batch): gradients are averaged and θ and ξ are updated once per B (Table 16).
     """
