@@ -23,13 +23,13 @@ def test_every_table_row_resolves_to_a_valid_config():
 def test_grid_runs_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}), RANDOM_INIT)))
-    path = run_table("t", "tiny", [0, 1], tmp_path, progress=False)
+    path = run_table("t", "tiny", seeds=[0, 1], out_dir=tmp_path, progress=False)
     text = path.read_text()
     assert "| τ 0 |" in text and "| random-init encoder (no pretraining) |" in text and "/2 |" in text
     result = tmp_path / "0" / "seed1" / "result.json"
     assert json.loads(result.read_text())["seed"] == 1
     stamp = result.stat().st_mtime_ns
-    run_table("t", "tiny", [0, 1], tmp_path, progress=False)  # a second call reuses every finished cell
+    run_table("t", "tiny", seeds=[0, 1], out_dir=tmp_path, progress=False)  # a second call reuses every finished cell
     assert result.stat().st_mtime_ns == stamp
 
 
@@ -42,25 +42,25 @@ def test_mean_and_half_range_over_seeds():
         ]
         for row in table.rows
     }
-    text = format_table(table, results, "cpu", [0, 1])
+    text = format_table(table, results, scale="cpu", seeds=[0, 1])
     assert "72.00 ± 2.00" in text and "80.50 ± 0.50" in text and "1/2" in text
 
 
 def test_unknown_table_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="valid tables"):
-        run_table("99", "cpu", [0], tmp_path)
+        run_table("99", "cpu", seeds=[0], out_dir=tmp_path)
 
 
 def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}),)))
-    run_table("t", "tiny", [0], tmp_path, progress=False)
+    run_table("t", "tiny", seeds=[0], out_dir=tmp_path, progress=False)
     result = tmp_path / "0" / "seed0" / "result.json"
     before = result.read_bytes()
     redefined = Row("τ 0", {"target.base_ema": "0", "target.schedule": "constant"})
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (redefined,)))
     with pytest.raises(ConfigError, match=r"another experiment.*target\.schedule \('cosine' → 'constant'\)"):
-        run_table("t", "tiny", [0], tmp_path, progress=False)
+        run_table("t", "tiny", seeds=[0], out_dir=tmp_path, progress=False)
     assert result.read_bytes() == before  # neither reused as the new row's result nor overwritten
 
 
@@ -68,7 +68,7 @@ def test_a_table_scale_override_applies_and_the_users_own_wins(tmp_path, monkeyp
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     table = ablate.Table("test", (Row("r"),), scale_overrides={"tiny": {"train.epochs": "2", "train.seed": "7"}})
     monkeypatch.setitem(ablate.TABLES, "t", table)
-    path = run_table("t", "tiny", [0], tmp_path, progress=False, overrides={"train.epochs": "1"})
+    path = run_table("t", "tiny", seeds=[0], out_dir=tmp_path, progress=False, overrides={"train.epochs": "1"})
     config = json.loads((tmp_path / "r" / "seed0" / "config.json").read_text())
     assert config["train"]["epochs"] == 1.0  # the user's override beats the table's
     assert "train.epochs 1" in path.read_text() and "train.epochs 2" not in path.read_text()

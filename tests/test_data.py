@@ -124,13 +124,13 @@ def test_image_folder_scan_decode_and_crops(tmp_path):
     root = _image_folder(tmp_path)
     ds = load_dataset("imagefolder", "train", str(root))
     assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    batches = TrainBatches(ds, 3, 0, CPU, get_views("byol"), image_size=24, num_workers=0)
+    batches = TrainBatches(ds, batch_size=3, seed=0, device=CPU, views=get_views("byol"), image_size=24)
     batch = next(batches.epoch(0))
     assert batch.images.shape == (3, 3, 24, 24) and batch.second_crop is not None
     assert batch.second_crop.shape == (3, 3, 24, 24) and not torch.equal(batch.images, batch.second_crop)
     again = next(batches.epoch(0))
     assert torch.equal(batch.images, again.images)  # crops are seeded by (seed, epoch, index)
-    centre = next(eval_batches(ds, 6, CPU, 24))
+    centre = next(eval_batches(ds, batch_size=6, device=CPU, image_size=24))
     assert centre.images.shape == (6, 3, 24, 24) and centre.labels.tolist() == ds.labels.tolist()
 
 
@@ -140,7 +140,7 @@ def test_corrupt_image_is_skipped_named_and_counted(tmp_path, caplog):
     bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
     ds = load_dataset("imagefolder", "train", str(root))
     with caplog.at_level(logging.WARNING):
-        batch = next(eval_batches(ds, 6, CPU, 24))
+        batch = next(eval_batches(ds, batch_size=6, device=CPU, image_size=24))
     assert batch.skipped == (str(bad),)
     assert str(bad) in caplog.text
     assert batch.labels.tolist() == [0, 0, 0, 1, 1, 1]  # the next image stood in
@@ -153,7 +153,7 @@ def test_many_consecutive_failures_stop_with_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(folder_module, "MAX_CONSECUTIVE_FAILURES", 4)
     ds = load_dataset("imagefolder", "train", str(root))
     with pytest.raises(DataError, match="4 unreadable images in a row"):
-        next(eval_batches(ds, 2, CPU, 24))
+        next(eval_batches(ds, batch_size=2, device=CPU, image_size=24))
 
 
 def test_image_folder_errors_say_what_was_expected(tmp_path):
@@ -171,13 +171,13 @@ def test_image_folder_errors_say_what_was_expected(tmp_path):
 
 def test_in_memory_batches_are_seeded_permutations_and_resume_mid_epoch():
     ds = load_dataset("synthetic", "train", image_size=16)
-    batches = TrainBatches(ds, 32, seed=7, device=CPU)
+    batches = TrainBatches(ds, batch_size=32, seed=7, device=CPU)
     full = list(batches.epoch(2))
     assert len(full) == len(ds) // 32
     resumed = list(batches.epoch(2, start_step=5))
     assert all(torch.equal(a.images, b.images) for a, b in zip(full[5:], resumed, strict=True))
     assert not torch.equal(epoch_permutation(512, 7, 0), epoch_permutation(512, 7, 1))
-    rank0, rank1 = epoch_permutation(512, 7, 0, 0, 2), epoch_permutation(512, 7, 0, 1, 2)
+    rank0, rank1 = (epoch_permutation(512, 7, 0, rank=r, world_size=2) for r in (0, 1))
     assert set(rank0.tolist()).isdisjoint(rank1.tolist()) and len(rank0) == 256
 
 

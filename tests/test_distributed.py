@@ -30,7 +30,9 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
-    state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"), SCHEDULE)
+    state = create_state(
+        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE
+    )
     assert any(isinstance(m, CrossReplicaBatchNorm) for m in state.online.modules())
     v1, v2, y = _inputs()
     half = slice(rank * B, (rank + 1) * B)
@@ -55,7 +57,9 @@ def _free_port():
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt")
-    state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"), SCHEDULE)
+    state = create_state(
+        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE
+    )
     metrics = train_step(state, ViewBatch(*_inputs()))
     assert abs(metrics["byol_loss"].item() - ddp["loss"].item()) < 1e-5
     for network, module in (("online", state.online), ("target", state.target)):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import pickle
 
@@ -40,7 +41,7 @@ def test_knn_on_hand_made_features():
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])
     test = torch.tensor([[2.0, 0.1], [0.05, 3.0], [-1.0, 0.2]])
-    scores = knn_scores(train, labels, test, 3, k=2, temperature=0.1)
+    scores = knn_scores(train, labels, test, num_classes=3, k=2, temperature=0.1)
     assert scores.argmax(1).tolist() == [0, 1, 2]
     # weights are exp(cos / T) over the k nearest: the first query's two neighbours are both class 0
     cos = torch.nn.functional.normalize(test[:1], dim=1) @ torch.nn.functional.normalize(train[:2], dim=1).T
@@ -61,23 +62,33 @@ def _separable(n_per_class=200, classes=4, seed=0):
     images = torch.rand(len(labels), 3, 4, 4, generator=g) * 60
     images[torch.arange(len(labels)), labels % 3] += 150 * (labels[:, None, None] >= 0)  # class sets a channel
     images[:, :, 0, 0] = (labels * 60).view(-1, 1).float()  # and a pixel level
-    return ArrayDataset("blobs", images.to(torch.uint8), labels, tuple("abcd"), (0.5,) * 3, (0.25,) * 3)
+    return ArrayDataset(
+        name="blobs",
+        images=images.to(torch.uint8),
+        labels=labels,
+        classes=tuple("abcd"),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+    )
 
 
 def test_linear_protocol_on_separable_features_exceeds_95_percent():
     train, test = _separable(), _separable(seed=1)
     config = LinearConfig(mode="cached", base_lrs=(0.1, 0.4), epochs=30, batch_size=64, val_size=100)
-    result = linear_evaluation(nn.Flatten(), train, test, 4, CPU, config, progress=False)
+    result = linear_evaluation(
+        nn.Flatten(), train=train, test=test, image_size=4, device=CPU, config=config, progress=False
+    )
     assert result["top1"] > 95 and result["chosen_base_lr"] in (0.1, 0.4)
 
 
 def test_hyperparameters_are_chosen_without_the_test_split():
     train, test = _separable(), _separable(seed=1)
-    scrambled = ArrayDataset("blobs", torch.zeros_like(test.images), torch.zeros_like(test.labels), test.classes,
-                             test.mean, test.std)  # fmt: skip
+    scrambled = dataclasses.replace(test, images=torch.zeros_like(test.images), labels=torch.zeros_like(test.labels))
     config = LinearConfig(mode="cached", base_lrs=(0.001, 0.4), epochs=5, batch_size=64, val_size=100)
-    real = linear_evaluation(nn.Flatten(), train, test, 4, CPU, config, progress=False)
-    fake = linear_evaluation(nn.Flatten(), train, scrambled, 4, CPU, config, progress=False)
+    real, fake = (
+        linear_evaluation(nn.Flatten(), train=train, test=t, image_size=4, device=CPU, config=config, progress=False)
+        for t in (test, scrambled)
+    )
     assert real["sweep"] == fake["sweep"] and real["chosen_base_lr"] == fake["chosen_base_lr"]
     assert real["top1"] != fake["top1"]
 
@@ -88,7 +99,7 @@ def test_bn_statistics_do_not_change_during_linear_evaluation(run_dir):
     data = load_dataset("synthetic", "train", image_size=16)
     test = load_dataset("synthetic", "test", image_size=16)
     config = LinearConfig(mode="augmented", base_lrs=(0.1,), epochs=1, batch_size=64, val_size=64)
-    linear_evaluation(encoder, data, test, 16, CPU, config, progress=False)
+    linear_evaluation(encoder, train=data, test=test, image_size=16, device=CPU, config=config, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
 
 
@@ -169,11 +180,11 @@ def test_the_frozen_evaluation_samples_labelled_images_with_the_runs_seed(run_di
     config = apply_overrides(get_preset("tiny"), {"train.seed": 3})
     train = load_dataset("synthetic", "train", "", 16)
     train.labels[:100] = -1  # unlabelled images never vote
-    a = FrozenEvaluation.from_config(config, CPU, train, max_train=200, max_test=50)
-    b = FrozenEvaluation.from_config(config, CPU, train, max_train=200, max_test=50)
+    a = FrozenEvaluation.from_config(config, CPU, train=train, max_train=200, max_test=50)
+    b = FrozenEvaluation.from_config(config, CPU, train=train, max_train=200, max_test=50)
     assert len(a.train) == 200 and len(a.test) == 50 and bool((a.train.labels >= 0).all())
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.images, b.test.images)
-    other = FrozenEvaluation.from_config(apply_overrides(config, {"train.seed": 4}), CPU, train, max_train=200)
+    other = FrozenEvaluation.from_config(apply_overrides(config, {"train.seed": 4}), CPU, train=train, max_train=200)
     assert not torch.equal(other.train.images, a.train.images) and len(other.test) == 256  # no limit: all
     encoder = load_encoder_from_run(run_dir).encoder
     knn, linear = a.knn_and_linear(encoder)
@@ -181,5 +192,5 @@ def test_the_frozen_evaluation_samples_labelled_images_with_the_runs_seed(run_di
     assert linear["settings"]["standardize"] and linear["settings"]["epochs"] == 10
     monitor = KnnMonitor(config, train, CPU)
     assert len(monitor.evaluation.train) == 412 and monitor(encoder) == pytest.approx(
-        FrozenEvaluation.from_config(config, CPU, train, 10_000, 10_000).knn(encoder)["top1"]
+        FrozenEvaluation.from_config(config, CPU, train=train, max_train=10_000, max_test=10_000).knn(encoder)["top1"]
     )

@@ -126,7 +126,9 @@ def test_nan_batches_can_be_skipped_with_a_limit(tmp_path, monkeypatch):
 
 def test_non_finite_gradient_is_caught_before_the_update():
     schedule = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
-    state = create_state(get_preset("tiny"), 3, 4, torch.device("cpu"), schedule)
+    state = create_state(
+        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=schedule
+    )
     state.online.projector.net[0].weight.register_hook(lambda g: g * float("inf"))
     before = {n: p.clone() for n, p in state.online.named_parameters()}
     batch = ViewBatch(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))

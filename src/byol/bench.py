@@ -67,10 +67,10 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
     generator = torch.Generator(device=device).manual_seed(0)
     timings = []
     for size in AUGMENT_SIZES:
-        views = TwoViews(config.augment.preset, size, [0.5] * 3, [0.25] * 3)
+        views = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
         images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
         seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
-        timings.append(AugmentTiming(size, 256 / seconds))
+        timings.append(AugmentTiming(image_size=size, pairs_per_s=256 / seconds))
 
     f = StepFixture(config, device, generator)
     view_seconds = median_seconds(f.views_only, device, repeats)
@@ -95,12 +95,13 @@ class StepFixture:
         batch = config.optim.batch_size
         self.images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
         self.labels = torch.randint(0, 10, (batch,), device=device)
+        a = config.augment
         self.views = TwoViews(
-            config.augment.preset,
+            a.preset,
             config.data.image_size,
-            [0.5] * channels,
-            [0.25] * channels,
-            config.augment.crop_min_scale,
+            mean=[0.5] * channels,
+            std=[0.25] * channels,
+            crop_min_scale=a.crop_min_scale,
         )
         self.generator = generator
         schedule = Schedule(
@@ -112,7 +113,7 @@ class StepFixture:
             base_ema=config.target.base_ema,
             tau_schedule=config.target.schedule,
         )
-        self.state = create_state(config, channels, 10, device, schedule)
+        self.state = create_state(config, in_channels=channels, num_classes=10, device=device, schedule=schedule)
         self.prefetch = ViewPrefetch(self.views, generator, device)
         self.batches = self.prefetch.epoch(itertools.repeat(Batch(self.images, self.labels)))
 
@@ -143,7 +144,9 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
     step_s = median_seconds(f.step, device, repeats)
     network_s = median_seconds(network, device, repeats)
     views_s = median_seconds(f.views_only, device, repeats)
-    return StepTiming(str(device), state.precision.name, step_s, network_s, views_s)
+    return StepTiming(
+        device=str(device), precision=state.precision.name, step_s=step_s, network_s=network_s, views_s=views_s
+    )
 
 
 def format_augment(config: Config, preset: str, timings: list[AugmentTiming], view_s: float, step_s: float) -> str:

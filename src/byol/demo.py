@@ -148,18 +148,17 @@ def plan_epochs(step_seconds: float, steps_per_epoch: int, pretrain_budget_s: fl
     return min(MAX_EPOCHS, max(MIN_EPOCHS, round(quanta * EPOCH_QUANTUM, 6)))
 
 
-def _evaluate(frozen: FrozenEvaluation, encoder: torch.nn.Module, config: Config, progress: bool, init: str) -> list:
+def _evaluate(frozen: FrozenEvaluation, encoder: torch.nn.Module, *, dataset: str, init: str, progress: bool) -> list:
     results = frozen.knn_and_linear(encoder, progress, desc=f"{init} ")
     for result in results:
-        result.update(
-            dataset=config.data.dataset, init=init, encoder="online" if init == "pretrained" else "random init"
-        )
+        result.update(dataset=dataset, init=init, encoder="online" if init == "pretrained" else "random init")
     return list(results)
 
 
 def run_demo(
     run_dir: Path,
     config: Config | None = None,
+    *,
     progress: bool = True,
     budget_minutes: float | None = None,
     size_to_budget: bool = True,
@@ -179,7 +178,9 @@ def run_demo(
 
     frozen = FrozenEvaluation.from_config(config, device)
     eval_start = time.perf_counter()
-    random_results = _evaluate(frozen, random_encoder(config, frozen.train.channels), config, progress, "random")
+    dataset = config.data.dataset
+    baseline = random_encoder(config, frozen.train.channels)
+    random_results = _evaluate(frozen, baseline, dataset=dataset, init="random", progress=progress)
     eval_seconds = time.perf_counter() - eval_start
 
     steps_per_epoch = len(frozen.train) // config.optim.batch_size
@@ -190,8 +191,9 @@ def run_demo(
         else config.train.epochs
     )
     plan = Plan(
-        epochs, step_seconds, steps_per_epoch=steps_per_epoch, pretrain_budget_s=pretrain_budget, sized=size_to_budget
-    )
+        epochs=epochs, step_seconds=step_seconds, steps_per_epoch=steps_per_epoch, pretrain_budget_s=pretrain_budget,
+        sized=size_to_budget,
+    )  # fmt: skip
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
     config = apply_overrides(config, {"train.epochs": epochs})
 
@@ -205,9 +207,10 @@ def run_demo(
     pretrain(config, run_dir, progress=progress, step_seconds_hint=hint, resize=replan if size_to_budget else None)
     pretrain_seconds = time.perf_counter() - pretrain_start
     epochs = replan.epochs or epochs
-    pretrained = _evaluate(frozen, load_encoder_from_run(run_dir).encoder, config, progress, "pretrained")
+    encoder = load_encoder_from_run(run_dir).encoder
+    pretrained = _evaluate(frozen, encoder, dataset=dataset, init="pretrained", progress=progress)
 
-    rows, dataset = [], config.data.dataset
+    rows = []
     for init, (knn, linear) in (("pretrained", pretrained), ("random", random_results)):
         write_result(run_dir, f"knn_{dataset}_{init}", knn)
         write_result(run_dir, f"linear-cached-standardized_{dataset}_{init}", linear)

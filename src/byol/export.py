@@ -110,7 +110,7 @@ def load_encoder(path: str | Path) -> ResNet:
     if not path.is_file():
         raise CheckpointError(f"encoder file {path} does not exist")
     meta = read_metadata(path)
-    encoder = ResNet(meta["depth"], meta["width"], meta["stem"], meta["in_channels"], meta["zero_init_residual"])
+    encoder = ResNet(**{key: meta[key] for key in ("depth", "width", "stem", "in_channels", "zero_init_residual")})
     try:
         encoder.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError, OSError) as e:
@@ -123,6 +123,7 @@ def load_encoder(path: str | Path) -> ResNet:
 def embed(
     source: str | Path,
     out: str | Path,
+    *,
     dataset: str = "",
     split: str = "",
     data_dir: str | None = None,
@@ -150,7 +151,7 @@ def embed(
         data_dir = run_data_dir if not dataset else ""
     images = load_dataset(name, split or split_name(name, "test"), data_dir, image_size)
     features, labels = extract_features(
-        encoder, images, image_size, resolve_device(device), desc="embedding", progress=progress
+        encoder, images, image_size=image_size, device=resolve_device(device), desc="embedding", progress=progress
     )
     out = Path(out)
     atomic_write(out, lambda f: np.save(f, features.numpy()))

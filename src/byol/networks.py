@@ -252,14 +252,16 @@ class OnlineNetwork(nn.Module):
 
 
 def build_encoder(m: ModelConfig, in_channels: int) -> ResNet:
-    return ResNet(m.depth, m.width, m.stem, in_channels, m.zero_init_residual)
+    return ResNet(
+        depth=m.depth, width=m.width, stem=m.stem, in_channels=in_channels, zero_init_residual=m.zero_init_residual
+    )
 
 
 def build_online_network(m: ModelConfig, in_channels: int) -> OnlineNetwork:
     """The online network of the paper as ``m`` describes it; without a predictor unless ``m.predictor`` is mlp."""
     encoder = build_encoder(m, in_channels)
-    projector = MLP(encoder.out_dim, m.projector_hidden, m.projection_dim, m.projector_depth)
-    predictor = MLP(m.projection_dim, m.predictor_hidden, m.projection_dim, m.predictor_depth)
+    projector = MLP(encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
+    predictor = MLP(m.projection_dim, hidden_dim=m.predictor_hidden, out_dim=m.projection_dim, depth=m.predictor_depth)
     return OnlineNetwork(encoder, projector, predictor if m.predictor == "mlp" else None)
 
 

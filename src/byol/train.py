@@ -176,7 +176,7 @@ class TrainState:
 
 
 def create_state(
-    config: Config, in_channels: int, num_classes: int, device: torch.device, schedule: Schedule
+    config: Config, *, in_channels: int, num_classes: int, device: torch.device, schedule: Schedule
 ) -> TrainState:
     """Fresh networks and optimizer, seeded by ``config.train.seed``, that step along ``schedule``."""
     torch.manual_seed(config.train.seed)
@@ -404,7 +404,7 @@ def pretrain(
             raise ConfigError(
                 f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir"
             )
-        return _run(config, run_dir, None, progress, step_seconds_hint, resize)
+        return _run(config, run_dir, progress=progress, step_seconds_hint=step_seconds_hint, resize=resize)
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
@@ -412,13 +412,14 @@ def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Data
     run_dir = Path(run_dir)
     with rundir.writer_lock(run_dir):
         payload = load_resumable(run_dir)
-        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload, progress)
+        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload=payload, progress=progress)
 
 
 def _run(
     config: Config,
     run_dir: Path,
-    payload: dict[str, Any] | None,
+    *,
+    payload: dict[str, Any] | None = None,
     progress: bool,
     step_seconds_hint: float | None = None,
     resize: Resize | None = None,
@@ -437,14 +438,16 @@ def _run(
     )  # fmt: skip
     views = TwoViews(a.preset, d.image_size, mean=dataset.mean, std=dataset.std, crop_min_scale=a.crop_min_scale)
     schedule = Schedule.create(config, batches.steps_per_epoch)
-    state = create_state(config, dataset.channels, len(dataset.classes), device, schedule)
+    state = create_state(
+        config, in_channels=dataset.channels, num_classes=len(dataset.classes), device=device, schedule=schedule
+    )
     if payload is not None:
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     prefetch = ViewPrefetch(views, state.generator, device)
     policies = _Policies(
-        config, run_dir, state, dataset, device, context, resumed=payload is not None, progress=progress,
-        prefetch=prefetch,
+        config, run_dir, state, dataset=dataset, device=device, context=context, resumed=payload is not None,
+        progress=progress, prefetch=prefetch,
     )  # fmt: skip
     policies.show_eta(step_seconds_hint)
     with flush_denormals(device), contextlib.closing(policies):
@@ -515,6 +518,7 @@ class _Policies:
         config: Config,
         run_dir: Path,
         state: TrainState,
+        *,
         dataset: Dataset,
         device: torch.device,
         context: DistributedContext,

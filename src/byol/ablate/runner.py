@@ -74,7 +74,7 @@ def _check_same_experiment(run_dir: Path, config: Config, row: Row, previous: Ma
         )
 
 
-def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
+def run_cell(base: Config, row: Row, *, seed: int, run_dir: Path, progress: bool) -> dict[str, Any]:
     """One (row, seed): pretrain (or resume), evaluate with kNN and linear, save result.json.
 
     A finished cell is reused; one finished before the linear protocol existed gets it from its checkpoint.
@@ -88,9 +88,9 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
     frozen = FrozenEvaluation.from_config(config, resolve_device(config.train.device), max_train=EVAL_IMAGES)
     if row.pretrain:
         if previous is None and list_checkpoints(run_dir):
-            resume(run_dir, progress)
+            resume(run_dir, progress=progress)
         elif previous is None:
-            pretrain(config, run_dir, progress)
+            pretrain(config, run_dir, progress=progress)
         encoder = load_encoder_from_run(run_dir).encoder
         proj_std = _final_proj_std(run_dir)
     else:
@@ -114,6 +114,7 @@ def run_cell(base: Config, row: Row, seed: int, run_dir: Path, progress: bool) -
 def run_table(
     name: str,
     scale: str,
+    *,
     seeds: list[int],
     out_dir: Path,
     progress: bool = True,
@@ -133,11 +134,11 @@ def run_table(
     cells = [(row, seed) for row in table.rows for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {}
     for row, seed in tqdm(cells, desc=f"ablation {name}", unit="run", disable=not progress):
-        result = run_cell(base, row, seed, out_dir / row.slug / f"seed{seed}", progress=False)
+        result = run_cell(base, row, seed=seed, run_dir=out_dir / row.slug / f"seed{seed}", progress=False)
         results.setdefault(row.label, []).append(result)
     path = out_dir / "table.md"
     label = scale + "".join(f", {k} {v}" for k, v in overrides.items())
-    path.write_text(format_table(table, results, label, seeds))
+    path.write_text(format_table(table, results, scale=label, seeds=seeds))
     return path
 
 
@@ -145,7 +146,7 @@ def _mean_half_range(values: list[float]) -> str:
     return f"{sum(values) / len(values):.2f} ± {(max(values) - min(values)) / 2:.2f}"
 
 
-def format_table(table: Table, results: Mapping[str, list[dict[str, Any]]], scale: str, seeds: list[int]) -> str:
+def format_table(table: Table, results: Mapping[str, list[dict[str, Any]]], *, scale: str, seeds: list[int]) -> str:
     lines = [
         f"# {table.title}",
         "",

@@ -144,8 +144,9 @@ def embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.export import embed
 
     path, shape = embed(
-        args.source, args.out, args.dataset or "", args.split or "", args.data_dir, args.device, not args.quiet
-    )
+        args.source, args.out, dataset=args.dataset or "", split=args.split or "", data_dir=args.data_dir,
+        device=args.device, progress=not args.quiet,
+    )  # fmt: skip
     print(f"features {shape} written to {path} (labels beside it)")
     return 0
 

@@ -80,7 +80,9 @@ def demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     run_dir = args.run_dir or default_run_dir()
     # a length the user set wins over the budget (train.max_steps, when set, decides the length of any run)
     forced = args.epochs is not None or bool({"train.epochs", "train.max_steps"} & parse_overrides(extra).keys())
-    summary = run_demo(run_dir, config, not args.quiet, args.budget_minutes, size_to_budget=not forced)
+    summary = run_demo(
+        run_dir, config, progress=not args.quiet, budget_minutes=args.budget_minutes, size_to_budget=not forced
+    )
     print(format_summary(summary, config.data.dataset))
     return 0
 
@@ -109,7 +111,10 @@ def ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.ablate import run_table
 
     out_dir = args.out or Path("runs") / f"ablate-{args.table}-{args.scale}"
-    path = run_table(args.table, args.scale, list(args.seeds), out_dir, not args.quiet, parse_overrides(extra))
+    path = run_table(
+        args.table, args.scale, seeds=list(args.seeds), out_dir=out_dir, progress=not args.quiet,
+        overrides=parse_overrides(extra),
+    )  # fmt: skip
     print(path.read_text())
     print(f"table written to {path}")
     return 0

@@ -6,6 +6,7 @@ file of the wrong format raises :class:`~byol.errors.DataError` naming what was 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import math
@@ -24,7 +25,7 @@ from torch import Tensor
 from byol.errors import DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArrayDataset:
     """Images as uint8 (N, C, H, W), labels as int64 (N,) (−1 where unlabelled), normalisation statistics."""
 
@@ -43,7 +44,7 @@ class ArrayDataset:
         return self.images.shape[1]
 
     def subset(self, indices: Tensor) -> ArrayDataset:
-        return ArrayDataset(self.name, self.images[indices], self.labels[indices], self.classes, self.mean, self.std)
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
 
 def _require(path: Path, what: str) -> Path:
@@ -81,13 +82,9 @@ def synthetic(split: str, image_size: int = 32, channels: int = 3, num_classes: 
     images = grating[:, None] * colour + 0.3 * blob[:, None] + 0.05 * torch.randn(n, channels, 1, 1, generator=g)
     images = images + 0.05 * torch.randn(n, channels, image_size, image_size, generator=g)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    classes = tuple(f"angle{i}" for i in range(num_classes))
     return ArrayDataset(
-        "synthetic",
-        images,
-        labels,
-        tuple(f"angle{i}" for i in range(num_classes)),
-        (0.5,) * channels,
-        (0.25,) * channels,
+        name="synthetic", images=images, labels=labels, classes=classes, mean=(0.5,) * channels, std=(0.25,) * channels
     )
 
 
@@ -143,13 +140,9 @@ def fashion_mnist(split: str, data_dir: str = "") -> ArrayDataset:
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"fashion-mnist in {root}: images {images.shape} and labels {labels.shape} do not match")
     return ArrayDataset(
-        "fashion-mnist",
-        torch.from_numpy(images.copy()).unsqueeze(1),
-        torch.from_numpy(labels.astype(np.int64)),
-        FASHION_MNIST_CLASSES,
-        (0.2860,),
-        (0.3530,),
-    )
+        name="fashion-mnist", images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)), classes=FASHION_MNIST_CLASSES, mean=(0.2860,), std=(0.3530,),
+    )  # fmt: skip
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -187,7 +180,7 @@ def _load_pickle(path: Path) -> dict[Any, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-def _cifar(root: Path, files: Sequence[str], label_key: str, meta: str, names_key: str, name: str) -> ArrayDataset:
+def _cifar(root: Path, files: Sequence[str], *, label_key: str, meta: str, names_key: str, name: str) -> ArrayDataset:
     if not root.is_dir():
         raise DataError(f"{name}: directory {root} does not exist (expected the extracted python version)")
     images, labels = [], []
@@ -198,17 +191,14 @@ def _cifar(root: Path, files: Sequence[str], label_key: str, meta: str, names_ke
         images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
     classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _load_pickle(root / meta)[names_key])
-    stats = {
+    mean, std = {
         "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     }[name]
     return ArrayDataset(
-        name,
-        torch.from_numpy(np.concatenate(images)),
-        torch.from_numpy(np.concatenate(labels)),
-        classes,
-        *stats,
-    )
+        name=name, images=torch.from_numpy(np.concatenate(images)), labels=torch.from_numpy(np.concatenate(labels)),
+        classes=classes, mean=mean, std=std,
+    )  # fmt: skip
 
 
 def cifar10(split: str, data_dir: str) -> ArrayDataset:
@@ -217,7 +207,7 @@ def cifar10(split: str, data_dir: str) -> ArrayDataset:
     if files is None:
         raise DataError(f"cifar10 has splits train and test, not {split!r}")
     root = _subdir(Path(data_dir), "cifar-10-batches-py")
-    return _cifar(root, files, "labels", "batches.meta", "label_names", "cifar10")
+    return _cifar(root, files, label_key="labels", meta="batches.meta", names_key="label_names", name="cifar10")
 
 
 def cifar100(split: str, data_dir: str) -> ArrayDataset:
@@ -225,7 +215,7 @@ def cifar100(split: str, data_dir: str) -> ArrayDataset:
     if split not in ("train", "test"):
         raise DataError(f"cifar100 has splits train and test, not {split!r}")
     root = _subdir(Path(data_dir), "cifar-100-python")
-    return _cifar(root, [split], "fine_labels", "meta", "fine_label_names", "cifar100")
+    return _cifar(root, [split], label_key="fine_labels", meta="meta", names_key="fine_label_names", name="cifar100")
 
 
 def _subdir(root: Path, name: str) -> Path:
@@ -244,13 +234,10 @@ def stl10(split: str, data_dir: str) -> ArrayDataset:
     """
     if split == "train+unlabeled":
         train, unlabeled = stl10("train", data_dir), stl10("unlabeled", data_dir)
-        return ArrayDataset(
-            "stl10",
-            torch.cat((train.images, unlabeled.images)),
-            torch.cat((train.labels, unlabeled.labels)),
-            train.classes,
-            train.mean,
-            train.std,
+        return dataclasses.replace(
+            train,
+            images=torch.cat((train.images, unlabeled.images)),
+            labels=torch.cat((train.labels, unlabeled.labels)),
         )
     if split not in ("train", "test", "unlabeled"):
         raise DataError(f"stl10 has splits train, test, unlabeled and train+unlabeled, not {split!r}")
@@ -269,10 +256,6 @@ def stl10(split: str, data_dir: str) -> ArrayDataset:
     names = root / "class_names.txt"
     classes = tuple(names.read_text().split()) if names.is_file() else tuple(str(i) for i in range(10))
     return ArrayDataset(
-        "stl10",
-        torch.from_numpy(np.ascontiguousarray(images)),
-        torch.from_numpy(labels),
-        classes,
-        (0.4467, 0.4398, 0.4066),
-        (0.2603, 0.2566, 0.2713),
-    )
+        name="stl10", images=torch.from_numpy(np.ascontiguousarray(images)), labels=torch.from_numpy(labels),
+        classes=classes, mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
+    )  # fmt: skip

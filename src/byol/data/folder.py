@@ -141,7 +141,7 @@ class FolderCrops(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, folder: ImageFolder, size: int, views: tuple[ViewConfig, ViewConfig] | None, seed: int = 0
+        self, folder: ImageFolder, *, size: int, views: tuple[ViewConfig, ViewConfig] | None, seed: int = 0
     ) -> None:
         self.folder, self.size, self.views, self.seed = folder, size, views, seed
         self.epoch = 0

@@ -45,6 +45,7 @@ class TrainBatches:
     def __init__(
         self,
         dataset: Dataset,
+        *,
         batch_size: int,
         seed: int,
         device: torch.device,
@@ -69,11 +70,11 @@ class TrainBatches:
         else:
             if views is None:
                 raise ValueError("image folders need the view configs to crop at decode time")
-            self.crops = FolderCrops(dataset, image_size, views, seed)
+            self.crops = FolderCrops(dataset, size=image_size, views=views, seed=seed)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from its ``start_step``-th on."""
-        order = epoch_permutation(len(self.dataset), self.seed, epoch, self.rank, self.world_size)
+        order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
         order = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
         order = order[start_step:]
         if isinstance(self.dataset, ArrayDataset):
@@ -90,11 +91,9 @@ class TrainBatches:
         )
         for crop1, crop2, labels, skipped in loader:
             yield Batch(
-                crop1.to(self.device, non_blocking=True),
-                labels.to(self.device, non_blocking=True),
-                crop2.to(self.device, non_blocking=True),
-                skipped,
-            )
+                crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
+                second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped,
+            )  # fmt: skip
 
 
 def _collate(
@@ -107,7 +106,7 @@ def _collate(
 
 
 def eval_batches(
-    dataset: Dataset, batch_size: int, device: torch.device, image_size: int, num_workers: int = 0
+    dataset: Dataset, *, batch_size: int, device: torch.device, image_size: int, num_workers: int = 0
 ) -> Iterator[Batch]:
     """Every image once, in order, unaugmented (image folders: centre crop at decode time)."""
     if isinstance(dataset, ArrayDataset):
@@ -118,10 +117,10 @@ def eval_batches(
             )
         return
     loader = torch.utils.data.DataLoader(
-        FolderCrops(dataset, image_size, None),
+        FolderCrops(dataset, size=image_size, views=None),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
     )
     for crop, _, labels, skipped in loader:
-        yield Batch(crop.to(device), labels.to(device), None, skipped)
+        yield Batch(crop.to(device), labels.to(device), skipped=skipped)

@@ -8,21 +8,24 @@ baseline every table should show.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
-from byol.augment import evaluation_view
+from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
 from byol.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
 from byol.config import Config
-from byol.data import Dataset, eval_batches
+from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError
 from byol.networks import ResNet, build_encoder
 from byol.precision import FP32, Precision
+from byol.schedules import cosine_decay
 
 EVAL_DIR = "eval"
 INITS = ("pretrained", "random")
@@ -68,7 +71,7 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{checkpoint} does not match its own architecture ({first})") from None
-    return Pretrained(encoder, config, in_channels, str(checkpoint))
+    return Pretrained(encoder=encoder, config=config, in_channels=in_channels, source=str(checkpoint))
 
 
 def check_compatible(pretrained: Pretrained, dataset: Dataset) -> None:
@@ -83,6 +86,7 @@ def check_compatible(pretrained: Pretrained, dataset: Dataset) -> None:
 def extract_features(
     encoder: torch.nn.Module,
     dataset: Dataset,
+    *,
     image_size: int,
     device: torch.device,
     batch_size: int = 512,
@@ -96,7 +100,10 @@ def extract_features(
     features, labels = [], []
     total = (len(dataset) + batch_size - 1) // batch_size
     for batch in tqdm(
-        eval_batches(dataset, batch_size, device, image_size, num_workers), total=total, desc=desc, disable=not progress
+        eval_batches(dataset, batch_size=batch_size, device=device, image_size=image_size, num_workers=num_workers),
+        total=total,
+        desc=desc,
+        disable=not progress,
     ):
         x = precision.input(evaluation_view(batch.images, image_size, dataset.mean, dataset.std))
         with precision.context(device):
@@ -108,6 +115,46 @@ def extract_features(
             f"the encoder gives non-finite features on {dataset.name} (NaN/Inf weights?); nothing was evaluated"
         )
     return stacked, torch.cat(labels)
+
+
+# One epoch's (inputs, labels) minibatches, by epoch number.
+EpochBatches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
+
+
+def augmented_batches(
+    dataset: Dataset, *, image_size: int, batch_size: int, seed: int, device: torch.device
+) -> tuple[EpochBatches, int]:
+    """Shuffled full batches of random crop + flip views (appendix C.1), new every epoch; and the steps per
+    epoch. Batches hold at most the whole dataset."""
+    views = (LINEAR_EVAL_VIEW, LINEAR_EVAL_VIEW)
+    batch_size = min(batch_size, len(dataset))
+    source = TrainBatches(dataset, batch_size=batch_size, seed=seed, device=device, views=views, image_size=image_size)
+    view = ViewPipeline(LINEAR_EVAL_VIEW, image_size=image_size, mean=dataset.mean, std=dataset.std)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for batch in source.epoch(epoch):
+            yield view(batch.images, generator, crop=batch.second_crop is None), batch.labels
+
+    return epoch_batches, source.steps_per_epoch
+
+
+def fit_classifier(
+    model: nn.Module, batches: EpochBatches, *, steps_per_epoch: int, epochs: int, lr: float, weight_decay: float = 0.0
+) -> None:
+    """Cross-entropy with SGD, Nesterov momentum 0.9 and a per-step cosine schedule from ``lr`` to 0: the
+    paper's linear evaluation and fine-tuning optimizer (appendix C). The caller sets train or eval mode."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    total, step = epochs * steps_per_epoch, 0
+    for epoch in range(epochs):
+        for x, y in batches(epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_decay(step, total, lr)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
 
 
 def split_train_val(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -17,14 +17,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
-from byol.data import Dataset, TrainBatches, eval_batches
+from byol.augment import evaluation_view
+from byol.data import Dataset, eval_batches
 from byol.errors import ConfigError
-from byol.evaluate.common import balanced_subset, classification_metrics
-from byol.schedules import cosine_decay
+from byol.evaluate.common import augmented_batches, balanced_subset, classification_metrics, fit_classifier
+from byol.networks import ResNet
 
 
 @dataclass(frozen=True)
@@ -41,19 +40,19 @@ class FinetuneConfig:
 
 
 class Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, out_dim: int, num_classes: int) -> None:
+    def __init__(self, encoder: ResNet, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(out_dim, num_classes)
+        self.head = nn.Linear(encoder.out_dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoder(x))
 
 
 def _fit(
-    encoder: nn.Module,
-    out_dim: int,
+    encoder: ResNet,
     labelled: Dataset,
+    *,
     image_size: int,
     device: torch.device,
     lr: float,
@@ -61,26 +60,11 @@ def _fit(
     config: FinetuneConfig,
 ) -> Classifier:
     torch.manual_seed(config.seed)
-    model = Classifier(copy.deepcopy(encoder), out_dim, len(labelled.classes)).to(device)
-    batch_size = min(config.batch_size, len(labelled))
-    source = TrainBatches(labelled, batch_size, config.seed, device, (LINEAR_EVAL_VIEW, LINEAR_EVAL_VIEW), image_size)
-    view = ViewPipeline(LINEAR_EVAL_VIEW, image_size, labelled.mean, labelled.std)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+    model = Classifier(copy.deepcopy(encoder), num_classes=len(labelled.classes)).to(device).train()
+    views, steps = augmented_batches(
+        labelled, image_size=image_size, batch_size=config.batch_size, seed=config.seed, device=device
     )
-    total, step = epochs * source.steps_per_epoch, 0
-    model.train()
-    for epoch in range(epochs):
-        for batch in source.epoch(epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_decay(step, total, lr)
-            x = view(batch.images, generator, crop=batch.second_crop is None)
-            loss = F.cross_entropy(model(x), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+    fit_classifier(model, views, steps_per_epoch=steps, epochs=epochs, lr=lr, weight_decay=config.weight_decay)
     return model
 
 
@@ -88,15 +72,15 @@ def _fit(
 def _evaluate(model: Classifier, dataset: Dataset, image_size: int, device: torch.device) -> dict[str, float]:
     model.eval()
     logits, labels = [], []
-    for batch in eval_batches(dataset, 512, device, image_size):
+    for batch in eval_batches(dataset, batch_size=512, device=device, image_size=image_size):
         logits.append(model(evaluation_view(batch.images, image_size, dataset.mean, dataset.std)).float().cpu())
         labels.append(batch.labels.cpu())
     return classification_metrics(torch.cat(logits), torch.cat(labels), len(dataset.classes))
 
 
 def finetune_evaluation(
-    encoder: nn.Module,
-    out_dim: int,
+    encoder: ResNet,
+    *,
     train: Dataset,
     test: Dataset,
     image_size: int,
@@ -121,10 +105,11 @@ def finetune_evaluation(
     sweep = []
     grid = list(itertools.product(config.lrs, config.epochs))
     for lr, epochs in tqdm(grid, desc="fine-tune sweep (validation split)", disable=not progress):
-        model = _fit(encoder, out_dim, labelled, image_size, device, lr, epochs, config)
+        model = _fit(encoder, labelled, image_size=image_size, device=device, lr=lr, epochs=epochs, config=config)
         sweep.append({"lr": lr, "epochs": epochs, "val": _evaluate(model, val, image_size, device)})
     best = max(sweep, key=lambda r: r["val"]["top1"])
-    model = _fit(encoder, out_dim, labelled, image_size, device, best["lr"], best["epochs"], config)
+    model = _fit(encoder, labelled, image_size=image_size, device=device, lr=best["lr"], epochs=best["epochs"],
+                 config=config)  # fmt: skip
     return {
         "protocol": f"fine-tune on {100 * config.label_fraction:g}% of the labels",
         **_evaluate(model, test, image_size, device),

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from byol.config import Config
 from byol.data import Dataset, load_split
 from byol.evaluate.common import extract_features
 from byol.evaluate.knn import KnnConfig, knn_on_features
-from byol.evaluate.linear import LinearConfig, linear_on_features
+from byol.evaluate.linear import LinearConfig, linear_evaluation, linear_on_features
 from byol.precision import Precision
 
 # The CPU-friendly linear protocol of the demo and the ablations: linear on cached features, standardized with
@@ -48,6 +48,7 @@ class FrozenEvaluation:
         cls,
         config: Config,
         device: torch.device,
+        *,
         train: Dataset | None = None,
         max_train: int | None = None,
         max_test: int | None = None,
@@ -64,29 +65,36 @@ class FrozenEvaluation:
             image_size=d.image_size, device=device, precision=Precision.for_run(config.train, device),
         )  # fmt: skip
 
-    def features(self, encoder: nn.Module, progress: bool = False, desc: str = "") -> list[tuple[Any, Any]]:
-        """(features, labels) of the training and of the test images."""
-        return [
-            extract_features(encoder, split, self.image_size, self.device, desc=f"{desc}{name} features",
-                             progress=progress, precision=self.precision)
+    def features(self, encoder: nn.Module, progress: bool = False, desc: str = "") -> tuple[Tensor, ...]:
+        """Features and labels of the training images, then of the test images."""
+        return tuple(
+            tensor
             for name, split in (("train", self.train), ("test", self.test))
-        ]  # fmt: skip
+            for tensor in extract_features(encoder, split, image_size=self.image_size, device=self.device,
+                                           desc=f"{desc}{name} features", progress=progress, precision=self.precision)
+        )  # fmt: skip
 
     def knn(self, encoder: nn.Module, knn: KnnConfig | None = None, progress: bool = False) -> dict[str, Any]:
         """kNN (``knn``: the paper's k = 200, T = 0.1 by default) of the test images against the training ones."""
         knn = knn or KnnConfig()
-        (train_f, train_l), (test_f, test_l) = self.features(encoder, progress)
-        return knn_on_features(train_f, train_l, test_f, test_l, len(self.train.classes), knn.k, knn.temperature)
+        features = self.features(encoder, progress)
+        return knn_on_features(*features, num_classes=len(self.train.classes), k=knn.k, temperature=knn.temperature)
+
+    def linear(self, encoder: nn.Module, config: LinearConfig, progress: bool = False) -> dict[str, Any]:
+        """The linear protocol ``config`` (augmented or on cached features) on these images."""
+        return linear_evaluation(
+            encoder, train=self.train, test=self.test, image_size=self.image_size, device=self.device, config=config,
+            progress=progress, precision=self.precision,
+        )  # fmt: skip
 
     def knn_and_linear(
         self, encoder: nn.Module, progress: bool = False, desc: str = ""
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """kNN and :data:`CACHED_LINEAR` from one feature extraction of each split."""
-        (train_f, train_l), (test_f, test_l) = self.features(encoder, progress, desc)
+        features = self.features(encoder, progress, desc)
         classes = len(self.train.classes)
-        knn = knn_on_features(train_f, train_l, test_f, test_l, classes)
-        linear = linear_on_features(train_f, train_l, test_f, test_l, classes, CACHED_LINEAR, progress)
-        return knn, linear
+        knn = knn_on_features(*features, num_classes=classes)
+        return knn, linear_on_features(*features, num_classes=classes, config=CACHED_LINEAR, progress=progress)
 
 
 class KnnMonitor:
@@ -95,7 +103,8 @@ class KnnMonitor:
     MAX_IMAGES = 10_000
 
     def __init__(self, config: Config, train: Dataset, device: torch.device) -> None:
-        self.evaluation = FrozenEvaluation.from_config(config, device, train, self.MAX_IMAGES, self.MAX_IMAGES)
+        limit = self.MAX_IMAGES
+        self.evaluation = FrozenEvaluation.from_config(config, device, train=train, max_train=limit, max_test=limit)
 
     def __call__(self, encoder: nn.Module) -> float:
         return float(self.evaluation.knn(encoder)["top1"])

@@ -30,6 +30,7 @@ def knn_scores(
     train_features: Tensor,
     train_labels: Tensor,
     test_features: Tensor,
+    *,
     num_classes: int,
     k: int = KnnConfig.k,
     temperature: float = KnnConfig.temperature,
@@ -56,13 +57,21 @@ def knn_on_features(
     train_labels: Tensor,
     test_features: Tensor,
     test_labels: Tensor,
+    *,
     num_classes: int,
     k: int = KnnConfig.k,
     temperature: float = KnnConfig.temperature,
 ) -> dict[str, Any]:
     """kNN metrics from features already extracted; unlabelled training images (label −1) do not vote."""
     labelled = train_labels >= 0
-    scores = knn_scores(train_features[labelled], train_labels[labelled], test_features, num_classes, k, temperature)
+    scores = knn_scores(
+        train_features[labelled],
+        train_labels[labelled],
+        test_features,
+        num_classes=num_classes,
+        k=k,
+        temperature=temperature,
+    )
     return {
         "protocol": f"kNN (k={k}, T={temperature})",
         **classification_metrics(scores, test_labels, num_classes),

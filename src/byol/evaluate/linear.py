@@ -16,15 +16,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
-from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline
-from byol.data import Dataset, TrainBatches
+from byol.data import Dataset
 from byol.errors import ConfigError
-from byol.evaluate.common import classification_metrics, extract_features, split_train_val
+from byol.evaluate.common import (
+    EpochBatches,
+    augmented_batches,
+    classification_metrics,
+    extract_features,
+    fit_classifier,
+    split_train_val,
+)
 from byol.precision import FP32, Precision
-from byol.schedules import cosine_decay
 
 MODES = ("augmented", "cached")
 
@@ -42,27 +46,13 @@ class LinearConfig:
     standardize: bool = False  # cached mode: z-score features with training-set statistics (not the paper's)
 
 
-# Yields (inputs, labels) minibatches of one epoch; inputs are encoder features.
-EpochBatches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
-
-
 def fit_linear(
-    batches: EpochBatches, steps_per_epoch: int, in_dim: int, num_classes: int, lr: float, epochs: int, seed: int
+    batches: EpochBatches, *, steps_per_epoch: int, in_dim: int, num_classes: int, lr: float, epochs: int, seed: int
 ) -> nn.Linear:
-    """SGD (Nesterov, momentum 0.9, no weight decay) with a per-step cosine schedule from lr to 0."""
+    """A linear head on the batches' features: SGD (Nesterov, momentum 0.9, no weight decay), cosine lr to 0."""
     torch.manual_seed(seed)
     head = nn.Linear(in_dim, num_classes)
-    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
-    total, step = epochs * steps_per_epoch, 0
-    for epoch in range(epochs):
-        for x, y in batches(epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_decay(step, total, lr)
-            loss = F.cross_entropy(head(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+    fit_classifier(head, batches, steps_per_epoch=steps_per_epoch, epochs=epochs, lr=lr)
     return head
 
 
@@ -78,32 +68,17 @@ def _cached_batches(features: Tensor, labels: Tensor, batch_size: int, seed: int
     return epoch_batches, steps
 
 
-def _augmented_batches(
-    encoder: nn.Module,
-    dataset: Dataset,
-    image_size: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    precision: Precision,
-) -> tuple[EpochBatches, int]:
-    """Random crop + flip views through the frozen encoder (BN in inference mode), every epoch anew."""
-    source = TrainBatches(
-        dataset, min(batch_size, len(dataset)), seed, device, (LINEAR_EVAL_VIEW, LINEAR_EVAL_VIEW), image_size
-    )
-    view = ViewPipeline(LINEAR_EVAL_VIEW, image_size, dataset.mean, dataset.std)
-    generator = torch.Generator(device=device).manual_seed(seed)
+def _encoded(encoder: nn.Module, views: EpochBatches, device: torch.device, precision: Precision) -> EpochBatches:
+    """The views' features from the frozen encoder (BN in inference mode), on the CPU."""
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         encoder.eval()
-        for batch in source.epoch(epoch):
-            with torch.no_grad():  # exit the no_grad block before yielding: grad mode is global state
-                x = precision.input(view(batch.images, generator, crop=batch.second_crop is None))
-                with precision.context(device):
-                    features = encoder(x).float().cpu()
-            yield features, batch.labels.cpu()
+        for x, labels in views(epoch):
+            with torch.no_grad(), precision.context(device):  # left before yielding: grad mode is global state
+                features = encoder(precision.input(x)).float().cpu()
+            yield features, labels.cpu()
 
-    return epoch_batches, source.steps_per_epoch
+    return epoch_batches
 
 
 Fit = Callable[[Tensor, float], nn.Linear]
@@ -113,6 +88,7 @@ def _select_and_test(
     fit: Fit,
     train_features: Tensor,
     train_labels: Tensor,
+    *,
     test_features: Callable[[], tuple[Tensor, Tensor]],
     num_classes: int,
     config: LinearConfig,
@@ -151,6 +127,7 @@ def linear_on_features(
     train_labels: Tensor,
     test_features: Tensor,
     test_labels: Tensor,
+    *,
     num_classes: int,
     config: LinearConfig,
     progress: bool = True,
@@ -168,15 +145,18 @@ def linear_on_features(
 
     def fit(indices: Tensor, lr: float) -> nn.Linear:
         batches, steps = _cached_batches(train_features[indices], train_labels[indices], config.batch_size, config.seed)
-        return fit_linear(batches, steps, train_features.shape[1], num_classes, lr, config.epochs, config.seed)
+        return fit_linear(batches, steps_per_epoch=steps, in_dim=train_features.shape[1], num_classes=num_classes,
+                          lr=lr, epochs=config.epochs, seed=config.seed)  # fmt: skip
 
     return _select_and_test(
-        fit, train_features, train_labels, lambda: (test_features, test_labels), num_classes, config, progress
-    )
+        fit, train_features, train_labels, test_features=lambda: (test_features, test_labels),
+        num_classes=num_classes, config=config, progress=progress,
+    )  # fmt: skip
 
 
 def linear_evaluation(
     encoder: nn.Module,
+    *,
     train: Dataset,
     test: Dataset,
     image_size: int,
@@ -192,22 +172,24 @@ def linear_evaluation(
         raise ConfigError("standardized features are only available with the cached mode (--mode cached)")
     encoder = encoder.to(device).eval()
     num_classes = len(train.classes)
-    train_features, train_labels = extract_features(
-        encoder, train, image_size, device, desc="train features", progress=progress, precision=precision
-    )
 
-    def test_features() -> tuple[Tensor, Tensor]:
-        return extract_features(
-            encoder, test, image_size, device, desc="test features", progress=progress, precision=precision
-        )
+    def features(split: Dataset, name: str) -> tuple[Tensor, Tensor]:
+        return extract_features(encoder, split, image_size=image_size, device=device, desc=f"{name} features",
+                                progress=progress, precision=precision)  # fmt: skip
 
+    train_features, train_labels = features(train, "train")
     if config.mode == "cached":
-        return linear_on_features(train_features, train_labels, *test_features(), num_classes, config, progress)
+        test_features, test_labels = features(test, "test")
+        return linear_on_features(train_features, train_labels, test_features, test_labels,
+                                  num_classes=num_classes, config=config, progress=progress)  # fmt: skip
 
     def fit(indices: Tensor, lr: float) -> nn.Linear:
-        batches, steps = _augmented_batches(
-            encoder, train.subset(indices), image_size, config.batch_size, config.seed, device, precision
+        views, steps = augmented_batches(
+            train.subset(indices), image_size=image_size, batch_size=config.batch_size, seed=config.seed, device=device
         )
-        return fit_linear(batches, steps, train_features.shape[1], num_classes, lr, config.epochs, config.seed)
+        return fit_linear(_encoded(encoder, views, device, precision), steps_per_epoch=steps,
+                          in_dim=train_features.shape[1], num_classes=num_classes, lr=lr, epochs=config.epochs,
+                          seed=config.seed)  # fmt: skip
 
-    return _select_and_test(fit, train_features, train_labels, test_features, num_classes, config, progress)
+    return _select_and_test(fit, train_features, train_labels, test_features=lambda: features(test, "test"),
+                            num_classes=num_classes, config=config, progress=progress)  # fmt: skip

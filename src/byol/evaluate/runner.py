@@ -17,7 +17,7 @@ from byol.evaluate.common import check_compatible, load_encoder_from_run, write_
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
-from byol.evaluate.linear import LinearConfig, linear_evaluation
+from byol.evaluate.linear import LinearConfig
 from byol.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,12 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     if request.protocol == "knn":
         result = frozen.knn(encoder, request.knn, progress)
     elif request.protocol == "linear":
-        result = linear_evaluation(encoder, train, test, image_size, device, request.linear, progress, frozen.precision)
+        result = frozen.linear(encoder, request.linear, progress)
     else:
         result = finetune_evaluation(
-            encoder, encoder.out_dim, train, test, image_size, device, request.finetune, progress
-        )
+            encoder, train=train, test=test, image_size=image_size, device=device, config=request.finetune,
+            progress=progress,
+        )  # fmt: skip
     result.update(
         dataset=name,
         init=request.init,
