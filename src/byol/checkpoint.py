@@ -12,6 +12,7 @@ that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from byol.errors import CheckpointError
+from byol.errors import CheckpointError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,12 @@ def atomic_write(path: Path, write: Any) -> None:
     _fsync_directory(path.parent)
 
 
+def write_json(path: Path, data: Any, sort_keys: bool = False) -> None:
+    """``data`` as indented JSON with a final newline, written atomically (:func:`atomic_write`)."""
+    text = json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
     """Writes the checkpoint of ``step`` atomically, then deletes all but the newest ``keep``."""
     path = checkpoint_path(run_dir, step)
@@ -77,7 +84,7 @@ def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], kee
     except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError on a full disk
         previous = list_checkpoints(run_dir)
         kept = f"the last good checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise CheckpointError(f"could not write checkpoint {path}: {reason}; {kept}") from None
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         with contextlib.suppress(OSError):
@@ -93,7 +100,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated, tampered or foreign file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "weights only" in reason.lower() or "weights_only" in reason:  # never repeat torch's unsafe advice
             reason = "it holds pickled objects that a safe load refuses (such a file can run code: never load it)"
         raise CheckpointError(

@@ -11,7 +11,6 @@ A config is never mutated after a run starts; overrides build a new one (``--opt
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -160,10 +159,9 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         """Writes the config as JSON, atomically (a kill leaves the old file or the new one)."""
-        from byol.checkpoint import atomic_write  # local: the config module stays free of torch
+        from byol.checkpoint import write_json  # local: the config module stays free of torch
 
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        atomic_write(Path(path), lambda f: f.write(text.encode()))
+        write_json(Path(path), self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from byol.bench import StepFixture, step_times
-from byol.checkpoint import atomic_write, list_checkpoints
+from byol.checkpoint import list_checkpoints, write_json
 from byol.config import Config, apply_overrides, cpu_demo, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -235,7 +234,7 @@ def run_demo(
         "linear_gain": rows[0]["linear_top1"] - rows[1]["linear_top1"],
         "report": str(report),
     }
-    atomic_write(run_dir / "demo.json", lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+    write_json(run_dir / "demo.json", summary)
     return summary
 
 

@@ -1,6 +1,12 @@
 """Errors that speak to the user. The CLI turns them into a message and an exit status, never a traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's run to many lines), or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ByolError(Exception):
     """Base class. ``exit_code`` is what the command line exits with."""
 

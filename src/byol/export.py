@@ -17,10 +17,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from byol.checkpoint import atomic_write
+from byol.checkpoint import atomic_write, write_json
 from byol.data import load_dataset, split_name
 from byol.distributed import resolve_device
-from byol.errors import CheckpointError, ConfigError
+from byol.errors import CheckpointError, ConfigError, first_line
 from byol.evaluate.common import extract_features, load_encoder_from_run
 from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
 
@@ -63,7 +63,7 @@ def export_encoder(run: str | Path, out: str | Path) -> tuple[Path, Path]:
     if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
         raise CheckpointError(f"{pretrained.source} holds non-finite encoder weights; nothing was exported")
     atomic_write(out, lambda f: f.write(save(weights)))
-    atomic_write(metadata_path(out), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    write_json(metadata_path(out), meta)
     return out, metadata_path(out)
 
 
@@ -114,8 +114,7 @@ def load_encoder(path: str | Path) -> ResNet:
     try:
         encoder.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not hold the encoder its metadata describes ({first})") from None
+        raise CheckpointError(f"{path} does not hold the encoder its metadata describes ({first_line(e)})") from None
     encoder.metadata = meta  # type: ignore[assignment]
     return encoder.eval()
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from byol.checkpoint import atomic_write
+from byol.checkpoint import atomic_write, write_json
 from byol.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
             "torch": torch.__version__,
         }
     )
-    atomic_write(path, lambda f: f.write((json.dumps(starts, indent=2) + "\n").encode()))
+    write_json(path, starts)
 
 
 class MetricsLog:

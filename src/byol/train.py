@@ -48,7 +48,7 @@ from byol.config import Config, apply_overrides
 from byol.data import Batch, Dataset, TrainBatches, load_split
 from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
-from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError
+from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError, first_line
 from byol.evaluate.frozen import KnnMonitor
 from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
@@ -169,8 +169,7 @@ class TrainState:
                 self.probe.load_state_dict(payload["probe"])
             self.optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"checkpoint does not match this architecture: {first}") from None
+            raise CheckpointError(f"checkpoint does not match this architecture: {first_line(e)}") from None
         self.generator.set_state(payload["generator"])
         self.step = int(payload["step"])
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from byol import rundir
 from byol.ablate.tables import SCALES, TABLES, Row, Table
-from byol.checkpoint import atomic_write, list_checkpoints
+from byol.checkpoint import list_checkpoints, write_json
 from byol.config import Config, apply_overrides, flatten, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -107,7 +107,7 @@ def run_cell(base: Config, row: Row, *, seed: int, run_dir: Path, progress: bool
         "collapsed": bool(proj_std < floor) if row.pretrain else None,
         "overrides": dict(row.overrides),
     }
-    atomic_write(result_path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    write_json(result_path, result)
     return result
 
 

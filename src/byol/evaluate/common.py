@@ -19,10 +19,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
-from byol.checkpoint import atomic_write, latest_checkpoint, load_checkpoint
+from byol.checkpoint import latest_checkpoint, load_checkpoint, write_json
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
-from byol.errors import CheckpointError, ConfigError
+from byol.errors import CheckpointError, ConfigError, first_line
 from byol.networks import ResNet, build_encoder
 from byol.precision import FP32, Precision
 from byol.schedules import cosine_decay
@@ -69,8 +69,7 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
         try:
             encoder.load_state_dict(weights)
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{checkpoint} does not match its own architecture ({first})") from None
+            raise CheckpointError(f"{checkpoint} does not match its own architecture ({first_line(e)})") from None
     return Pretrained(encoder=encoder, config=config, in_channels=in_channels, source=str(checkpoint))
 
 
@@ -193,5 +192,5 @@ def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> 
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """Writes an evaluation's numbers to <run_dir>/eval/<name>.json, where `byol report` finds them."""
     path = Path(run_dir) / EVAL_DIR / f"{name}.json"
-    atomic_write(path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    write_json(path, result)
     return path
