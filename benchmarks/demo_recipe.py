@@ -37,4 +37,7 @@ def main(name: str, overrides: dict[str, object], inits: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4):
+        print("usage: python benchmarks/demo_recipe.py NAME OVERRIDES_JSON [pretrained,random]", file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",") if len(sys.argv) > 3 else ["pretrained"])
