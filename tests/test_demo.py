@@ -79,10 +79,12 @@ def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 32
 
 
-def test_demo_evaluates_byol_and_random_init_identically_and_byol_learns(tmp_path, capsys):
+def test_demo_evaluates_byol_and_random_init_identically_and_the_trained_encoder_beats_random_init(tmp_path, capsys):
     run = tmp_path / "demo"
-    # the layout fixed, so nothing depends on timing (the demo otherwise times both and keeps the faster)
-    assert main([*TINY_DEMO, "--run-dir", str(run), "--epochs", "4", "--train.memory_format", "contiguous"]) == 0
+    # the layout fixed, so nothing depends on timing (the demo otherwise times both and keeps the faster); no flips:
+    # a flip maps one grating orientation (the class) onto another's
+    flags = ["--epochs", "2", "--train.memory_format", "contiguous", "--augment.preset", "remove-flip"]
+    assert main([*TINY_DEMO, "--run-dir", str(run), *flags]) == 0
     out = capsys.readouterr().out
     assert "BYOL (online encoder)" in out and "random init" in out and str(run) in out
     summary = json.loads((run / "demo.json").read_text())
@@ -91,11 +93,14 @@ def test_demo_evaluates_byol_and_random_init_identically_and_byol_learns(tmp_pat
     rand = json.loads((run / "eval" / "linear-cached-standardized_synthetic_random.json").read_text())
     assert byol["settings"] == rand["settings"]  # the same protocol and budget
     assert (run / "report" / "report.md").is_file() and (run / "report" / "collapse.png").is_file()
-    # an encoder that learned nothing IS the random-init one (same seed): its gain would be exactly 0. Measured
-    # here: kNN 34.0% vs 25.4% (+8.6); with channels_last or 8 epochs +2.7 to +4.3, float rounding moving these
-    # tiny runs by points. (Linear is no criterion on these gratings: the flip maps one class's orientation
-    # onto another's, and a few epochs of BYOL learn the flip invariance before the classes.)
-    assert summary["knn_gain"] > 1, summary["rows"]
+    # the encoder evaluated as BYOL's is the trained one: were it the random-init one (same seed), the gain would be
+    # exactly 0. The CPU's kernels round differently and move these tiny runs by points: with 6 instruction sets
+    # forced (ATEN_CPU_CAPABILITY default/avx2 x ONEDNN_MAX_CPU_ISA SSE41/AVX2/native, an AVX512_BF16 CPU) the gain
+    # was +12.1 to +18.0 (with flips and 4 epochs, the setting before: +3.9 to +16.0). Most of it is the BN
+    # statistics the training passes estimate (a run at lr 0 gained +16.0): at this size the test guards that the
+    # demo evaluates the trained encoder, not that BYOL learns (the demo runs in docs/benchmarks.md show that).
+    # Linear is no criterion on these gratings: random features separate orientations linearly well.
+    assert summary["knn_gain"] > 5, summary["rows"]
 
 
 def test_budget_flag_is_checked(capsys):
