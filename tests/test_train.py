@@ -13,9 +13,10 @@ import byol.train as train_module
 from byol.augment import TwoViews
 from byol.checkpoint import list_checkpoints
 from byol.config import apply_overrides, get_preset, validate
-from byol.data import Batch
+from byol.data import Batch, load_split
 from byol.ema import target_ema
 from byol.errors import ConfigError, TrainingError
+from byol.loss import byol_loss, collapse_floor, projection_std
 from byol.rundir import read_metrics
 from byol.schedules import learning_rate
 from byol.train import Schedule, ViewBatch, ViewPrefetch, create_state, make_views, train_step
@@ -261,3 +262,22 @@ def test_a_resize_at_the_end_of_warm_up_sets_the_length_everywhere(tmp_path):
     for step in (3, 7):  # metrics of step k carry the lr used at k - 1, before and after the resize
         expected = learning_rate(step - 1, o.base_lr, o.batch_size, 8 if step > 4 else 32, 0)
         assert lrs[step] == pytest.approx(expected)
+
+
+def test_byol_learns_its_objective_on_held_out_images_without_collapse(tmp_path):
+    """Two tiny epochs lower the loss on fresh views of the held-out test images well below the same run at lr 0
+    (where only BN statistics move), and the projections stay spread. Measured: 2.97-3.01 against 4.08 under three
+    instruction sets; seeds 1 and 2 gave 2.51 / 4.31 and 2.86 / 4.09."""
+
+    def held_out(base_lr):
+        config = apply_overrides(get_preset("tiny"), {"optim.base_lr": base_lr})
+        state, _ = train_module.pretrain(config, tmp_path / f"lr{base_lr}", progress=False)
+        test = load_split("synthetic", "test", image_size=16)
+        v1, v2 = TwoViews("byol", 16, mean=test.mean, std=test.std)(test.images, torch.Generator().manual_seed(5))
+        with torch.no_grad():  # both networks in train mode, as a step runs them
+            o1, o2, z1, z2 = state.online(v1), state.online(v2), state.target(v1), state.target(v2)
+        return byol_loss(o1.p, o2.p, z1, z2).item(), projection_std(o1.z).item()
+
+    (loss, spread), (control, _) = held_out(1.0), held_out(0.0)
+    assert loss < 0.85 * control, (loss, control)
+    assert spread > 5 * collapse_floor(get_preset("tiny").model.projection_dim)
