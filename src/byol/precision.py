@@ -64,7 +64,7 @@ class Precision:
         else:
             bf16, reason = precision == "bf16", f"{precision}, set in the config"
         channels_last = memory_format == "channels_last" or (memory_format == "auto" and bf16)
-        return cls(torch.bfloat16 if bf16 else None, channels_last, reason)
+        return cls(autocast=torch.bfloat16 if bf16 else None, channels_last=channels_last, reason=reason)
 
     @classmethod
     def for_run(cls, train: TrainConfig, device: torch.device) -> Precision:

@@ -101,7 +101,10 @@ class ImageFolder:
             labels.extend([label] * len(files))
         if not paths:
             raise DataError(f"imagefolder: {note} holds no image; add a {split}/ folder of <class>/<image> files")
-        return cls("imagefolder", root, tuple(paths), torch.tensor(labels), tuple(d.name for d in class_dirs), note)
+        return cls(
+            name="imagefolder", root=root, paths=tuple(paths), labels=torch.tensor(labels),
+            classes=tuple(d.name for d in class_dirs), split_note=note,
+        )  # fmt: skip
 
 
 def _bucket(relative: Path) -> int:
