@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from byol import rundir
+from byol.config import Config
 from byol.errors import DataError
 from byol.evaluate.common import EVAL_DIR
 from byol.loss import collapse_floor
@@ -66,8 +67,8 @@ def write_report(run_dir: str | Path) -> Path:
     steps, knn = read_metrics(run_dir)
     if not steps:
         raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
-    config = rundir.read_config(run_dir) or {}
-    d = config.get("model", {}).get("projection_dim", 256)
+    config = Config.from_dict(rundir.read_config(run_dir) or {})  # written before the first metrics record
+    d = config.model.projection_dim
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     x = [r["step"] for r in steps]
@@ -97,8 +98,8 @@ def write_report(run_dir: str | Path) -> Path:
     lines = [
         f"# BYOL run report: `{run_dir}`",
         "",
-        f"Dataset **{config.get('data', {}).get('dataset', '?')}**, ResNet-{config.get('model', {}).get('depth', '?')} "
-        f"width {config.get('model', {}).get('width', '?')}, {last['step']} optimizer steps "
+        f"Dataset **{config.data.dataset}**, ResNet-{config.model.depth} width {config.model.width}, "
+        f"{last['step']} optimizer steps "
         f"({last['epoch']:.2f} epochs). Final BYOL loss {last['byol_loss']:.4f}, τ {last['tau']:.5f}, "
         f"projection std {last['proj_std']:.4f} (healthy ≈ {1 / math.sqrt(d):.4f}, "
         f"collapse < {collapse_floor(d):.4f}).",
