@@ -156,6 +156,11 @@ def fit_classifier(
             step += 1
 
 
+def validation_size(requested: int, train_size: int) -> int:
+    """``requested``, or by default (0) the paper's 10k held-out training images, a tenth of a smaller set."""
+    return requested or min(10_000, train_size // 10)
+
+
 def split_train_val(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     """Indices of a seeded held-out validation split of the TRAINING set and of the rest."""
     if not 0 < val_size < len(labels):

@@ -22,7 +22,13 @@ from tqdm import tqdm
 from byol.augment import evaluation_view
 from byol.data import Dataset, eval_batches
 from byol.errors import ConfigError
-from byol.evaluate.common import augmented_batches, balanced_subset, classification_metrics, fit_classifier
+from byol.evaluate.common import (
+    augmented_batches,
+    balanced_subset,
+    classification_metrics,
+    fit_classifier,
+    validation_size,
+)
 from byol.networks import ResNet
 
 
@@ -93,8 +99,7 @@ def finetune_evaluation(
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[labelled_index] = False
     rest_index = rest.nonzero().squeeze(1)
-    val_size = config.val_size or min(10_000, len(train) // 10)
-    val_size = min(val_size, len(rest_index))
+    val_size = min(validation_size(config.val_size, len(train)), len(rest_index))
     if val_size == 0:
         raise ConfigError("no training images are left for a validation split; lower the label fraction")
     val_index = rest_index[torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))][

@@ -27,6 +27,7 @@ from byol.evaluate.common import (
     extract_features,
     fit_classifier,
     split_train_val,
+    validation_size,
 )
 from byol.precision import FP32, Precision
 
@@ -96,7 +97,7 @@ def _select_and_test(
 ) -> dict[str, Any]:
     """Sweeps the learning rate on the held-out validation split, refits the best on the whole training
     set, and only then asks for the test features (a callable, so selection cannot see them)."""
-    val_size = config.val_size or min(10_000, len(train_labels) // 10)
+    val_size = validation_size(config.val_size, len(train_labels))
     fit_index, val_index = split_train_val(train_labels, val_size, config.seed)
     sweep = []
     for base_lr in tqdm(config.base_lrs, desc="lr sweep (validation split)", disable=not progress):
