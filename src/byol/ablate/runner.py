@@ -28,13 +28,12 @@ from byol.config import Config, apply_overrides, flatten, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder
-from byol.evaluate.frozen import FrozenEvaluation
+from byol.evaluate.frozen import MAX_EVAL_IMAGES, FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
 from byol.loss import collapse_floor
 from byol.train import pretrain, resume
 
 RESULT_FILE = "result.json"
-EVAL_IMAGES = 10_000
 
 
 def _resolve(base: Config, overrides: Mapping[str, str]) -> Config:
@@ -85,7 +84,7 @@ def run_cell(base: Config, row: Row, *, seed: int, run_dir: Path, progress: bool
     _check_same_experiment(run_dir, config, row, previous)
     if previous is not None and "linear_top1" in previous:
         return previous
-    frozen = FrozenEvaluation.from_config(config, resolve_device(config.train.device), max_train=EVAL_IMAGES)
+    frozen = FrozenEvaluation.from_config(config, resolve_device(config.train.device), max_train=MAX_EVAL_IMAGES)
     if row.pretrain:
         if previous is None and list_checkpoints(run_dir):
             resume(run_dir, progress=progress)

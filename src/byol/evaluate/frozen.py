@@ -23,6 +23,8 @@ from byol.precision import Precision
 # paper's lr grid under-trains its classifier: measured 57.5% raw vs 67.8% standardized; BYOL 81.4 vs 82.0),
 # the paper's lr grid, 10 epochs (enough for a 10-class linear head on fixed features).
 CACHED_LINEAR = LinearConfig(mode="cached", epochs=10, standardize=True)
+# The kNN monitor and the ablation runner evaluate on at most this many training (and, the monitor, test) images.
+MAX_EVAL_IMAGES = 10_000
 
 
 def _sample(dataset: Dataset, limit: int | None, generator: torch.Generator, labelled_only: bool) -> Dataset:
@@ -100,11 +102,10 @@ class FrozenEvaluation:
 class KnnMonitor:
     """kNN accuracy of the online encoder during pretraining, on up to 10k training and 10k test images."""
 
-    MAX_IMAGES = 10_000
-
     def __init__(self, config: Config, train: Dataset, device: torch.device) -> None:
-        limit = self.MAX_IMAGES
-        self.evaluation = FrozenEvaluation.from_config(config, device, train=train, max_train=limit, max_test=limit)
+        self.evaluation = FrozenEvaluation.from_config(
+            config, device, train=train, max_train=MAX_EVAL_IMAGES, max_test=MAX_EVAL_IMAGES
+        )
 
     def __call__(self, encoder: nn.Module) -> float:
         return float(self.evaluation.knn(encoder)["top1"])
