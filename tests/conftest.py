@@ -89,3 +89,12 @@ def logged_steps(run_dir: Path) -> int:
         return -1
     lines = [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
     return max((json.loads(line)["step"] for line in lines), default=-1)
+
+
+def tiny_state(schedule, config=None):
+    """A training state of ``config`` (default: the tiny preset) for 3-channel images of 4 classes on the CPU."""
+    from byol.config import get_preset
+    from byol.train import create_state
+
+    config = config if config is not None else get_preset("tiny")
+    return create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=schedule)

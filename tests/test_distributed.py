@@ -8,10 +8,10 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_state
 
-from byol.config import get_preset
 from byol.distributed import CrossReplicaBatchNorm
-from byol.train import Schedule, ViewBatch, create_state, train_step
+from byol.train import Schedule, ViewBatch, train_step
 
 B = 8
 SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=2 * B, base_lr=0.5, base_ema=0.9)
@@ -30,9 +30,7 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
-    state = create_state(
-        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE
-    )
+    state = tiny_state(SCHEDULE)
     assert any(isinstance(m, CrossReplicaBatchNorm) for m in state.online.modules())
     v1, v2, y = _inputs()
     half = slice(rank * B, (rank + 1) * B)
@@ -57,9 +55,7 @@ def _free_port():
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp.pt")
-    state = create_state(
-        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE
-    )
+    state = tiny_state(SCHEDULE)
     metrics = train_step(state, ViewBatch(*_inputs()))
     assert abs(metrics["byol_loss"].item() - ddp["loss"].item()) < 1e-5
     for network, module in (("online", state.online), ("target", state.target)):

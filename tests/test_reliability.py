@@ -7,14 +7,14 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import logged_steps, start_byol, wait_until
+from conftest import logged_steps, start_byol, tiny_state, wait_until
 
 import byol.train as train_module
 from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, set_rng_state
 from byol.config import apply_overrides, get_preset
 from byol.errors import TrainingError
 from byol.rundir import TIMING_KEYS
-from byol.train import Schedule, ViewBatch, create_state, pretrain, train_step
+from byol.train import Schedule, ViewBatch, pretrain, train_step
 
 RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.checkpoint_every", "1",
        "--train.deterministic", "true", "--train.keep_checkpoints", "2", "--epochs", "2"]  # fmt: skip
@@ -126,9 +126,7 @@ def test_nan_batches_can_be_skipped_with_a_limit(tmp_path, monkeypatch):
 
 def test_non_finite_gradient_is_caught_before_the_update():
     schedule = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
-    state = create_state(
-        get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=schedule
-    )
+    state = tiny_state(schedule)
     state.online.projector.net[0].weight.register_hook(lambda g: g * float("inf"))
     before = {n: p.clone() for n, p in state.online.named_parameters()}
     batch = ViewBatch(torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import OpCounter
+from conftest import OpCounter, tiny_state
 from torch import nn
 from torch.nn import functional as F
 
@@ -19,14 +19,14 @@ from byol.errors import ConfigError, TrainingError
 from byol.loss import byol_loss, collapse_floor, projection_std
 from byol.rundir import read_metrics
 from byol.schedules import learning_rate
-from byol.train import Schedule, ViewBatch, ViewPrefetch, create_state, make_views, train_step
+from byol.train import Schedule, ViewBatch, ViewPrefetch, make_views, train_step
 
 SCHEDULE = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=8, base_lr=0.5, base_ema=0.9)
 SCHEDULE16 = Schedule(max_steps=10, warmup_steps=0, steps_per_epoch=5, batch_size=16, base_lr=0.5, base_ema=0.9)
 
 
 def _state():
-    return create_state(get_preset("tiny"), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE)
+    return tiny_state(SCHEDULE)
 
 
 def _views():
@@ -63,7 +63,7 @@ def test_online_probe_learns_from_stop_gradient_features_only():
     train_step(state, ViewBatch(v1, v2, labels))
     with_probe = grads[-1]
     no_probe = apply_overrides(get_preset("tiny"), {"train.online_probe": "false"})
-    state2 = create_state(no_probe, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE)
+    state2 = tiny_state(SCHEDULE, no_probe)
     assert state2.probe is None
     state2.online.encoder.stem[0].weight.register_hook(lambda g: grads.append(g.clone()))
     train_step(state2, ViewBatch(v1, v2, labels))
@@ -120,9 +120,7 @@ def test_prefetched_views_are_the_views_a_sequential_loop_draws():
 
 def test_the_optimizer_choice_reaches_the_parameter_groups():
     sgd = apply_overrides(get_preset("tiny"), {"optim.optimizer": "sgd", "optim.exclude_bias_and_norm": "false"})
-    groups = create_state(
-        sgd, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE
-    ).optimizer.param_groups
+    groups = tiny_state(SCHEDULE, sgd).optimizer.param_groups
     assert all(not g["lars_adaptation"] and g["weight_decay"] == sgd.optim.weight_decay for g in groups)
     groups = _state().optimizer.param_groups  # LARS: adapted, decayed weights; biases and BN γ/β neither
     assert {(g["lars_adaptation"], g["weight_decay"] > 0) for g in groups} == {(True, True), (False, False)}
@@ -132,7 +130,7 @@ def test_the_optimizer_choice_reaches_the_parameter_groups():
 
 def test_predictor_lr_scale_reaches_the_optimizer():
     config = apply_overrides(get_preset("tiny"), {"optim.predictor_lr_scale": "10"})
-    state = create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE)
+    state = tiny_state(SCHEDULE, config)
     train_step(state, ViewBatch(*_views()))
     lrs = {g["lr_scale"]: g["lr"] for g in state.optimizer.param_groups}
     assert lrs[10.0] == pytest.approx(10 * lrs[1.0])
@@ -150,7 +148,7 @@ def test_compiled_step_matches_the_eager_step():
     compiled_config = apply_overrides(get_preset("tiny"), {"train.compile": "true"})
     eager, compiled = (
         _state(),
-        create_state(compiled_config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE),
+        tiny_state(SCHEDULE, compiled_config),
     )
     batch = _views()
     for _ in range(2):
@@ -165,9 +163,7 @@ def _batch(n=16):
 
 def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
     config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "4", "optim.batch_size": "16"})
-    state = create_state(
-        validate(config), in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE16
-    )
+    state = tiny_state(SCHEDULE16, validate(config))
     micro_batches, updates = [], []
     state.online.encoder.register_forward_hook(lambda m, i, o: micro_batches.append(i[0].shape[0]))
     real_update = train_module.update_target
@@ -185,13 +181,7 @@ def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constan
 ):
     """Table 5a's τ_base = 0 row: after every step ξ = θ, so each step regresses onto stop-gradient(online)."""
     config = validate(apply_overrides(get_preset("tiny"), {"target.base_ema": "0", "target.schedule": schedule}))
-    state = create_state(
-        config,
-        in_channels=3,
-        num_classes=4,
-        device=torch.device("cpu"),
-        schedule=Schedule.create(config, steps_per_epoch=5),
-    )
+    state = tiny_state(Schedule.create(config, steps_per_epoch=5), config)
     equal_after_step = []
     for _ in range(3):
         train_step(state, ViewBatch(*_batch()))
@@ -205,7 +195,7 @@ def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constan
 
 def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients():
     config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "2", "train.online_probe": "false"})
-    state = create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE16)
+    state = tiny_state(SCHEDULE16, config)
     v1, v2, y = _batch()
     grads = []
     for half in (slice(0, 8), slice(8, 16)):
@@ -228,7 +218,7 @@ def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients():
 )
 def test_ablation_switches_build_and_train(overrides, has_target, has_predictor):
     config = validate(apply_overrides(get_preset("tiny"), overrides))
-    state = create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE16)
+    state = tiny_state(SCHEDULE16, config)
     assert (state.target is not None) == has_target and (state.online.predictor is not None) == has_predictor
     metrics = train_step(state, ViewBatch(*_batch()))
     assert torch.isfinite(metrics["byol_loss"])
@@ -238,7 +228,7 @@ def test_without_stop_gradient_the_target_side_gets_gradients():
     grads = {}
     for network in ("online-sg", "online"):
         config = apply_overrides(get_preset("tiny"), {"target.network": network, "train.online_probe": "false"})
-        state = create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=SCHEDULE16)
+        state = tiny_state(SCHEDULE16, config)
         train_module._loss(state, *_batch()[:2])[0].backward()
         grads[network] = state.online.projector.net[0].weight.grad.clone()
     assert not torch.allclose(grads["online-sg"], grads["online"])
