@@ -29,8 +29,8 @@ def _state():
     return tiny_state(SCHEDULE)
 
 
-def _views():
-    return torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), torch.arange(8) % 4
+def _views(n=8):
+    return torch.randn(n, 3, 16, 16), torch.randn(n, 3, 16, 16), torch.arange(n) % 4
 
 
 def test_each_view_is_its_own_bn_batch_and_target_runs_in_train_mode():
@@ -146,19 +146,12 @@ def test_schedule_counts_epochs_in_optimizer_steps():
 @pytest.mark.slow
 def test_compiled_step_matches_the_eager_step():
     compiled_config = apply_overrides(get_preset("tiny"), {"train.compile": "true"})
-    eager, compiled = (
-        _state(),
-        tiny_state(SCHEDULE, compiled_config),
-    )
+    eager, compiled = _state(), tiny_state(SCHEDULE, compiled_config)
     batch = _views()
     for _ in range(2):
         a = train_step(eager, ViewBatch(*batch))
         b = train_step(compiled, ViewBatch(*batch))
         assert abs(a["byol_loss"].item() - b["byol_loss"].item()) < 1e-4
-
-
-def _batch(n=16):
-    return torch.randn(n, 3, 16, 16), torch.randn(n, 3, 16, 16), torch.arange(n) % 4
 
 
 def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
@@ -169,7 +162,7 @@ def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
     real_update = train_module.update_target
     monkeypatch.setattr(train_module, "update_target", lambda t, o, tau: (updates.append(tau), real_update(t, o, tau)))
     for step in range(3):
-        metrics = train_step(state, ViewBatch(*_batch()))
+        metrics = train_step(state, ViewBatch(*_views(16)))
         assert metrics["tau"] == target_ema(step, 0.9, 10)  # τ counts optimizer steps, not micro-batches
     assert micro_batches == [4] * 24  # 3 steps × 4 micro-batches × 2 views, each view its own BN batch of 4
     assert updates == [target_ema(k, 0.9, 10) for k in range(3)] and state.step == 3
@@ -184,7 +177,7 @@ def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constan
     state = tiny_state(Schedule.create(config, steps_per_epoch=5), config)
     equal_after_step = []
     for _ in range(3):
-        train_step(state, ViewBatch(*_batch()))
+        train_step(state, ViewBatch(*_views(16)))
         target = dict(state.target.named_parameters())
         equal_after_step.append(
             all(torch.equal(p, target[n]) for n, p in state.online.named_parameters() if n in target)
@@ -196,7 +189,7 @@ def test_tau_base_zero_makes_the_target_the_online_network_only_with_the_constan
 def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients():
     config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "2", "train.online_probe": "false"})
     state = tiny_state(SCHEDULE16, config)
-    v1, v2, y = _batch()
+    v1, v2, y = _views(16)
     grads = []
     for half in (slice(0, 8), slice(8, 16)):
         state.online.zero_grad()
@@ -220,7 +213,7 @@ def test_ablation_switches_build_and_train(overrides, has_target, has_predictor)
     config = validate(apply_overrides(get_preset("tiny"), overrides))
     state = tiny_state(SCHEDULE16, config)
     assert (state.target is not None) == has_target and (state.online.predictor is not None) == has_predictor
-    metrics = train_step(state, ViewBatch(*_batch()))
+    metrics = train_step(state, ViewBatch(*_views(16)))
     assert torch.isfinite(metrics["byol_loss"])
 
 
@@ -229,7 +222,7 @@ def test_without_stop_gradient_the_target_side_gets_gradients():
     for network in ("online-sg", "online"):
         config = apply_overrides(get_preset("tiny"), {"target.network": network, "train.online_probe": "false"})
         state = tiny_state(SCHEDULE16, config)
-        train_module._loss(state, *_batch()[:2])[0].backward()
+        train_module._loss(state, *_views(16)[:2])[0].backward()
         grads[network] = state.online.projector.net[0].weight.grad.clone()
     assert not torch.allclose(grads["online-sg"], grads["online"])
 

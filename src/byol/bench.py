@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from byol.augment import TwoViews
-from byol.config import Config
+from byol.config import Config, apply_overrides
 from byol.data import Batch
 from byol.distributed import resolve_device
 from byol.precision import flush_denormals
@@ -96,23 +96,12 @@ class StepFixture:
         self.images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
         self.labels = torch.randint(0, 10, (batch,), device=device)
         a = config.augment
-        self.views = TwoViews(
-            a.preset,
-            config.data.image_size,
-            mean=[0.5] * channels,
-            std=[0.25] * channels,
-            crop_min_scale=a.crop_min_scale,
-        )
+        self.views = TwoViews(a.preset, config.data.image_size, mean=[0.5] * channels, std=[0.25] * channels,
+                              crop_min_scale=a.crop_min_scale)  # fmt: skip
         self.generator = generator
-        schedule = Schedule(
-            max_steps=1_000_000,
-            warmup_steps=0,
-            steps_per_epoch=1000,
-            batch_size=batch,
-            base_lr=config.optim.base_lr,
-            base_ema=config.target.base_ema,
-            tau_schedule=config.target.schedule,
-        )
+        # the config's own lr, τ and schedules, far from their end; no warm-up, so the first step's lr is not 0
+        endless = apply_overrides(config, {"train.max_steps": 1_000_000, "optim.warmup_epochs": 0})
+        schedule = Schedule.create(endless, steps_per_epoch=1000)
         self.state = create_state(config, in_channels=channels, num_classes=10, device=device, schedule=schedule)
         self.prefetch = ViewPrefetch(self.views, generator, device)
         self.batches = self.prefetch.epoch(itertools.repeat(Batch(self.images, self.labels)))

@@ -151,15 +151,3 @@ def all_reduce_mean(values: dict[str, Tensor]) -> dict[str, Tensor]:
     dist.all_reduce(stacked)
     stacked /= dist.get_world_size()
     return dict(zip(keys, stacked, strict=True))
-
-
-__all__ = [
-    "CrossReplicaBatchNorm",
-    "DistributedContext",
-    "all_reduce_mean",
-    "convert_batchnorm",
-    "current_context",
-    "init_distributed",
-    "resolve_device",
-    "setup",
-]

@@ -121,14 +121,8 @@ def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
     followed by what this machine's torch reports (its CPU capability, threads and version)."""
     path = run_dir / ENVIRONMENT_FILE
     starts = json.loads(path.read_text()) if resume and path.is_file() else []
-    starts.append(
-        {
-            **record,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        }
-    )
+    machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    starts.append({**record, **machine, "torch": torch.__version__})
     write_json(path, starts)
 
 

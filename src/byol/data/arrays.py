@@ -90,18 +90,8 @@ def synthetic(split: str, image_size: int = 32, channels: int = 3, num_classes: 
 
 # ---------------------------------------------------------------- Fashion-MNIST (idx.gz)
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")  # fmt: skip
 
 
 def read_idx(path: Path) -> np.ndarray:

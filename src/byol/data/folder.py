@@ -165,13 +165,7 @@ class FolderCrops(torch.utils.data.Dataset):
             try:
                 image = self._decode(i)
                 break
-            except (
-                OSError,
-                UnidentifiedImageError,
-                SyntaxError,
-                ValueError,
-                Image.DecompressionBombError,
-            ) as e:
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
                 log.warning("skipping unreadable image %s (%s)", self.folder.paths[i], e)
                 skipped.append(str(self.folder.paths[i]))
         else:

@@ -56,15 +56,9 @@ class Classifier(nn.Module):
 
 
 def _fit(
-    encoder: ResNet,
-    labelled: Dataset,
-    *,
-    image_size: int,
-    device: torch.device,
-    lr: float,
-    epochs: int,
+    encoder: ResNet, labelled: Dataset, *, image_size: int, device: torch.device, lr: float, epochs: int,
     config: FinetuneConfig,
-) -> Classifier:
+) -> Classifier:  # fmt: skip
     torch.manual_seed(config.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes=len(labelled.classes)).to(device).train()
     views, steps = augmented_batches(
@@ -102,9 +96,8 @@ def finetune_evaluation(
     val_size = min(validation_size(config.val_size, len(train)), len(rest_index))
     if val_size == 0:
         raise ConfigError("no training images are left for a validation split; lower the label fraction")
-    val_index = rest_index[torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))][
-        :val_size
-    ]
+    order = torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))
+    val_index = rest_index[order[:val_size]]
     labelled, val = train.subset(labelled_index), train.subset(val_index)
 
     sweep = []

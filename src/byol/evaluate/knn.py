@@ -65,13 +65,9 @@ def knn_on_features(
     """kNN metrics from features already extracted; unlabelled training images (label −1) do not vote."""
     labelled = train_labels >= 0
     scores = knn_scores(
-        train_features[labelled],
-        train_labels[labelled],
-        test_features,
-        num_classes=num_classes,
-        k=k,
+        train_features[labelled], train_labels[labelled], test_features, num_classes=num_classes, k=k,
         temperature=temperature,
-    )
+    )  # fmt: skip
     return {
         "protocol": f"kNN (k={k}, T={temperature})",
         **classification_metrics(scores, test_labels, num_classes),
