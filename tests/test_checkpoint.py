@@ -54,15 +54,27 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
-def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path, 1, {"format": 1, "w": torch.ones(2)})
-
+def _no_space_at_fsync(monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(CheckpointError, match=r"No space left.*step_000000001\.pt is intact"):
+
+
+def _zip_writer_fails(monkeypatch):  # what torch's zip writer raises on a full disk, after writing a part
+    def full_disk(payload, f):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+
+
+@pytest.mark.parametrize(("fail", "reason"), [(_no_space_at_fsync, "No space left"), (_zip_writer_fails, "Pytorch")])
+def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail, reason):
+    save_checkpoint(tmp_path, 1, {"format": 1, "w": torch.ones(2)})
+    fail(monkeypatch)
+    with pytest.raises(CheckpointError, match=rf"checkpoint .*step_000000002\.pt: .*{reason}.*000001\.pt is intact"):
         save_checkpoint(tmp_path, 2, {"format": 1, "w": torch.ones(2)})
     monkeypatch.undo()
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000001.pt"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000001.pt"]  # no temporary file left
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["w"], torch.ones(2))

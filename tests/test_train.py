@@ -82,6 +82,15 @@ def test_non_finite_loss_stops_before_any_update():
     assert state.step == 0
 
 
+def test_non_finite_gradient_is_caught_before_the_update():
+    state = _state()
+    state.online.projector.net[0].weight.register_hook(lambda g: g * float("inf"))
+    before = {n: p.clone() for n, p in state.online.named_parameters()}
+    with pytest.raises(TrainingError, match="non-finite gradient at step 0"):
+        train_step(state, ViewBatch(*_views()))
+    assert all(torch.equal(p, before[n]) for n, p in state.online.named_parameters())
+
+
 def test_the_step_synchronises_once_and_the_probe_counts_labelled_images_only():
     state, (v1, v2, labels) = _state(), _views()
     with OpCounter() as ops:
