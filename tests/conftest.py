@@ -98,3 +98,17 @@ def tiny_state(schedule, config=None):
 
     config = config if config is not None else get_preset("tiny")
     return create_state(config, in_channels=3, num_classes=4, device=torch.device("cpu"), schedule=schedule)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished 4-step tiny run with its online encoder exported beside it (enc.safetensors, enc.json); tests
+    only read it."""
+    from byol.config import apply_overrides, get_preset
+    from byol.export import export_encoder
+    from byol.train import pretrain
+
+    path = tmp_path_factory.mktemp("finished") / "run"
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 4}), path, progress=False)
+    export_encoder(path, path.parent / "enc.safetensors")
+    return path

@@ -9,24 +9,15 @@ import torch
 
 from byol import load_encoder
 from byol.cli import main
-from byol.config import apply_overrides, get_preset
 from byol.errors import CheckpointError
 from byol.evaluate.common import load_encoder_from_run
 from byol.export import export_encoder
-from byol.train import pretrain
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("export") / "run"
-    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 3}), path, progress=False)
-    return path
-
-
-def test_export_round_trip_gives_identical_features(run, tmp_path, capsys):
-    assert main(["export", str(run), "--out", str(tmp_path / "enc.safetensors")]) == 0
+def test_export_round_trip_gives_identical_features(finished_run, tmp_path, capsys):
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "enc.safetensors")]) == 0
     encoder = load_encoder(tmp_path / "enc.safetensors")
-    original = load_encoder_from_run(run).encoder.eval()
+    original = load_encoder_from_run(finished_run).encoder.eval()
     x = torch.rand(4, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(encoder(x), original(x))
@@ -36,8 +27,8 @@ def test_export_round_trip_gives_identical_features(run, tmp_path, capsys):
     assert features.shape == (256, encoder.out_dim) and np.load(tmp_path / "f.labels.npy").shape == (256,)
 
 
-def test_tampered_export_is_refused(run, tmp_path):
-    weights, meta = export_encoder(run, tmp_path / "enc.safetensors")
+def test_tampered_export_is_refused(finished_run, tmp_path):
+    weights, meta = export_encoder(finished_run, tmp_path / "enc.safetensors")
     data = json.loads(meta.read_text())
     data["depth"] = 34
     meta.write_text(json.dumps(data))
@@ -48,8 +39,8 @@ def test_tampered_export_is_refused(run, tmp_path):
         load_encoder(weights)
 
 
-def test_export_writes_weights_and_architecture_side_by_side(run, tmp_path):
-    weights, meta = export_encoder(run, tmp_path / "model.safetensors")
+def test_export_writes_weights_and_architecture_side_by_side(finished_run, tmp_path):
+    weights, meta = export_encoder(finished_run, tmp_path / "model.safetensors")
     assert weights.name == "model.safetensors" and meta.name == "model.json"
     assert weights.read_bytes()[:8] != meta.read_bytes()[:8]
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp file left

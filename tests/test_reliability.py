@@ -79,10 +79,8 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
     assert elapsed == sorted(elapsed) and elapsed[0] > 0  # training time adds up across the resumes
 
 
-def test_every_rng_is_restored_on_resume(tmp_path):
-    config = apply_overrides(get_preset("tiny"), {"train.max_steps": 4})
-    pretrain(config, tmp_path, progress=False)
-    payload = load_checkpoint(latest_checkpoint(tmp_path))
+def test_every_rng_is_restored_on_resume(finished_run):
+    payload = load_checkpoint(latest_checkpoint(finished_run))
     assert {"torch", "python", "numpy"} <= set(payload["rng"])
     np.random.seed(99)
     random.seed(99)

@@ -2,6 +2,7 @@
 a damaged checkpoint or a full disk loses no work; results never come from the training images."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,24 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-import byol.checkpoint as checkpoint_module
-from byol.checkpoint import list_checkpoints
+from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from byol.cli import main
 from byol.config import apply_overrides, get_preset
 from byol.errors import CheckpointError
-from byol.export import export_encoder
 from byol.train import pretrain, resume
 
 TINY = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished 4-step tiny run and its export, shared (read-only) by the cases below."""
-    path = tmp_path_factory.mktemp("run")
-    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 4}), path, progress=False)
-    export_encoder(path, path.parent / "enc.safetensors")
-    return path
 
 
 def _tampered_export(run, tmp, change):
@@ -97,7 +87,8 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("family", "args", "words"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_one_line_and_exit_2(family, args, words, run, tmp_path, capsys):
+def test_bad_input_gets_one_line_and_exit_2(family, args, words, finished_run, tmp_path, capsys):
+    run = finished_run
     before = _snapshot(run)
     try:
         code = main(args(run, tmp_path))
@@ -117,7 +108,7 @@ def test_resume_skips_an_unreadable_latest_checkpoint_and_keeps_it_aside(tmp_pat
     latest.write_bytes(latest.read_bytes()[:100])  # truncated
     corrupt = latest.read_bytes()
     with pytest.raises(CheckpointError):  # the run's own config says 4 steps; resuming reads the checkpoints
-        checkpoint_module.load_checkpoint(latest)
+        load_checkpoint(latest)
     resume(tmp_path, progress=False)
     aside = latest.with_name(latest.name + ".unreadable")
     assert aside.read_bytes() == corrupt and "moved it aside" in caplog.text
@@ -152,7 +143,8 @@ def test_a_folder_without_a_held_out_split_is_never_graded_on_its_training_image
     assert "held out" in capsys.readouterr().out
 
 
-def test_meaningless_outputs_are_refused(run, tmp_path, capsys):
+def test_meaningless_outputs_are_refused(finished_run, tmp_path, capsys):
+    run = finished_run
     weights = tmp_path / "nan.safetensors"
     from safetensors.torch import load_file, save_file
 
@@ -176,13 +168,9 @@ def test_a_data_error_in_a_dataloader_worker_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "Traceback" not in err[0] and "unreadable images" in err[0], err
 
 
-def test_an_encoder_with_nan_weights_is_refused_by_every_evaluation(run, tmp_path, capsys):
-    import shutil
-
-    from byol.checkpoint import latest_checkpoint, load_checkpoint
-
+def test_an_encoder_with_nan_weights_is_refused_by_every_evaluation(finished_run, tmp_path, capsys):
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    shutil.copytree(finished_run, copy)
     path = latest_checkpoint(copy)
     payload = load_checkpoint(path)
     online = payload["state"]["online"]
