@@ -73,7 +73,8 @@ def _zip_writer_fails(monkeypatch):  # what torch's zip writer raises on a full 
 def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, fail, reason):
     save_checkpoint(tmp_path, 1, {"format": 1, "w": torch.ones(2)})
     fail(monkeypatch)
-    with pytest.raises(CheckpointError, match=rf"checkpoint .*step_000000002\.pt: .*{reason}.*000001\.pt is intact"):
+    message = rf"could not write checkpoint .*step_000000002\.pt: .*{reason}.*step_000000001\.pt is intact"
+    with pytest.raises(CheckpointError, match=message):
         save_checkpoint(tmp_path, 2, {"format": 1, "w": torch.ones(2)})
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000001.pt"]  # no temporary file left

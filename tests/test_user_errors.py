@@ -88,17 +88,16 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(("family", "args", "words"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_bad_input_gets_one_line_and_exit_2(family, args, words, finished_run, tmp_path, capsys):
-    run = finished_run
-    before = _snapshot(run)
+    before = _snapshot(finished_run)
     try:
-        code = main(args(run, tmp_path))
+        code = main(args(finished_run, tmp_path))
     except SystemExit as e:  # argparse's own refusal: usage line + one error line, exit 2
         code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert err and "error:" in err[-1] and words in err[-1], err
     assert len([line for line in err if not line.startswith(("usage:", " ", "INFO", "WARNING"))]) == 1, err
-    assert _snapshot(run) == before  # nothing of the user's run was touched
+    assert _snapshot(finished_run) == before  # nothing of the user's run was touched
 
 
 def test_resume_skips_an_unreadable_latest_checkpoint_and_keeps_it_aside(tmp_path, caplog):
@@ -144,14 +143,13 @@ def test_a_folder_without_a_held_out_split_is_never_graded_on_its_training_image
 
 
 def test_meaningless_outputs_are_refused(finished_run, tmp_path, capsys):
-    run = finished_run
     weights = tmp_path / "nan.safetensors"
     from safetensors.torch import load_file, save_file
 
     tensors = {k: v.float() * float("nan") if v.is_floating_point() else v
-               for k, v in load_file(str(run.parent / "enc.safetensors")).items()}  # fmt: skip
+               for k, v in load_file(str(finished_run.parent / "enc.safetensors")).items()}  # fmt: skip
     save_file(tensors, str(weights))
-    (tmp_path / "nan.json").write_text((run.parent / "enc.json").read_text())
+    (tmp_path / "nan.json").write_text((finished_run.parent / "enc.json").read_text())
     assert main(["embed", str(weights), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
     assert "non-finite features" in capsys.readouterr().err and not (tmp_path / "f.npy").exists()
 
