@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -263,9 +262,3 @@ def build_online_network(m: ModelConfig, in_channels: int) -> OnlineNetwork:
     projector = MLP(encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
     predictor = MLP(m.projection_dim, hidden_dim=m.predictor_hidden, out_dim=m.projection_dim, depth=m.predictor_depth)
     return OnlineNetwork(encoder, projector, predictor if m.predictor == "mlp" else None)
-
-
-def count_parameters(module: nn.Module, names: Sequence[str] = ()) -> int:
-    """Number of parameters, optionally only of the named sub-modules."""
-    modules = [module.get_submodule(n) for n in names] if names else [module]
-    return sum(p.numel() for m in modules for p in m.parameters())
