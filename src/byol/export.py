@@ -152,7 +152,6 @@ def embed(
     features, labels = extract_features(
         encoder, images, image_size=image_size, device=resolve_device(device), desc="embedding", progress=progress
     )
-    out = Path(out)
     atomic_write(out, lambda f: np.save(f, features.numpy()))
     atomic_write(labels_path(out), lambda f: np.save(f, labels.numpy()))
     return out, tuple(features.shape)
