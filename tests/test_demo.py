@@ -1,6 +1,7 @@
 """`byol demo`: the time-budget plan, the identical evaluation of BYOL and random init, and that BYOL learns."""
 
 import json
+import types
 
 import pytest
 
@@ -37,15 +38,22 @@ def _fake_step_time(monkeypatch, seconds):
     monkeypatch.setattr(demo, "measure_step_seconds", lambda config, device, repeats=5: seconds)
 
 
+def _stop_the_demos_clock(monkeypatch):
+    """The demo's clock stands still, so its plans follow from the faked step times alone, on any machine: start-up
+    and evaluation take no budget, and the re-plan finds all of the pretraining budget left."""
+    monkeypatch.setattr(demo, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+
+
 def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     # tiny: 512 synthetic images in batches of 32, 16 steps an epoch; with a (faked) step time of 1 s (1.1 s in the
-    # loop), a 1-minute budget leaves at most 57 s for pretraining, less the start-up and evaluation time.
+    # loop), a 1-minute budget leaves 57 s for pretraining (the clock stands still during start-up and evaluation).
     _fake_step_time(monkeypatch, 1.0)
+    _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(demo, "MIN_REPLAN_STEP", 10**6)  # no re-plan from the loop's own (real) speed
     run = tmp_path / "demo"
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=1.0)
     assert summary["sized_to_budget"] and summary["step_seconds_measured"] == 1.0
-    assert summary["pretrain_budget_s"] <= 60 * (1 - demo.RESERVE)
+    assert summary["pretrain_budget_s"] == 60 * (1 - demo.RESERVE)
     assert summary["epochs"] == plan_epochs(demo.LOOP_OVERHEAD, 16, summary["pretrain_budget_s"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == round(summary["epochs"] * 16)
@@ -55,14 +63,14 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 4 s a step (faked): the re-plan,
     # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 4.2 s a step
     _fake_step_time(monkeypatch, 1.0)
+    _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 4.0)
     run = tmp_path / "demo"
-    # 3 minutes: the plan (about 150 steps) outlasts the re-plan at step 50, and the re-plan is the shorter, unless
-    # start-up and evaluation take over a minute of it (here: about 2 s)
+    # 3 minutes: the plan (9.7 epochs, 155 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
     assert summary["loop_seconds_per_step"] == 4.0
     budget_at_replan = summary["pretrain_budget_s"] + 50 * 4.0 * demo.REPLAN_MARGIN
-    assert summary["epochs"] <= plan_epochs(4.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
+    assert summary["epochs"] == plan_epochs(4.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
     assert MIN_EPOCHS <= summary["epochs"] < summary["planned_epochs"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == round(summary["epochs"] * 16)
