@@ -22,7 +22,7 @@ def _run(tmp_path, projection_dim=64, knn=True):
                        if knn else [])  # fmt: skip
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 21, "byol'  # cut short by a kill
     (run / "metrics.jsonl").write_text(text)
-    config = {"model": {"projection_dim": projection_dim, "depth": 18, "width": 0.125}, "data": {"dataset": "x"}}
+    config = {"model": {"projection_dim": projection_dim, "depth": 18, "width": 0.125, "stem": "cifar"}, "data": {"dataset": "synthetic", "image_size": 16}}
     (run / "config.json").write_text(json.dumps(config))
     return run
 
@@ -33,8 +33,9 @@ def test_the_report_states_the_final_state_against_the_collapse_levels_of_d(tmp_
     assert "20 optimizer steps (2.00 epochs)" in text and "Final BYOL loss 0.2000" in text
     assert f"healthy ≈ {1 / math.sqrt(64):.4f}" in text and f"collapse < {0.1 / math.sqrt(64):.4f}" in text
     assert "No evaluation yet" in text
-    for plot in ("loss.png", "tau.png", "learning_rate.png", "collapse.png", "accuracy.png"):
+    for plot in ("views.png", "loss.png", "tau.png", "learning_rate.png", "collapse.png", "knn.png", "probe.png"):
         assert f"![{plot}]({plot})" in text and (run / "report" / plot).stat().st_size > 5000
+    assert "embedding.png not drawn: the run has no checkpoint" in text
 
 
 def test_the_kNN_curve_and_the_evaluations_are_read_back(tmp_path):
@@ -42,19 +43,20 @@ def test_the_kNN_curve_and_the_evaluations_are_read_back(tmp_path):
     steps, knn = read_metrics(run)
     assert len(steps) == 20 and [(r["step"], r["knn_top1"]) for r in knn] == [(0, 20.0), (10, 55.5)]
     (run / "eval").mkdir()
-    result = {"protocol": "kNN (k=200, T=0.1)", "dataset": "x", "init": "random", "top1": 41.234, "top5": 90.0,
+    result = {"protocol": "kNN (k=200, T=0.1)", "dataset": "synthetic", "init": "random", "top1": 41.234, "top5": 90.0,
               "mean_per_class": 40.0}  # fmt: skip
     (run / "eval" / "knn_x_random.json").write_text(json.dumps(result))
     assert main(["report", str(run)]) == 0
-    assert "| kNN (k=200, T=0.1) | x | random | 41.23 | 90.00 | 40.00 |" in (run / "report" / "report.md").read_text()
+    assert "| kNN (k=200, T=0.1) | synthetic | random | 41.23 | 90.00 | 40.00 |" in (run / "report" / "report.md").read_text()
 
 
-def test_without_knn_or_probe_records_there_is_no_accuracy_plot(tmp_path):
+def test_without_knn_or_probe_records_there_are_no_accuracy_plots(tmp_path):
     run = _run(tmp_path, knn=False)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
     (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "probe_acc"}) + "\n"
                                                for r in lines))  # fmt: skip
-    assert "accuracy.png" not in write_report(run).read_text()
+    text = write_report(run).read_text()
+    assert "knn.png" not in text and "probe.png" not in text
 
 
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):

@@ -19,14 +19,19 @@ def test_a_second_writer_is_refused_and_a_crashed_one_leaves_no_lock(tmp_path, c
     assert main([*TINY, "--run-dir", str(tmp_path / "run"), "--train.max_steps", "2"]) == 0  # the lock was released
 
 
-def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
-    (tmp_path / "checkpoints").mkdir(parents=True)
-    stale = tmp_path / "checkpoints" / ".step_000000002.pt.tmp-99999"
+def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start_and_only_they(tmp_path):
+    with rundir.exclusive(tmp_path / "run"):  # a run directory of the package
+        pass
+    (tmp_path / "run" / "checkpoints").mkdir()
+    stale = tmp_path / "run" / "checkpoints" / ".step_000000002.pt.tmp-99999"
     stale.write_bytes(b"PK half")
-    keep = tmp_path / "notes.txt"
-    keep.write_text("mine")
-    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 2}), tmp_path, progress=False)
-    assert not stale.exists() and keep.read_text() == "mine"
+    (tmp_path / "run" / "notes").mkdir()
+    keep = [tmp_path / "run" / "notes.txt", tmp_path / "run" / "notes" / ".essay.tmp-v2",
+            tmp_path / "run" / "notes" / ".essay.txt.tmp-123", tmp_path / "run" / ".draft.tmp-12x"]  # fmt: skip
+    for path in keep:
+        path.write_text("mine")
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 2}), tmp_path / "run", progress=False)
+    assert not stale.exists() and all(path.read_text() == "mine" for path in keep)
 
 
 def test_a_resumed_log_keeps_the_records_up_to_the_checkpoint_and_its_training_time(tmp_path):

@@ -124,7 +124,9 @@ class TrainConfig:
     bf16 is used: the fast pair on both GPUs and bf16-capable CPUs). ``compile``: ``torch.compile`` the
     two-view forward and the target (off by default: compilation costs minutes up front). ``deterministic``:
     deterministic kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
-    skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times.
+    skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times. ``tensorboard``:
+    TensorBoard event files beside metrics.jsonl (``<run>/tensorboard/``) where the ``tensorboard`` package is
+    installed (``pip install byol[tensorboard]``); false writes none.
     """
 
     epochs: float = 1000.0
@@ -142,6 +144,7 @@ class TrainConfig:
     compile: bool = False
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
+    tensorboard: bool = True
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,11 @@ class Config:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         return apply_overrides(cls(), flatten(data))
+
+
+def finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite: what every number read back from a file must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -52,28 +52,64 @@ class _MainRankOnly(logging.Filter):
         return self.rank == 0 or record.levelno >= logging.ERROR
 
 
+def _integer(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer; unset it") from None
+
+
+def environment() -> DistributedContext:
+    """This process's place in torchrun's process group, read from RANK, WORLD_SIZE and LOCAL_RANK. Variables
+    that do not describe a process group (a stray RANK=1 from a cluster shell, WORLD_SIZE without RANK, a rank
+    outside [0, WORLD_SIZE)) are refused: a process that wrongly believed it was not rank 0 would write without
+    the run directory's lock."""
+    world_size, rank, local_rank = _integer("WORLD_SIZE", "1"), _integer("RANK", "0"), _integer("LOCAL_RANK", "0")
+    if world_size < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE={world_size} must be >= 1")
+    if world_size > 1:
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={world_size} without {', '.join(missing)} does not describe a process group; "
+                "start multi-process runs with torchrun, or unset WORLD_SIZE"
+            )
+    if not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(
+            f"RANK={rank} (LOCAL_RANK={local_rank}) with WORLD_SIZE={world_size} does not describe a process "
+            "group; unset RANK (and LOCAL_RANK) for a single-process run, or start with torchrun"
+        )
+    return DistributedContext(rank, world_size, local_rank)
+
+
 def init_distributed(device: torch.device) -> DistributedContext:
     """Joins torchrun's process group (nccl on CUDA, gloo on CPU) when WORLD_SIZE > 1; idempotent."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistributedContext()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    context = environment()
+    if not context.enabled:
+        return context
+    rank = context.rank
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_MainRankOnly(rank))
-    return DistributedContext(rank, world_size, local_rank)
+    return context
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N``; any other device is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+        device = torch.device("meta")  # refused below
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise ConfigError(f"train.device: {name!r} is not a device byol runs on (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r} does not exist here ({torch.cuda.device_count()} CUDA device(s))")
     return device
 
 

@@ -8,7 +8,6 @@ small JSON beside it with the architecture and the input normalisation; ``load_e
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from byol.checkpoint import atomic_write, write_json
+from byol.config import finite_number
 from byol.data import load_dataset, split_name
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line
@@ -80,7 +80,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     checks = [
         ("depth", isinstance(meta.get("depth"), int) and meta.get("depth") in BLOCKS_PER_STAGE,
          f"one of {', '.join(map(str, BLOCKS_PER_STAGE))}"),
-        ("width", _is_number(meta.get("width")) and meta.get("width", 0) > 0, "a number > 0"),
+        ("width", finite_number(meta.get("width")) and meta.get("width", 0) > 0, "a number > 0"),
         ("stem", meta.get("stem") in STEMS, f"one of {', '.join(STEMS)}"),
         ("in_channels", isinstance(meta.get("in_channels"), int) and meta.get("in_channels", 0) > 0, "an integer > 0"),
         ("zero_init_residual", isinstance(meta.get("zero_init_residual"), bool), "true or false"),
@@ -96,12 +96,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _numbers(values: Any, count: Any) -> bool:
-    return isinstance(values, list) and len(values) == count and all(_is_number(v) for v in values)
+    return isinstance(values, list) and len(values) == count and all(finite_number(v) for v in values)
 
 
 def load_encoder(path: str | Path) -> ResNet:

@@ -1,13 +1,22 @@
-"""`byol report RUN_DIR`: plots of a run's training curves and a table of its evaluations, as Markdown.
+"""`byol report RUN_DIR`: what a run learned, as Markdown and PNG pictures, from the run's own files.
 
-Reads ``metrics.jsonl`` (per-step records and kNN records) and ``eval/*.json``; writes ``report.md`` and
-PNG plots into ``RUN_DIR/report/``. The collapse plot shows the healthy level 1/√d and the warning floor
-0.1/√d of the projection std.
+Reads ``metrics.jsonl`` (per-step records and kNN records), ``config.json``, ``eval/*.json`` and, where they are
+there, the run's checkpoint and dataset; writes ``report.md`` and its pictures into ``RUN_DIR/report/``:
+- the training curves; noisy ones (loss, online probe, collapse monitor) raw and faint under a bold moving
+  average. The collapse plot shows the healthy level 1/√d and the warning floor 0.1/√d of the projection std;
+- the kNN curve of the monitor, where the run has one;
+- ``views.png``: 8 images of the training set and their T and T′ views, seeded (the same each time);
+- ``embedding.png``: t-SNE maps of test-set representations coloured by class, the BYOL online encoder beside
+  a random-init encoder of the same architecture (``pip install byol[viz]``).
+
+A record or an evaluation file that is not what the package writes is left out and named in the report; every
+file is written atomically, so an interrupted report leaves the previous one whole.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -16,87 +25,199 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 from byol import rundir
-from byol.config import Config
+from byol.checkpoint import atomic_write, list_checkpoints
+from byol.config import finite_number
+from byol.data import load_split
+from byol.distributed import resolve_device
 from byol.errors import DataError
-from byol.evaluate.common import EVAL_DIR
+from byol.evaluate.common import extract_features, load_encoder_from_run
+from byol.extras import require
 from byol.loss import collapse_floor
-from byol.rundir import METRICS_FILE
+from byol.rundir import EVAL_DIR, METRICS_FILE, REPORT_DIR
+from byol.visualize import MAP_IMAGES, embedding_map, view_samples
 
-REPORT_DIR = "report"
+log = logging.getLogger(__name__)
+
+STEP_KEYS = ("step", "epoch", "byol_loss", "tau", "lr", "proj_std")  # what every training record holds
+RESULT_KEYS = {"protocol": str, "dataset": str, "init": str, "top1": float, "top5": float, "mean_per_class": float}
+
+
+def _is(value: Any, kind: type) -> bool:
+    return finite_number(value) if kind is float else isinstance(value, kind)
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(training-step records, kNN records) of a run."""
+    """(training-step records, kNN records) of a run; records of neither kind are left out."""
     if not (run_dir / METRICS_FILE).is_file():
         raise DataError(f"{run_dir} holds no {METRICS_FILE}; is it a byol run directory?")
     records = rundir.read_metrics(run_dir)
-    return [r for r in records if "byol_loss" in r], [r for r in records if "knn_top1" in r]
+    steps = [r for r in records if all(finite_number(r.get(k)) for k in STEP_KEYS)]
+    knn = [r for r in records if finite_number(r.get("step")) and finite_number(r.get("knn_top1"))]
+    return steps, knn
 
 
-def read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / EVAL_DIR).glob("*.json"))]
+def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The evaluation results in ``eval/``, and the names of the files there that are not one."""
+    results, foreign = [], []
+    for path in sorted((run_dir / EVAL_DIR).glob("*.json")):
+        try:
+            result = rundir.read_json(path)
+        except DataError:
+            result = None
+        if isinstance(result, dict) and all(_is(result.get(k), kind) for k, kind in RESULT_KEYS.items()):
+            results.append(result)
+        else:
+            foreign.append(path.name)
+    return results, foreign
+
+
+def moving_average(values: list[float], window: int) -> np.ndarray:
+    """Trailing mean over ``window`` values (fewer at the start), as long as ``values``."""
+    cumulative = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def _save(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[float], list[float]]],
-          hlines: tuple[tuple[str, float], ...] = (), log_y: bool = False) -> None:  # fmt: skip
+          hlines: tuple[tuple[str, float], ...] = (), smooth: bool = False) -> None:  # fmt: skip
+    """Line plots over optimizer steps; ``smooth``: each series raw and faint, its moving average bold."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for label, xs, ys in series:
-        ax.plot(xs, ys, label=label, linewidth=1.5, marker="o" if len(xs) < 30 else None)
+        if smooth and len(ys) >= 10:
+            window = max(5, len(ys) // 20)
+            line = ax.plot(xs, ys, linewidth=0.8, alpha=0.3)[0]
+            ax.plot(xs, moving_average(ys, window), color=line.get_color(), linewidth=2,
+                    label=f"{label} (mean of {window} records)")  # fmt: skip
+        else:
+            ax.plot(xs, ys, label=label, linewidth=1.5, marker="o" if len(xs) < 30 else None)
     for label, y in hlines:
         ax.axhline(y, linestyle="--", linewidth=1, color="grey")
         ax.annotate(
             label, (ax.get_xlim()[0], y), textcoords="offset points", xytext=(4, 3), fontsize=8, color="dimgray"
         )
-    if log_y:
-        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Writes RUN_DIR/report/report.md and its plots; returns the Markdown file's path."""
+def _views_picture(path: Path, config: Any) -> None:
+    """``views.png``: a row of images, then a row of their T views and one of their T′ views."""
+    d = config.data
+    samples = view_samples(config, load_split(d.dataset, "pretrain", d.data_dir, d.image_size))
+    count = samples.images.shape[0]
+    fig, axes = plt.subplots(3, count, figsize=(1.2 * count + 0.8, 4.2), dpi=110, squeeze=False)
+    for row, (name, images) in enumerate(zip(("image", "T (view 1)", "T′ (view 2)"), samples, strict=True)):
+        for column in range(count):
+            ax = axes[row, column]
+            ax.imshow(images[column].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=9)
+    fig.suptitle(f"views of augment preset '{config.augment.preset}' at {d.image_size} px, seed {config.train.seed}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _embedding_picture(path: Path, run_dir: Path, config: Any, progress: bool) -> None:
+    """``embedding.png``: t-SNE of test-set representations, the BYOL encoder beside random init."""
+    require("sklearn", "the report's embedding map (or pass --no-embedding)")
+    d = config.data
+    test = load_split(d.dataset, "test", d.data_dir, d.image_size)
+    chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.train.seed))[:MAP_IMAGES]
+    test = test.subset(chosen.sort().values)
+    device = resolve_device("auto")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=110)
+    for ax, init, title in zip(axes, ("pretrained", "random"), ("BYOL (online encoder)", "random init"), strict=True):
+        encoder = load_encoder_from_run(run_dir, init).encoder
+        features, labels = extract_features(
+            encoder, test, image_size=d.image_size, device=device, desc=f"{init} features", progress=progress
+        )
+        xy, classes = embedding_map(features, config.train.seed), labels.numpy()
+        for c, name in enumerate(test.classes):
+            mine = classes == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=4, color=plt.get_cmap("tab10" if len(test.classes) <= 10
+                       else "tab20")(c % 20), label=name)  # fmt: skip
+        ax.set_title(f"{title}: t-SNE of {len(test)} {d.dataset} test images")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(test.classes) <= 20:
+        axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _picture(make: Any, name: str, notes: list[str]) -> bool:
+    """Makes one picture that needs the run's data or checkpoint; where they are not there, a note says why."""
+    try:
+        make()
+    except DataError as e:
+        notes.append(f"{name} not drawn: {e}")
+        return False
+    return True
+
+
+def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool = False) -> Path:
+    """Writes RUN_DIR/report/report.md and its pictures; returns the Markdown file's path. ``embedding``: the
+    t-SNE map too (seconds on a CPU; needs the checkpoint, the test split and scikit-learn)."""
     run_dir = Path(run_dir)
     steps, knn = read_metrics(run_dir)
     if not steps:
         raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
-    config = Config.from_dict(rundir.read_config(run_dir) or {})  # written before the first metrics record
+    config = rundir.read_config(run_dir)
     d = config.model.projection_dim
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     x = [r["step"] for r in steps]
 
     _plot(out / "loss.png", "BYOL loss (sum of both view orders, range 0–8)", "loss",
-          [("BYOL loss", x, [r["byol_loss"] for r in steps])])  # fmt: skip
+          [("BYOL loss", x, [r["byol_loss"] for r in steps])], smooth=True)  # fmt: skip
     _plot(out / "tau.png", "target decay rate τ (cosine schedule to 1)", "τ", [("τ", x, [r["tau"] for r in steps])])
     _plot(out / "learning_rate.png", "learning rate (warm-up, then cosine)", "learning rate",
           [("lr", x, [r["lr"] for r in steps])])  # fmt: skip
     _plot(out / "collapse.png", "collapse monitor: std of ℓ2-normalised projections", "std per dimension",
-          [("projection std", x, [r["proj_std"] for r in steps])],
+          [("projection std", x, [r["proj_std"] for r in steps])], smooth=True,
           hlines=(("healthy 1/√d", 1 / math.sqrt(d)), ("warning 0.1/√d", collapse_floor(d))))  # fmt: skip
     plots = ["loss.png", "tau.png", "learning_rate.png", "collapse.png"]
-    accuracy = []
     if knn:
-        accuracy.append(("kNN top-1 (test)", [r["step"] for r in knn], [r["knn_top1"] for r in knn]))
-    if any("probe_acc" in r for r in steps):
-        probe = [r for r in steps if "probe_acc" in r]
-        accuracy.append(
-            ("online probe (train batches)", [r["step"] for r in probe], [100 * r["probe_acc"] for r in probe])
-        )
-    if accuracy:
-        _plot(out / "accuracy.png", "accuracy during pretraining", "accuracy (%)", accuracy)
-        plots.append("accuracy.png")
+        _plot(out / "knn.png", "kNN monitor (k=200, T=0.1) of the online encoder", "test top-1 (%)",
+              [("kNN top-1", [r["step"] for r in knn], [r["knn_top1"] for r in knn])])  # fmt: skip
+        plots.append("knn.png")
+    probe = [r for r in steps if finite_number(r.get("probe_acc"))]
+    if probe:
+        accuracy = [100 * r["probe_acc"] for r in probe]
+        _plot(out / "probe.png", "online probe on stop-gradient y (training batches)", "accuracy (%)",
+              [("online probe", [r["step"] for r in probe], accuracy)], smooth=True)  # fmt: skip
+        plots.append("probe.png")
+
+    notes: list[str] = []
+    if _picture(lambda: _views_picture(out / "views.png", config), "views.png", notes):
+        plots.insert(0, "views.png")
+    if embedding and not list_checkpoints(run_dir):
+        notes.append("embedding.png not drawn: the run has no checkpoint")
+    elif embedding and _picture(lambda: _embedding_picture(out / "embedding.png", run_dir, config, progress),
+                                "embedding.png", notes):  # fmt: skip
+        plots.insert(1, "embedding.png")
 
     last = steps[-1]
+    shown = str(run_dir).encode("utf-8", "replace").decode("utf-8")  # a name that is not UTF-8 stays printable
     lines = [
-        f"# BYOL run report: `{run_dir}`",
+        f"# BYOL run report: `{shown}`",
         "",
         f"Dataset **{config.data.dataset}**, ResNet-{config.model.depth} width {config.model.width}, "
         f"{last['step']} optimizer steps "
@@ -107,7 +228,7 @@ def write_report(run_dir: str | Path) -> Path:
         "## Evaluations",
         "",
     ]
-    evaluations = read_evaluations(run_dir)
+    evaluations, foreign = read_evaluations(run_dir)
     if evaluations:
         lines += [
             "| protocol | dataset | encoder | top-1 | top-5 | mean per-class |",
@@ -120,7 +241,11 @@ def write_report(run_dir: str | Path) -> Path:
             )
     else:
         lines.append("No evaluation yet (run `byol knn`, `byol linear` or `byol finetune` on this run).")
-    lines += ["", "## Training curves", ""] + [f"![{p}]({p})" for p in plots]
+    notes += [f"{EVAL_DIR}/{name} is not a byol evaluation result; left out" for name in foreign]
+    lines += ["", "## Pictures and training curves", ""] + [f"![{p}]({p})" for p in plots]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8", "replace")))
     return path

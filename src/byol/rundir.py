@@ -1,11 +1,16 @@
-"""A run directory: its files (metrics.jsonl, config.json, environment.json), one writer at a time, and no
-debris of writes that were cut short.
+"""A run directory: whose it is, its files (metrics.jsonl, config.json, environment.json), one writer at a time,
+and no debris of writes that were cut short.
+
+A run directory is one the package created, or an empty one it was given: either way it holds the marker
+``.byol-run``. A directory that exists, is not empty and holds no marker is the user's, and is refused before
+anything is written (runs made before the marker existed are recognised by holding only the package's names).
 
 The writer holds an exclusive ``flock`` on ``<run>/.lock`` for as long as it runs. The kernel drops the lock
 when the process ends, however it ends (SIGKILL included), so a crashed run never leaves it stuck; a second
 writer is refused with a message naming the directory. On taking the lock, temporary files of writes that a
-kill interrupted (``.<name>.tmp-<pid>``, see :func:`byol.checkpoint.atomic_write`) are removed: with the lock
-held, no other process can be writing them.
+kill interrupted (``.<name>.tmp-<pid>``, see :func:`byol.checkpoint.atomic_write`) are removed from the
+folders the package writes in that run, and nowhere else: with the lock held, no other process is writing them.
+A directory that this call created and that a failure left holding only the marker and the lock is removed.
 """
 
 from __future__ import annotations
@@ -15,19 +20,35 @@ import errno
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from byol.checkpoint import atomic_write, write_json
-from byol.errors import ConfigError
+from byol.checkpoint import CHECKPOINT_DIR, atomic_write, write_json
+from byol.config import Config, finite_number, validate
+from byol.errors import CheckpointError, ConfigError, DataError, first_line
+from byol.extras import available
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
-TEMP_MARK = ".tmp-"
+MARKER_FILE = ".byol-run"
+TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # what byol.checkpoint.atomic_write names its temporary files
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+ENVIRONMENT_FILE = "environment.json"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval"
+REPORT_DIR = "report"
+WRITTEN_FOLDERS = ("", CHECKPOINT_DIR, EVAL_DIR, REPORT_DIR)  # where the package writes through temporary files
+# Every name the package writes at the top of a run directory (the demo's summary, an ablation cell's result).
+RUN_ENTRIES = frozenset(
+    {MARKER_FILE, LOCK_FILE, METRICS_FILE, CONFIG_FILE, ENVIRONMENT_FILE, TENSORBOARD_DIR, EVAL_DIR, REPORT_DIR,
+     CHECKPOINT_DIR, "demo.json", "result.json"}
+)  # fmt: skip
 
 
 def _lock(fd: int) -> bool:
@@ -45,22 +66,56 @@ def _lock(fd: int) -> bool:
     return True
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory of the package: it holds the marker, or (a run made before the
+    marker) a config.json and nothing but names the package writes."""
+    if (path / MARKER_FILE).is_file():
+        return True
+    if not (path / CONFIG_FILE).is_file():
+        return False
+    return all(entry.name in RUN_ENTRIES or TEMP_FILE.match(entry.name) for entry in path.iterdir())
+
+
+def check_run_dir(run_dir: Path, *, exists: bool = False) -> None:
+    """Refuses a run directory the package may not write: an empty name, a file, a directory of the user's
+    (not empty, not a run); ``exists``: one that does not exist (a run to resume)."""
+    if str(run_dir) in ("", "."):
+        raise ConfigError(f"--run-dir {str(run_dir)!r} names the current directory; name a directory for the run")
+    if not run_dir.exists():
+        if exists:
+            raise CheckpointError(f"run directory {run_dir} does not exist")
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; name a directory for the run")
+    if not is_run_dir(run_dir) and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"--run-dir {run_dir} holds files that byol did not write (it has no {MARKER_FILE}); "
+            "name a new or empty directory for the run"
+        )
+
+
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Deletes the temporary files of interrupted writes in ``run_dir`` and its subfolders; returns them."""
+    """Deletes the temporary files of interrupted writes in the folders the package writes; returns them."""
     removed = []
-    for path in run_dir.rglob(f".*{TEMP_MARK}*"):
-        if path.is_file():
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path)
+    for folder in WRITTEN_FOLDERS:
+        directory = run_dir / folder
+        for path in directory.iterdir() if directory.is_dir() else ():
+            if TEMP_FILE.match(path.name) and path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
     return removed
 
 
 @contextlib.contextmanager
-def exclusive(run_dir: str | Path, what: str = "a run") -> Iterator[Path]:
-    """Holds ``run_dir``'s writer lock (creating the directory) for the ``with`` block; refuses a second writer."""
+def exclusive(run_dir: str | Path, what: str = "a run", *, create: bool = True) -> Iterator[Path]:
+    """Holds ``run_dir``'s writer lock for the ``with`` block; refuses a second writer and a directory that is
+    not the package's (:func:`check_run_dir`). ``create``: make the directory when it does not exist."""
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, exists=not create)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER_FILE).touch()
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if not _lock(fd):
@@ -71,37 +126,78 @@ def exclusive(run_dir: str | Path, what: str = "a run") -> Iterator[Path]:
         for path in remove_stale_temporaries(run_dir):
             log.info("removed %s, left by an interrupted write", path)
         yield run_dir
+    except BaseException:
+        if created and {p.name for p in run_dir.iterdir()} <= {MARKER_FILE, LOCK_FILE}:
+            with contextlib.suppress(OSError):  # nothing of the run was written: leave no trace
+                (run_dir / MARKER_FILE).unlink()
+                (run_dir / LOCK_FILE).unlink()
+                run_dir.rmdir()
+        raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
 
 # ---- the files of a run directory, written by the training loop and read by evaluation, report and ablate
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-ENVIRONMENT_FILE = "environment.json"
 TIMING_KEYS = ("elapsed_s", "images_per_s")  # the only metrics.jsonl fields that depend on the machine's speed
 
 
-def writer_lock(run_dir: Path) -> contextlib.AbstractContextManager[Any]:
-    """The run directory's lock, taken by the process that writes (rank 0 under torchrun)."""
-    writer = int(os.environ.get("RANK", "0")) == 0
-    return exclusive(run_dir, "this run") if writer else contextlib.nullcontext()
+def writer_lock(run_dir: Path, *, create: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """The run directory's lock, taken by the process that writes (rank 0 under torchrun; an environment that
+    does not describe a process group is refused, see :func:`byol.distributed.environment`)."""
+    from byol.distributed import environment  # local: distributed imports torch.distributed
+
+    writer = environment().is_main
+    return exclusive(run_dir, "this run", create=create) if writer else contextlib.nullcontext()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl as records; a line cut short by a kill is skipped."""
+    """metrics.jsonl as records. A line that is not a JSON object of numbers with a ``step`` (cut short by a
+    kill, edited, not UTF-8) is left out, so readers see only records the loop could have written."""
     records = []
-    for line in (run_dir / METRICS_FILE).read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
+    for line in (run_dir / METRICS_FILE).read_bytes().splitlines():
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and all(finite_number(v) for v in record.values()) and "step" in record:
+            records.append(record)
     return records
 
 
-def read_config(run_dir: Path) -> dict[str, Any] | None:
-    """config.json as a dict (None when the run has none yet)."""
+_REQUIRED = object()
+
+
+def read_json(path: Path, *, missing: Any = _REQUIRED) -> Any:
+    """A JSON file of the run; ``missing`` is returned where the file is absent (without it, that is an error).
+    Bytes that are not UTF-8 JSON raise :class:`DataError` naming the file."""
+    if not path.is_file():
+        if missing is _REQUIRED:
+            raise DataError(f"{path} does not exist; is {path.parent} a byol run directory?")
+        return missing
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({first_line(e)}); it was cut short or edited") from None
+
+
+def read_config(run_dir: Path) -> Config:
+    """config.json as a validated :class:`Config`; a file that is not one raises :class:`DataError`."""
     path = run_dir / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a byol config (a JSON object of sections)")
+    try:
+        return validate(Config.from_dict(data))
+    except ConfigError as e:
+        raise DataError(f"{path} is not a config byol can use: {first_line(e)}") from None
+
+
+def remove_logs(run_dir: Path) -> None:
+    """metrics.jsonl and the TensorBoard event files, before a run starts afresh in ``run_dir``."""
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    for events in (run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+        events.unlink()
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> float:
@@ -120,24 +216,52 @@ def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
     """environment.json: one record per start of the run (a resume may run on another machine), ``record``
     followed by what this machine's torch reports (its CPU capability, threads and version)."""
     path = run_dir / ENVIRONMENT_FILE
-    starts = json.loads(path.read_text()) if resume and path.is_file() else []
+    starts = read_json(path, missing=[]) if resume else []
+    if not isinstance(starts, list):  # an edited file: its history is not ours to extend
+        raise DataError(f"{path} is not a list of the run's starts; move it aside to resume")
     machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     starts.append({**record, **machine, "torch": torch.__version__})
     write_json(path, starts)
 
 
 class MetricsLog:
-    """metrics.jsonl, appended one JSON record per line and flushed as it goes; ``enabled=False`` (ranks
-    other than 0) writes nothing."""
+    """metrics.jsonl, appended one JSON record per line and flushed as it goes, and the same records as
+    TensorBoard scalars in ``<run>/tensorboard/`` (``tensorboard``: where the package is installed; the tag
+    is the record's key, the global step its ``step``). ``enabled=False`` (ranks other than 0) writes nothing.
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    A resumed run's event writer starts at ``first_step`` with a purge mark, so TensorBoard drops the events
+    an interrupted run wrote past its last checkpoint, as :func:`truncate_metrics` drops their records.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, *, tensorboard: bool = False, first_step: int = 0) -> None:
         self.file = open(run_dir / METRICS_FILE, "a") if enabled else None  # noqa: SIM115 (closed by close())
+        self.events: Any = None
+        if enabled and tensorboard:
+            if available("tensorboard"):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.events = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=first_step or None)
+            else:
+                log.info(
+                    "no TensorBoard events: the tensorboard package is not installed (pip install 'byol[tensorboard]')"
+                )
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.events is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.events.add_scalar(key, value, record["step"])
+
+    def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
+        """A (3, H, W) picture with values in [0, 1], for TensorBoard's images tab."""
+        if self.events is not None:
+            self.events.add_image(tag, picture, step)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.events is not None:
+            self.events.close()

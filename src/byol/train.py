@@ -55,6 +55,7 @@ from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_onlin
 from byol.optim import LARS, lars_param_groups
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
+from byol.visualize import image_grid, view_samples
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def pretrain(
 def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
     """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
     run_dir = Path(run_dir)
-    with rundir.writer_lock(run_dir):
+    with rundir.writer_lock(run_dir, create=False):
         payload = load_resumable(run_dir)
         return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload=payload, progress=progress)
 
@@ -532,7 +533,7 @@ class _Policies:
             if resumed:
                 self.elapsed_before = rundir.truncate_metrics(run_dir, state.step)
             else:
-                (run_dir / rundir.METRICS_FILE).unlink(missing_ok=True)
+                rundir.remove_logs(run_dir)  # of an earlier start that wrote no checkpoint
             config.save(run_dir / rundir.CONFIG_FILE)
             precision = state.precision
             rundir.record_environment(
@@ -548,7 +549,11 @@ class _Policies:
         )  # fmt: skip
         self.start_time = self.last_time = time.perf_counter()
         self.last_step = self.first_step = state.step
-        self.metrics = rundir.MetricsLog(run_dir, context.is_main)
+        self.metrics = rundir.MetricsLog(
+            run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step
+        )
+        if not resumed and self.metrics.events is not None:  # what T and T' do to a few images, seeded
+            self.metrics.image("views", image_grid(view_samples(config, dataset)), 0)
 
     def show_eta(self, step_seconds: float | None) -> None:
         """An ETA on the progress bar from a measured step time, before the bar has a rate of its own."""

@@ -59,9 +59,8 @@ def _check_same_experiment(run_dir: Path, config: Config, row: Row, previous: Ma
         stale.append(
             f"its result was made with overrides {previous.get('overrides')}, the row now has {dict(row.overrides)}"
         )
-    saved_config = rundir.read_config(run_dir)
-    if row.pretrain and saved_config is not None:
-        saved = flatten(Config.from_dict(saved_config).to_dict())
+    if row.pretrain and (run_dir / rundir.CONFIG_FILE).is_file():
+        saved = flatten(rundir.read_config(run_dir).to_dict())
         wanted = flatten(config.to_dict())
         differ = sorted(key for key in wanted if saved.get(key) != wanted[key])
         if differ:

@@ -25,9 +25,9 @@ from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, first_line
 from byol.networks import ResNet, build_encoder
 from byol.precision import FP32, Precision
+from byol.rundir import EVAL_DIR
 from byol.schedules import cosine_decay
 
-EVAL_DIR = "eval"
 INITS = ("pretrained", "random")
 
 
