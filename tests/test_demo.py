@@ -46,14 +46,15 @@ def _stop_the_demos_clock(monkeypatch):
 
 def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     # tiny: 512 synthetic images in batches of 32, 16 steps an epoch; with a (faked) step time of 1 s (1.1 s in the
-    # loop), a 1-minute budget leaves 57 s for pretraining (the clock stands still during start-up and evaluation).
+    # loop), a 1-minute budget leaves 57 s less the report's reserve for pretraining (the clock stands still during
+    # start-up, evaluation and the timing of the kNN monitor, which then cost nothing).
     _fake_step_time(monkeypatch, 1.0)
     _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(demo, "MIN_REPLAN_STEP", 10**6)  # no re-plan from the loop's own (real) speed
     run = tmp_path / "demo"
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=1.0)
     assert summary["sized_to_budget"] and summary["step_seconds_measured"] == 1.0
-    assert summary["pretrain_budget_s"] == 60 * (1 - demo.RESERVE)
+    assert summary["pretrain_budget_s"] == 60 * (1 - demo.RESERVE) - demo.REPORT_SECONDS
     assert summary["epochs"] == plan_epochs(demo.LOOP_OVERHEAD, 16, summary["pretrain_budget_s"])
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == round(summary["epochs"] * 16)
@@ -66,7 +67,7 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 4.0)
     run = tmp_path / "demo"
-    # 3 minutes: the plan (9.7 epochs, 155 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
+    # 3 minutes: the plan (8.5 epochs, 136 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
     assert summary["loop_seconds_per_step"] == 4.0
     budget_at_replan = summary["pretrain_budget_s"] + 50 * 4.0 * demo.REPLAN_MARGIN
@@ -101,6 +102,9 @@ def test_demo_evaluates_byol_and_random_init_identically_and_the_trained_encoder
     rand = json.loads((run / "eval" / "linear-cached-standardized_synthetic_random.json").read_text())
     assert byol["settings"] == rand["settings"]  # the same protocol and budget
     assert (run / "report" / "report.md").is_file() and (run / "report" / "collapse.png").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "knn_top1" in r] == [0, 1, 2]  # the kNN curve: every ceil(2 / 5) epochs
+    assert "![knn.png](knn.png)" in (run / "report" / "report.md").read_text()
     # the encoder evaluated as BYOL's is the trained one: were it the random-init one (same seed), the gain would be
     # exactly 0. The CPU's kernels round differently and move these tiny runs by points: with 6 instruction sets
     # forced (ATEN_CPU_CAPABILITY default/avx2 x ONEDNN_MAX_CPU_ISA SSE41/AVX2/native, an AVX512_BF16 CPU) the gain

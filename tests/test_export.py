@@ -44,3 +44,42 @@ def test_export_writes_weights_and_architecture_side_by_side(finished_run, tmp_p
     assert weights.name == "model.safetensors" and meta.name == "model.json"
     assert weights.read_bytes()[:8] != meta.read_bytes()[:8]
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp file left
+
+
+def test_onnx_export_has_a_dynamic_batch_axis_and_agrees_with_the_encoder(finished_run, tmp_path):
+    import onnx
+    import onnxruntime
+
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "enc.onnx"), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
+    encoder = load_encoder_from_run(finished_run).encoder.eval()
+    for n in (1, 7):
+        x = torch.rand(n, 3, 16, 16)
+        (features,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            assert np.abs(features - encoder(x).numpy()).max() < 1e-4
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "enc.onnx")).metadata_props}
+    assert meta["depth"] == 18 and meta["network"] == "online encoder" and len(meta["mean"]) == 3
+    assert sorted(os.listdir(tmp_path)) == ["enc.onnx"]
+
+
+def test_hub_folder_reads_back_through_load_encoder_and_from_pretrained(finished_run, tmp_path, monkeypatch):
+    from byol.hub import HubEncoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may reach the network
+    folder = tmp_path / "hub"
+    assert main(["export", str(finished_run), "--out", str(folder), "--format", "hub"]) == 0
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = load_encoder_from_run(finished_run).encoder.eval()(x)
+        assert torch.equal(load_encoder(folder)(x), expected)
+        from_hub = HubEncoder.from_pretrained(folder)
+        assert torch.equal(from_hub(x), expected) and not from_hub.training
+    assert from_hub.metadata["pretrained_on"] == "synthetic"
+    assert main(["export", str(finished_run), "--out", str(folder), "--format", "hub"]) == 0  # replaces its own
+    assert sorted(os.listdir(tmp_path)) == ["hub"]  # nothing left beside it
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"pickled")
+    with pytest.raises(CheckpointError):
+        load_encoder(folder)

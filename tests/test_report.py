@@ -22,7 +22,10 @@ def _run(tmp_path, projection_dim=64, knn=True):
                        if knn else [])  # fmt: skip
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 21, "byol'  # cut short by a kill
     (run / "metrics.jsonl").write_text(text)
-    config = {"model": {"projection_dim": projection_dim, "depth": 18, "width": 0.125, "stem": "cifar"}, "data": {"dataset": "synthetic", "image_size": 16}}
+    config = {
+        "model": {"projection_dim": projection_dim, "depth": 18, "width": 0.125, "stem": "cifar"},
+        "data": {"dataset": "synthetic", "image_size": 16},
+    }
     (run / "config.json").write_text(json.dumps(config))
     return run
 
@@ -47,7 +50,10 @@ def test_the_kNN_curve_and_the_evaluations_are_read_back(tmp_path):
               "mean_per_class": 40.0}  # fmt: skip
     (run / "eval" / "knn_x_random.json").write_text(json.dumps(result))
     assert main(["report", str(run)]) == 0
-    assert "| kNN (k=200, T=0.1) | synthetic | random | 41.23 | 90.00 | 40.00 |" in (run / "report" / "report.md").read_text()
+    assert (
+        "| kNN (k=200, T=0.1) | synthetic | random | 41.23 | 90.00 | 40.00 |"
+        in (run / "report" / "report.md").read_text()
+    )
 
 
 def test_without_knn_or_probe_records_there_are_no_accuracy_plots(tmp_path):

@@ -50,3 +50,37 @@ def test_environment_gets_one_record_per_start(tmp_path):
     assert [s["step"] for s in starts] == [0, 7] and starts[1]["cpu_capability"] and starts[1]["torch"]
     rundir.record_environment(tmp_path, False, step=0)  # a fresh run starts a fresh history
     assert [s["step"] for s in json.loads((tmp_path / rundir.ENVIRONMENT_FILE).read_text())] == [0]
+
+
+def test_tensorboard_events_equal_metrics_jsonl_and_hold_the_view_grid(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(finished_run / rundir.TENSORBOARD_DIR), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    records = rundir.read_metrics(finished_run)
+    expected = {(key, r["step"]): value for r in records for key, value in r.items() if key != "step"}
+    read = {(tag, e.step): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    assert read.keys() == expected.keys() and len(records) == 4
+    assert all(abs(read[k] - v) <= 1e-6 * max(1.0, abs(v)) for k, v in expected.items())  # stored as float32
+    (grid,) = events.Images("views")
+    assert (grid.height, grid.width) == (3 * 20, 8 * 20)  # image, T, T' rows of 8 images of 16 px, 2 px frames
+
+
+def test_tensorboard_off_writes_no_events_and_a_resume_purges_what_followed_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = apply_overrides(get_preset("tiny"), {"train.max_steps": 3, "train.tensorboard": False})
+    pretrain(config, tmp_path / "off", progress=False)
+    assert not (tmp_path / "off" / rundir.TENSORBOARD_DIR).exists()
+    run = tmp_path / "on"
+    pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 6}), run, progress=False)
+    (run / "checkpoints" / "step_000000006.pt").unlink()  # as if killed after step 6 was logged, before its save
+    config_json = json.loads((run / rundir.CONFIG_FILE).read_text())
+    assert config_json["train"]["max_steps"] == 6
+    from byol.train import resume
+
+    resume(run, progress=False)
+    events = EventAccumulator(str(run / rundir.TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("byol_loss")] == [1, 2, 3, 4, 5, 6]  # steps 5, 6 once, as in the log
+    assert [r["step"] for r in rundir.read_metrics(run)] == [1, 2, 3, 4, 5, 6]

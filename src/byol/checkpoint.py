@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,32 @@ def atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
         raise
     _fsync_directory(path.parent)
+
+
+def remove_stale_temporaries_of(path: Path) -> None:
+    """Removes what writes of ``path`` that were killed left beside it (``.<name>.tmp-<pid>`` of a process that
+    no longer runs): the names :func:`atomic_write` gives, for this one path, and nothing else."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-(\d+)$")
+    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
+        match = pattern.match(sibling.name)
+        if match and not _running(int(match.group(2))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    sibling.unlink()
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is another user's
+        return True
+    return True
 
 
 def write_json(path: Path, data: Any, sort_keys: bool = False) -> None:

@@ -31,9 +31,10 @@ from byol.config import Config, apply_overrides, cpu_demo, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder, write_result
-from byol.evaluate.frozen import FrozenEvaluation
+from byol.evaluate.frozen import FrozenEvaluation, KnnMonitor
 from byol.precision import Precision
 from byol.report import write_report
+from byol.rundir import check_run_dir
 from byol.train import pretrain
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ LOOP_OVERHEAD = 1.1
 # seed-0 run on a 2-core AVX2 VM re-planned at 0.158 s/step, then the VM slowed to 0.2-0.3 s/step: 612 s wall.
 REPLAN_MARGIN = 1.15
 MIN_REPLAN_STEP = 50  # without warm-up, the loop's speed is measured over this many steps
+# The kNN monitor runs at the start and every ceil(epochs / KNN_POINTS) epochs: the report's kNN curve. Its cost
+# is measured on the random-init encoder (which is also the curve's first point) and taken off the budget.
+KNN_POINTS = 5
+# The report's two t-SNE maps (byol.visualize.MAP_IMAGES points each): 7.7 s each on a 2-core AVX2 CPU.
+REPORT_SECONDS = 20.0
 
 
 def default_run_dir() -> Path:
@@ -165,7 +171,8 @@ def run_demo(
     """Evaluates random init, plans, pretrains, evaluates BYOL identically, writes the report; returns the
     summary. ``size_to_budget=False`` keeps ``config.train.epochs`` (the user forced a length)."""
     config = validate(config or cpu_demo())
-    if list_checkpoints(run_dir):  # refused now, not after a minute of evaluation
+    check_run_dir(run_dir)  # refused now, not after a minute of evaluation
+    if list_checkpoints(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; choose another --run-dir")
     start = time.perf_counter()
     device = resolve_device(config.train.device)
@@ -181,9 +188,13 @@ def run_demo(
     baseline = random_encoder(config, frozen.train.channels)
     random_results = _evaluate(frozen, baseline, dataset=dataset, init="random", progress=progress)
     eval_seconds = time.perf_counter() - eval_start
+    monitor_start = time.perf_counter()
+    KnnMonitor(config, frozen.train, device)(baseline)
+    monitor_seconds = time.perf_counter() - monitor_start
 
     steps_per_epoch = len(frozen.train) // config.optim.batch_size
-    pretrain_budget = budget_minutes * 60 * (1 - RESERVE) - (time.perf_counter() - start) - eval_seconds
+    after_training = eval_seconds + (KNN_POINTS + 1) * monitor_seconds + REPORT_SECONDS
+    pretrain_budget = budget_minutes * 60 * (1 - RESERVE) - (time.perf_counter() - start) - after_training
     epochs = (
         plan_epochs(step_seconds * LOOP_OVERHEAD, steps_per_epoch, pretrain_budget)
         if size_to_budget
@@ -194,7 +205,8 @@ def run_demo(
         sized=size_to_budget,
     )  # fmt: skip
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
-    config = apply_overrides(config, {"train.epochs": epochs})
+    knn_every = max(1, math.ceil(epochs / KNN_POINTS))
+    config = apply_overrides(config, {"train.epochs": epochs, "train.knn_every": knn_every})
 
     pretrain_start = time.perf_counter()
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
@@ -244,7 +256,7 @@ def format_summary(summary: dict[str, Any], dataset: str) -> str:
         f"\n{dataset} test set, after {summary['epochs']:g} epochs, {summary['pretrain_seconds'] / 60:.1f} min of "
         f"BYOL pretraining ({summary['total_seconds'] / 60:.1f} min in all, {summary['device']}, "
         f"{summary['precision']}):\n{format_table(summary)}\n\nreport: {summary['report']}\n"
-        f"run directory: {summary['run_dir']}"
+        f"run directory: {summary['run_dir']} (watch it with: tensorboard --logdir {summary['run_dir']})"
     )
 
 

@@ -1,13 +1,20 @@
 """Export the online encoder for downstream use, load it back, and embed datasets with it.
 
-``export_encoder`` writes the ONLINE encoder's weights as safetensors (a format that cannot carry code) and a
-small JSON beside it with the architecture and the input normalisation; ``load_encoder`` rebuilds a ready
-``nn.Module`` in inference mode from the pair.
+Three formats, none of which can carry code (no pickle anywhere):
+- ``safetensors`` (the default): <out>.safetensors and a small JSON beside it with the architecture and the
+  input normalisation; ``load_encoder`` rebuilds a ready ``nn.Module`` in inference mode from the pair.
+- ``hub``: a folder in the Hugging Face Hub's layout (``config.json`` + ``model.safetensors`` + a model card),
+  written by huggingface_hub's ``PyTorchModelHubMixin`` (``byol.hub``): ``load_encoder(folder)`` and
+  ``byol.hub.HubEncoder.from_pretrained(folder)`` both read it, and ``push_to_hub`` shares it.
+- ``onnx``: the encoder as an ONNX graph with a dynamic batch axis (input ``images`` (N, C, S, S), normalised as
+  the metadata says; output ``features`` (N, D)); the metadata rides in the model's ``metadata_props``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +23,59 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from byol.checkpoint import atomic_write, write_json
+from byol.checkpoint import atomic_write, remove_stale_temporaries_of
 from byol.config import finite_number
 from byol.data import load_dataset, split_name
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line
-from byol.evaluate.common import extract_features, load_encoder_from_run
+from byol.evaluate.common import Pretrained, extract_features, load_encoder_from_run
+from byol.extras import require
 from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
+from byol.outputs import Output, check_outputs
 
 EXPORT_FORMAT = 1
+FORMATS = ("safetensors", "hub", "onnx")
+HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # the Hub's names (huggingface_hub.constants)
+HUB_FILES = frozenset({HUB_CONFIG, HUB_WEIGHTS, "README.md"})
+ARCHITECTURE_KEYS = ("depth", "width", "stem", "in_channels", "zero_init_residual")
 
 
 def metadata_path(weights: Path) -> Path:
-    return weights.with_suffix(".json")
+    """The architecture file of an export: beside a .safetensors file, or a hub folder's config.json."""
+    return weights / HUB_CONFIG if weights.is_dir() else weights.with_suffix(".json")
 
 
-def export_encoder(run: str | Path, out: str | Path) -> tuple[Path, Path]:
-    """Writes <out> (safetensors) and <out>.json (architecture) from a run's latest checkpoint."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ConfigError(
-            f"--out {out}: name a .safetensors file (the architecture goes beside it, as {out.stem}.json)"
-        )
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory; name a .safetensors file, e.g. {out / 'encoder.safetensors'}")
-    pretrained = load_encoder_from_run(run)
+def _is_metadata(path: Path) -> bool:
+    try:
+        read_metadata(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _is_hub_folder(path: Path) -> bool:
+    """An empty folder, or one that holds a hub export of byol and nothing else: what ``--format hub`` replaces."""
+    names = {p.name for p in path.iterdir()}
+    return not names or (names <= HUB_FILES and _is_metadata(path / HUB_CONFIG))
+
+
+def _outputs(out: Path, format: str) -> list[Output]:
+    suffix = {"safetensors": ".safetensors", "onnx": ".onnx", "hub": ""}[format]
+    if out.suffix != suffix:
+        named = f"a {suffix} file" if suffix else "a folder (not a file name with a suffix)"
+        raise ConfigError(f"--out {out}: with --format {format}, name {named}")
+    if format == "hub":
+        return [Output(out, "--out", folder=True, ours=_is_hub_folder)]
+    outputs = [Output(out, "--out")]
+    if format == "safetensors":
+        outputs.append(Output(metadata_path(out), "the architecture file beside --out", ours=_is_metadata))
+    return outputs
+
+
+def _metadata(pretrained: Pretrained) -> dict[str, Any]:
     config = pretrained.config
     dataset = load_dataset(config.data.dataset, "train", config.data.data_dir, config.data.image_size)
-    meta = {
+    return {
         "format": EXPORT_FORMAT,
         "architecture": "resnet-v1",
         "depth": config.model.depth,
@@ -59,22 +91,93 @@ def export_encoder(run: str | Path, out: str | Path) -> tuple[Path, Path]:
         "checkpoint": pretrained.source,
         "network": "online encoder",
     }
+
+
+def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors") -> list[Path]:
+    """Writes a run's online encoder (its latest checkpoint, or a checkpoint file) in ``format``; returns the
+    paths written. Every output is checked before the first byte is written, and each is written atomically."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format!r} is not valid; choose one of {', '.join(FORMATS)}")
+    out, run = Path(out), Path(run)
+    outputs = _outputs(out, format)
+    check_outputs(outputs, inputs=[run])
+    if format != "safetensors":
+        require("huggingface_hub" if format == "hub" else "onnxscript", f"--format {format}")
+    pretrained = load_encoder_from_run(run)
+    meta = _metadata(pretrained)
     weights = {k: v.contiguous() for k, v in pretrained.encoder.state_dict().items()}
     if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
         raise CheckpointError(f"{pretrained.source} holds non-finite encoder weights; nothing was exported")
-    atomic_write(out, lambda f: f.write(save(weights)))
-    write_json(metadata_path(out), meta)
-    return out, metadata_path(out)
+    for output in outputs:
+        remove_stale_temporaries_of(output.path)  # of an export killed while writing this path
+    if format == "hub":
+        _write_hub(out, pretrained.encoder, meta)
+    elif format == "onnx":
+        _write_onnx(out, pretrained.encoder, meta)
+    else:
+        atomic_write(out, lambda f: f.write(save(weights)))
+        text = json.dumps(meta, indent=2) + "\n"
+        atomic_write(metadata_path(out), lambda f: f.write(text.encode()))
+    return [output.path for output in outputs]
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    meta_file = metadata_path(path)
-    if not meta_file.is_file():
-        raise CheckpointError(f"{path}: its architecture file {meta_file} is missing (written by `byol export`)")
+def _write_hub(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
+    """The Hub folder, written whole beside ``out`` and renamed over it (an earlier hub export is replaced)."""
+    from byol.hub import HubEncoder
+
+    model = HubEncoder(**meta)
+    model.load_state_dict(encoder.state_dict())
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
     try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{meta_file} is not valid JSON ({e})") from None
+        model.save_pretrained(staging)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_onnx(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
+    """ONNX through torch.onnx's exporter (torch.export), batch axis dynamic, metadata in metadata_props."""
+    import logging
+    import warnings
+
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log at INFO on every export
+    size, channels = meta["image_size"], meta["in_channels"]
+    example = torch.zeros(2, channels, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            encoder.eval(), (example,), dynamo=True, input_names=["images"], output_names=["features"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+        )  # fmt: skip
+    if program is None:
+        raise CheckpointError("torch.onnx.export returned no program; nothing was exported")
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()))
+
+
+def read_metadata(meta_file: Path) -> dict[str, Any]:
+    """An export's architecture file, every field checked; anything else raises :class:`CheckpointError`."""
+    if not meta_file.is_file():
+        raise CheckpointError(f"the architecture file {meta_file} is missing (written by `byol export`)")
+    try:
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_file} is not valid JSON ({first_line(e)})") from None
+    return check_metadata(meta, str(meta_file))
+
+
+def check_metadata(meta: Any, meta_file: str) -> dict[str, Any]:
+    """``meta`` if it describes an encoder this package can build; else :class:`CheckpointError` naming the field."""
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or meta.get("architecture") != "resnet-v1":
         raise CheckpointError(f"{meta_file} is not a byol encoder description")
     checks = [
@@ -101,14 +204,16 @@ def _numbers(values: Any, count: Any) -> bool:
 
 
 def load_encoder(path: str | Path) -> ResNet:
-    """The exported online encoder, ready for inference (eval mode). Its metadata is ``encoder.metadata``."""
+    """The exported online encoder (a .safetensors file, or a hub folder), ready for inference (eval mode).
+    Its metadata is ``encoder.metadata``."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"encoder file {path} does not exist")
-    meta = read_metadata(path)
-    encoder = ResNet(**{key: meta[key] for key in ("depth", "width", "stem", "in_channels", "zero_init_residual")})
+    if not path.exists():
+        raise CheckpointError(f"encoder {path} does not exist")
+    meta = read_metadata(metadata_path(path))
+    weights = path / HUB_WEIGHTS if path.is_dir() else path
+    encoder = ResNet(**{key: meta[key] for key in ARCHITECTURE_KEYS})
     try:
-        encoder.load_state_dict(load_file(str(path)))
+        encoder.load_state_dict(load_file(str(weights)))
     except (SafetensorError, RuntimeError, OSError) as e:
         raise CheckpointError(f"{path} does not hold the encoder its metadata describes ({first_line(e)})") from None
     encoder.metadata = meta  # type: ignore[assignment]
@@ -132,9 +237,10 @@ def embed(
     source, out = Path(source), Path(out)
     if out.suffix != ".npy":
         raise ConfigError(f"--out {out}: name a .npy file (the labels go beside it, as {labels_path(out).name})")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory; name a .npy file")
-    if source.suffix == ".safetensors":
+    exported = source.suffix == ".safetensors" or (source.is_dir() and (source / HUB_WEIGHTS).is_file())
+    outputs = [Output(out, "--out"), Output(labels_path(out), "the labels file beside --out", ours=_is_npy)]
+    check_outputs(outputs, inputs=[source, metadata_path(source)] if exported else [source])
+    if exported:
         encoder = load_encoder(source)
         meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
         name, image_size, run_data_dir = dataset or meta["pretrained_on"], meta["image_size"], ""
@@ -148,9 +254,17 @@ def embed(
     features, labels = extract_features(
         encoder, images, image_size=image_size, device=resolve_device(device), desc="embedding", progress=progress
     )
+    for output in outputs:
+        remove_stale_temporaries_of(output.path)
     atomic_write(out, lambda f: np.save(f, features.numpy()))
     atomic_write(labels_path(out), lambda f: np.save(f, labels.numpy()))
     return out, tuple(features.shape)
+
+
+def _is_npy(path: Path) -> bool:
+    """A .npy file (what `byol embed` writes), by its magic bytes."""
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
 
 
 def labels_path(features: Path) -> Path:

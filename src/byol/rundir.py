@@ -229,8 +229,8 @@ class MetricsLog:
     TensorBoard scalars in ``<run>/tensorboard/`` (``tensorboard``: where the package is installed; the tag
     is the record's key, the global step its ``step``). ``enabled=False`` (ranks other than 0) writes nothing.
 
-    A resumed run's event writer starts at ``first_step`` with a purge mark, so TensorBoard drops the events
-    an interrupted run wrote past its last checkpoint, as :func:`truncate_metrics` drops their records.
+    A resumed run's event writer puts a purge mark after ``first_step`` (its checkpoint), so TensorBoard drops the
+    events an interrupted run wrote past that checkpoint, as :func:`truncate_metrics` drops their records.
     """
 
     def __init__(self, run_dir: Path, enabled: bool, *, tensorboard: bool = False, first_step: int = 0) -> None:
@@ -240,7 +240,9 @@ class MetricsLog:
             if available("tensorboard"):
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.events = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=first_step or None)
+                self.events = SummaryWriter(
+                    str(run_dir / TENSORBOARD_DIR), purge_step=first_step + 1 if first_step else None
+                )
             else:
                 log.info(
                     "no TensorBoard events: the tensorboard package is not installed (pip install 'byol[tensorboard]')"

@@ -111,20 +111,26 @@ def evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="write a run's online encoder as safetensors + JSON architecture",
+        help="write a run's online encoder as safetensors + JSON, a Hugging Face Hub folder, or ONNX",
         description="Exports the ONLINE encoder of a run's latest checkpoint (never the target) for downstream "
-        "use; load it with byol.load_encoder(path).",
+        "use. safetensors: <out>.safetensors + <out>.json (load with byol.load_encoder(path)); hub: a folder with "
+        "config.json + model.safetensors + README.md (byol.load_encoder(folder), byol.hub.HubEncoder."
+        "from_pretrained(folder), push_to_hub; needs byol[hub]); onnx: an ONNX graph with a dynamic batch axis "
+        "(needs byol[onnx]).",
     )
     p.add_argument("run", type=Path, help="run directory or checkpoint file")
-    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="output: a .safetensors file, a folder (hub), a .onnx file")
+    p.add_argument(
+        "--format", choices=("safetensors", "hub", "onnx"), default="safetensors", help="(default: %(default)s)"
+    )
     p.set_defaults(handler=export)
 
 
 def export(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.export import export_encoder
 
-    weights, meta = export_encoder(args.run, args.out)
-    print(f"online encoder written to {weights} (architecture in {meta})")
+    written = export_encoder(args.run, args.out, args.format)
+    print(f"online encoder written to {', '.join(map(str, written))}")
     return 0
 
 
