@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from byol.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from byol.errors import CheckpointError
 
 
@@ -79,3 +79,13 @@ def test_a_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_p
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000001.pt"]  # no temporary file left
     assert torch.equal(load_checkpoint(latest_checkpoint(tmp_path))["w"], torch.ones(2))
+
+
+def test_a_failed_write_names_its_path_even_when_the_os_does_not(tmp_path):
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as e:
+        atomic_write(tmp_path / "result.json", full)
+    assert e.value.filename == str(tmp_path / "result.json") and e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

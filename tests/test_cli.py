@@ -13,13 +13,17 @@ TINY = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet"]
         (["--preset", "huge"], "valid presets are"),
         (["--dataset", "mnist"], "choose one of"),
         (["--model.depth", "42"], "choose one of 10, 18, 34, 50"),
-        (["--optim.lr", "1"], "valid keys are"),
-        (["--bogus"], "valid keys are"),
+        (["--optim.lr", "1"], "unknown config key 'optim.lr'; did you mean optim.base_lr"),
+        (["--optim.base-lr", "1"], "did you mean optim.base_lr or"),
+        (["--modle.depth", "18"], "did you mean model.depth or"),
+        (["--zzz.qqq", "1"], "sections: model, optim, target, loss, data, augment, train"),
+        (["--bogus"], "config overrides look like --section.key VALUE"),
     ],
 )
 def test_bad_input_exits_2_with_the_valid_choices(tmp_path, capsys, args, message):
-    assert main(["pretrain", "--run-dir", str(tmp_path), *args]) == 2
-    assert message in capsys.readouterr().err
+    assert main(["pretrain", "--run-dir", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_pretrain_writes_checkpoint_config_and_metrics(tmp_path):

@@ -187,3 +187,65 @@ def test_pretraining_runs_on_fashion_mnist_with_the_faithful_pipeline(tmp_path):
     state, dataset = pretrain(config, tmp_path, progress=False)
     assert state.step == 3 and dataset.name == "fashion-mnist"
     assert (tmp_path / "checkpoints" / "step_000000003.pt").is_file()
+
+
+def test_classes_are_matched_by_name_across_splits_and_a_class_train_lacks_is_refused(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", ("ant", "bee", "cat")), ("val", ("bee", "cat"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / split / c / "0.png")
+    with caplog.at_level(logging.WARNING):
+        val = load_dataset("imagefolder", "val", str(tmp_path))
+    assert val.classes == ("ant", "bee", "cat") and sorted(val.labels.tolist()) == [1, 2]  # bee and cat, by name
+    assert "holds no ant" in caplog.text
+    (tmp_path / "val" / "dog").mkdir()
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "val" / "dog" / "0.png")
+    with pytest.raises(DataError, match=r"'dog' that .* lacks"):
+        load_dataset("imagefolder", "val", str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_images_are_scaled_to_8_bits_by_their_depth(tmp_path, mode):
+    grey = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")  # a 16-bit PNG: Pillow opens it as I;16 (some builds as I)
+    with Image.open(tmp_path / "deep.png") as image:
+        rgb = np.asarray(folder_module.to_rgb8(image if mode == "I;16" else image.convert("I")))
+    assert rgb.shape == (8, 8, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(rgb[..., 0], np.round(grey / 257.0).astype(np.uint8))  # not saturated at 255
+
+
+def test_an_image_file_name_that_is_not_utf8_is_read(tmp_path):
+    import os
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(12):
+            name = os.fsdecode(f"{i}-".encode() + b"\xff\xfe.png")
+            Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / c / name)
+    train, val = load_dataset("imagefolder", "train", str(tmp_path)), load_dataset("imagefolder", "val", str(tmp_path))
+    assert len(train) + len(val) == 24 and len(val) > 0
+    batch = next(eval_batches(val, batch_size=4, device=torch.device("cpu"), image_size=8))
+    assert batch.images.shape[1:] == (3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("data_batch_1", {b"data": np.zeros((6, 3071), np.uint8), b"labels": [0] * 6}, "expected uint8 (N, 3072)"),
+        ("data_batch_1", {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5}, "6 images but 'labels'"),
+        ("data_batch_1", {b"data": np.zeros((6, 3072), np.uint8), b"labels": [10] * 6}, "but there are 10 classes"),
+        ("batches.meta", {b"names": []}, "'label_names', a list of class names"),
+    ],
+)
+def test_cifar_files_with_the_right_names_and_wrong_contents_are_refused(tmp_path, name, content, words):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / batch).write_bytes(pickle.dumps({b"data": np.zeros((6, 3072), np.uint8), b"labels": list(range(6))}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    assert len(load_dataset("cifar10", "train", str(tmp_path))) == 30
+    (folder / name).write_bytes(pickle.dumps(content))
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10", "train", str(tmp_path))
+    assert words in str(e.value) and "\n" not in str(e.value)

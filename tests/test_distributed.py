@@ -5,11 +5,14 @@ import gc
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import tiny_state
 
+from byol import rundir
+from byol.cli import main
 from byol.distributed import CrossReplicaBatchNorm
 from byol.train import Schedule, ViewBatch, train_step
 
@@ -62,3 +65,28 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
         for name, value in module.state_dict().items():
             if value.is_floating_point():
                 torch.testing.assert_close(ddp[network][name], value, atol=1e-5, rtol=0, msg=f"{network}.{name}")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"RANK": "1"}, "RANK=1 (LOCAL_RANK=0) with WORLD_SIZE=1 does not describe a process group"),
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 without RANK, MASTER_ADDR, MASTER_PORT"),
+        ({"RANK": "x"}, "RANK='x' is not an integer"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "RANK=2"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be >= 1"),
+    ],
+)
+def test_an_environment_that_describes_no_process_group_is_refused_before_any_write(
+    tmp_path, monkeypatch, capsys, env, words
+):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with rundir.exclusive(tmp_path / "run"):  # a run directory of the package (a RANK=1 once wrote into one
+        pass  # that another process held, without the lock)
+    assert main(["pretrain", "--preset", "tiny", "--quiet", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".byol-run", ".lock"]  # nothing written

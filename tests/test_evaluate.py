@@ -5,7 +5,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from byol.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from byol.cli import main
@@ -43,10 +46,26 @@ def test_knn_on_hand_made_features():
     test = torch.tensor([[2.0, 0.1], [0.05, 3.0], [-1.0, 0.2]])
     scores = knn_scores(train, labels, test, num_classes=3, k=2, temperature=0.1)
     assert scores.argmax(1).tolist() == [0, 1, 2]
-    # weights are exp(cos / T) over the k nearest: the first query's two neighbours are both class 0
+    # weights are exp(cos / T) over the k nearest, divided by the nearest's: the first query's two neighbours are
+    # both class 0
     cos = torch.nn.functional.normalize(test[:1], dim=1) @ torch.nn.functional.normalize(train[:2], dim=1).T
-    torch.testing.assert_close(scores[0, 0], torch.exp(cos / 0.1).sum())
+    torch.testing.assert_close(scores[0, 0], torch.exp(cos / 0.1).sum() / torch.exp(cos.max() / 0.1))
     assert scores[0, 1] == 0 and scores[0, 2] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(temperature=st.floats(1e-6, 1e3), seed=st.integers(0, 2**16), k=st.integers(1, 12))
+def test_knn_votes_are_finite_for_any_temperature_and_small_temperatures_vote_like_one_nn(temperature, seed, k):
+    g = torch.Generator().manual_seed(seed)
+    train, test = torch.randn(40, 8, generator=g), torch.randn(15, 8, generator=g)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    scores = knn_scores(train, labels, test, num_classes=4, k=k, temperature=temperature)
+    assert torch.isfinite(scores).all() and (scores.max(1).values >= 1).all()  # the nearest neighbour weighs 1
+    # where the nearest neighbour is ahead of the next by more than 50 T, the others together weigh < 12 e^-50:
+    # the vote is the nearest neighbour's label (at T = 0.01 the unshifted weights overflowed float32)
+    top2 = (F.normalize(test, dim=1) @ F.normalize(train, dim=1).T).topk(2, dim=1)
+    clear = top2.values[:, 0] - top2.values[:, 1] > 50 * temperature
+    assert torch.equal(scores.argmax(1)[clear], labels[top2.indices[clear, 0]])
 
 
 def test_metrics_top1_top5_and_mean_per_class():

@@ -83,3 +83,23 @@ def test_hub_folder_reads_back_through_load_encoder_and_from_pretrained(finished
     (folder / "pytorch_model.bin").write_bytes(b"pickled")
     with pytest.raises(CheckpointError):
         load_encoder(folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (lambda run, t: ["export", str(run), "--out", str(t / "e.onnx"), "--format", "onnx"], "onnx"),
+        (lambda run, t: ["export", str(run), "--out", str(t / "hub"), "--format", "hub"], "hub"),
+        (lambda run, t: ["report", str(run)], "viz"),
+    ],
+)
+def test_a_missing_extra_is_named_in_one_line(finished_run, tmp_path, monkeypatch, capsys, args, extra):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    monkeypatch.setattr("byol.extras.available", lambda module: False)
+    assert main(args(run, tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pip install 'byol[{extra}]'" in err[0], err
+    assert not (tmp_path / "e.onnx").exists() and not (tmp_path / "hub").exists()

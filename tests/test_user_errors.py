@@ -2,6 +2,7 @@
 a damaged checkpoint or a full disk loses no work; results never come from the training images."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -69,7 +70,64 @@ CASES = [
         lambda r, t: ["demo", "--preset", "tiny", "--quiet", "--run-dir", str(r)],
         "already holds a run",
     ),
+    ("user's folder", lambda r, t: [*TINY, "--run-dir", str(_user_folder(t))], "files that byol did not write"),
+    ("user's folder", lambda r, t: ["demo", "--preset", "tiny", "--run-dir", str(_user_folder(t))], "did not write"),
+    ("user's folder", lambda r, t: [*TINY, "--run-dir", ""], "names the current directory"),
+    ("resume typo", lambda r, t: ["pretrain", "--resume", "--run-dir", str(t / "typo")], "does not exist"),
+    ("output on the run", lambda r, t: ["export", str(r), "--out", str(r / "config.safetensors")], "of the run"),
+    (
+        "output on the run",
+        lambda r, t: ["export", str(r), "--out", str(r), "--format", "hub"],
+        "which this command reads",
+    ),
+    ("output on the run", lambda r, t: ["knn", str(r), "--out", str(r / "config.json")], "of the run"),
+    ("derived output", lambda r, t: ["export", str(r), "--out", str(_beside(t, "m.json", dir=True))], "a directory"),
+    ("derived output", lambda r, t: ["export", str(r), "--out", str(_beside(t, "m.json"))], "not written by byol"),
+    (
+        "derived output",
+        lambda r, t: ["embed", str(r), "--out", str(_beside(t, "f.labels.npy", dir=True, stem="f.npy")), "--quiet"],
+        "a directory",
+    ),
+    (
+        "derived output",
+        lambda r, t: ["export", str(r), "--out", str(_user_folder(t)), "--format", "hub"],
+        "not written",
+    ),
+    (
+        "missing data",
+        lambda r, t: [*TINY, "--dataset", "cifar10", "--data-dir", str(t / "no"), "--run-dir", str(t / "n")],
+        "does not exist",
+    ),
+    ("checkpoint outside a run", lambda r, t: ["knn", str(_loose_checkpoint(r, t))], "--out FILE.json"),
+    ("flag range", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--seed", "-1"], "[0, 2^32)"),
+    ("flag range", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--train.max_steps", "1e400"], "expected int"),
+    ("flag range", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--train.seed", str(2**64)], "expected int"),
+    ("device", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--device", "mps"], "not a device byol runs on"),
+    ("device", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--device", "meta"], "not a device byol runs on"),
+    ("device", lambda r, t: ["knn", str(r), "--device", "cuda:7"], "cuda"),
 ]
+
+
+def _user_folder(tmp):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "thesis.txt").write_text("years of work")
+    return tmp / "mine"
+
+
+def _beside(tmp, name, dir=False, stem="m.safetensors"):
+    """An output whose derived companion ``name`` is already there: a folder, or a file of the user's."""
+    (tmp / name).mkdir() if dir else (tmp / name).write_text("the user's")
+    return tmp / stem
+
+
+def _loose_checkpoint(run, tmp):
+    (tmp / "imported").mkdir()
+    shutil.copy(latest_checkpoint(run), tmp / "imported" / "step.pt")
+    return tmp / "imported" / "step.pt"
+
+
+def _snapshot_all(path: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def _file(tmp):
@@ -87,10 +145,13 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("family", "args", "words"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_one_line_and_exit_2(family, args, words, finished_run, tmp_path, capsys):
+def test_bad_input_gets_one_line_and_exit_2(family, args, words, finished_run, tmp_path, capsys, monkeypatch):
     before = _snapshot(finished_run)
+    arguments = args(finished_run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    user_files, paths = _snapshot_all(tmp_path), set(tmp_path.rglob("*"))
     try:
-        code = main(args(finished_run, tmp_path))
+        code = main(arguments)
     except SystemExit as e:  # argparse's own refusal: usage line + one error line, exit 2
         code = e.code
     err = capsys.readouterr().err.strip().splitlines()
@@ -98,6 +159,8 @@ def test_bad_input_gets_one_line_and_exit_2(family, args, words, finished_run, t
     assert err and "error:" in err[-1] and words in err[-1], err
     assert len([line for line in err if not line.startswith(("usage:", " ", "INFO", "WARNING"))]) == 1, err
     assert _snapshot(finished_run) == before  # nothing of the user's run was touched
+    assert _snapshot_all(tmp_path) == user_files  # nor of the user's other files
+    assert set(tmp_path.rglob("*")) == paths  # and nothing new: no lock, no marker, no folder
 
 
 def test_resume_skips_an_unreadable_latest_checkpoint_and_keeps_it_aside(tmp_path, caplog):
@@ -180,3 +243,21 @@ def test_an_encoder_with_nan_weights_is_refused_by_every_evaluation(finished_run
         assert main([protocol, str(copy), "--quiet", "--epochs" if protocol == "linear" else "--k", "1"]) == 2
         assert "non-finite features" in capsys.readouterr().err
     assert not (copy / "eval").exists()  # nothing that looks like a result was written
+
+
+def test_a_report_on_a_folder_whose_name_is_not_utf8(finished_run, tmp_path):
+    import os
+
+    run = tmp_path / os.fsdecode(b"run-\xff\xfe")
+    shutil.copytree(finished_run, run)
+    assert main(["report", str(run), "--no-embedding"]) == 0
+    assert "# BYOL run report" in (run / "report" / "report.md").read_bytes().decode("utf-8")
+
+
+def test_an_export_killed_while_writing_leaves_nothing_after_the_next_export(finished_run, tmp_path):
+    stale = tmp_path / ".enc.safetensors.tmp-999999999"  # no such process: a write that was killed
+    stale.write_bytes(b"half an export")
+    alive = tmp_path / f".enc.safetensors.tmp-{os.getppid()}"  # a running process's write is not touched
+    alive.write_bytes(b"in progress")
+    assert main(["export", str(finished_run), "--out", str(tmp_path / "enc.safetensors")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "enc.json", "enc.safetensors"]

@@ -18,13 +18,15 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from byol.errors import CheckpointError, first_line
+from byol.config import Config, validate
+from byol.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,11 @@ def atomic_write(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:  # a full disk at write or fsync names no file: this one
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
     _fsync_directory(path.parent)
 
@@ -138,6 +142,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def run_config(payload: dict[str, Any], path: Path) -> Config:
+    """The validated config a checkpoint was written with; anything else raises :class:`CheckpointError`."""
+    try:
+        data = json.loads(payload["config"])
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        return validate(Config.from_dict(data))
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path} does not hold a config byol can use ({first_line(e)})") from None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest checkpoint of a run directory, or a clear error when there is none."""
     run_dir = Path(run_dir)
@@ -151,12 +166,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return checkpoints[-1]
 
 
-def load_resumable(run_dir: Path) -> dict[str, Any]:
-    """The newest checkpoint that reads; each unreadable newer one is moved aside (``.unreadable``), not deleted."""
+def load_resumable(run_dir: Path, check: Callable[[dict[str, Any], Path], None]) -> dict[str, Any]:
+    """The newest checkpoint that reads and passes ``check`` (which raises :class:`CheckpointError` for one that
+    would not load completely); each newer one is moved aside (``.unreadable``), not deleted."""
     latest_checkpoint(run_dir)  # its errors: no such directory, no checkpoint
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return load_checkpoint(path)
+            payload = load_checkpoint(path)
+            check(payload, path)
+            return payload
         except CheckpointError as e:
             aside = path.with_name(path.name + ".unreadable")
             path.replace(aside)

@@ -11,6 +11,7 @@ A config is never mutated after a run starts; overrides build a new one (``--opt
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -187,8 +188,21 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+MAX_INT = 2**63 - 1  # what a config integer may be (torch and numpy take int64)
+# Bounds far beyond any real run that keep an absurd value from hanging or exhausting memory before it is refused.
+MAX_UNITS, MAX_DEPTH = 2**16, 16
+
+
 def valid_keys() -> list[str]:
     return sorted(flatten(Config().to_dict()))
+
+
+def unknown_key(key: str) -> ConfigError:
+    """The refusal of a key that is not in the config, with the closest valid keys (or the sections)."""
+    close = difflib.get_close_matches(key, valid_keys(), n=3, cutoff=0.6)
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    hint = f"did you mean {' or '.join(close)}?" if close else f"keys look like SECTION.NAME, sections: {sections}"
+    return ConfigError(f"unknown config key {key!r}; {hint}")
 
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:
@@ -206,11 +220,14 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
         if annotation is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if not -MAX_INT <= number <= MAX_INT:
+                raise ValueError
+            return number
         if annotation is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
 
 
@@ -223,7 +240,7 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
         if not dataclasses.is_dataclass(section_config) or name not in {
             f.name for f in dataclasses.fields(section_config)
         }:
-            raise ConfigError(f"unknown config key {key!r}; valid keys are:\n  " + "\n  ".join(valid_keys()))
+            raise unknown_key(key)
         hints = typing.get_type_hints(type(section_config))
         sections.setdefault(section, {})[name] = _convert(key, value, hints[name])
     replaced = {s: dataclasses.replace(getattr(config, s), **v) for s, v in sections.items()}
@@ -359,12 +376,16 @@ def validate(config: Config) -> Config:
         if value not in valid:
             raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, valid))}")
     checks: list[tuple[str, bool, str]] = [
-        ("model.width", m.width > 0, "must be > 0"),
-        ("model.projector_hidden", m.projector_hidden > 0, "must be > 0"),
-        ("model.projection_dim", m.projection_dim > 0, "must be > 0"),
-        ("model.predictor_hidden", m.predictor_hidden > 0, "must be > 0 (model.predictor none removes it)"),
-        ("model.projector_depth", m.projector_depth >= 1, "must be >= 1"),
-        ("model.predictor_depth", m.predictor_depth >= 1, "must be >= 1"),
+        ("model.width", 0 < m.width <= 64, "must lie in (0, 64]"),
+        ("model.projector_hidden", 0 < m.projector_hidden <= MAX_UNITS, f"must lie in [1, {MAX_UNITS}]"),
+        ("model.projection_dim", 0 < m.projection_dim <= MAX_UNITS, f"must lie in [1, {MAX_UNITS}]"),
+        (
+            "model.predictor_hidden",
+            0 < m.predictor_hidden <= MAX_UNITS,
+            f"must lie in [1, {MAX_UNITS}] (model.predictor none removes it)",
+        ),
+        ("model.projector_depth", 1 <= m.projector_depth <= MAX_DEPTH, f"must lie in [1, {MAX_DEPTH}]"),
+        ("model.predictor_depth", 1 <= m.predictor_depth <= MAX_DEPTH, f"must lie in [1, {MAX_DEPTH}]"),
         ("optim.accumulation_steps", o.accumulation_steps >= 1, "must be >= 1"),
         (
             "optim.batch_size",
@@ -391,15 +412,18 @@ def validate(config: Config) -> Config:
             d.image_size >= (8 if m.stem == "cifar" else 32),
             "is too small for the stem (>= 8 px for cifar, >= 32 px for imagenet)",
         ),
-        ("data.num_workers", d.num_workers >= 0, "must be >= 0"),
+        ("data.image_size", d.image_size <= 4096, "must be <= 4096"),
+        ("data.num_workers", 0 <= d.num_workers <= 256, "must lie in [0, 256]"),
+        ("optim.batch_size", o.batch_size <= 2**20, "must be <= 2^20"),
         ("augment.crop_min_scale", 0 < config.augment.crop_min_scale <= 1, "must lie in (0, 1]"),
-        ("train.epochs", tr.epochs > 0, "must be > 0"),
+        ("train.epochs", 0 < tr.epochs <= 1e6, "must lie in (0, 1e6]"),
         ("train.log_every", tr.log_every > 0, "must be > 0"),
         ("train.checkpoint_every", tr.checkpoint_every > 0, "must be > 0"),
         ("train.keep_checkpoints", tr.keep_checkpoints >= 1, "must be >= 1"),
         ("train.knn_every", tr.knn_every >= 0, "must be >= 0 (0 disables the kNN monitor)"),
-        ("train.max_steps", tr.max_steps >= 0, "must be >= 0 (0: train.epochs decides)"),
+        ("train.max_steps", 0 <= tr.max_steps <= 2**40, "must lie in [0, 2^40] (0: train.epochs decides)"),
         ("train.max_skipped_steps", tr.max_skipped_steps >= 0, "must be >= 0"),
+        ("train.seed", 0 <= tr.seed < 2**32, "must lie in [0, 2^32) (numpy's seed range)"),
     ]
     for key, ok, requirement in checks:
         if not ok:

@@ -136,7 +136,6 @@ def _views_picture(path: Path, config: Any) -> None:
 
 def _embedding_picture(path: Path, run_dir: Path, config: Any, progress: bool) -> None:
     """``embedding.png``: t-SNE of test-set representations, the BYOL encoder beside random init."""
-    require("sklearn", "the report's embedding map (or pass --no-embedding)")
     d = config.data
     test = load_split(d.dataset, "test", d.data_dir, d.image_size)
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.train.seed))[:MAP_IMAGES]
@@ -180,6 +179,9 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
     if not steps:
         raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
     config = rundir.read_config(run_dir)
+    embedding = embedding and bool(list_checkpoints(run_dir))
+    if embedding:  # refused before anything is written
+        require("sklearn", "the report's embedding map (or pass --no-embedding)")
     d = config.model.projection_dim
     out = run_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
@@ -195,7 +197,7 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
           hlines=(("healthy 1/√d", 1 / math.sqrt(d)), ("warning 0.1/√d", collapse_floor(d))))  # fmt: skip
     plots = ["loss.png", "tau.png", "learning_rate.png", "collapse.png"]
     if knn:
-        _plot(out / "knn.png", "kNN monitor (k=200, T=0.1) of the online encoder", "test top-1 (%)",
+        _plot(out / "knn.png", "kNN monitor (k=200, T=0.1) of the online encoder, ≤ 10k test images", "test top-1 (%)",
               [("kNN top-1", [r["step"] for r in knn], [r["knn_top1"] for r in knn])])  # fmt: skip
         plots.append("knn.png")
     probe = [r for r in steps if finite_number(r.get("probe_acc"))]
@@ -208,9 +210,12 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
     notes: list[str] = []
     if _picture(lambda: _views_picture(out / "views.png", config), "views.png", notes):
         plots.insert(0, "views.png")
-    if embedding and not list_checkpoints(run_dir):
-        notes.append("embedding.png not drawn: the run has no checkpoint")
-    elif embedding and _picture(lambda: _embedding_picture(out / "embedding.png", run_dir, config, progress),
+    if not embedding:
+        notes.append(
+            "embedding.png not drawn: "
+            + ("--no-embedding" if list_checkpoints(run_dir) else "the run has no checkpoint")
+        )
+    elif _picture(lambda: _embedding_picture(out / "embedding.png", run_dir, config, progress),
                                 "embedding.png", notes):  # fmt: skip
         plots.insert(1, "embedding.png")
 

@@ -250,8 +250,11 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:  # a full disk names no file
+                raise OSError(e.errno, e.strerror or str(e), self.file.name) from None
         if self.events is not None:
             for key, value in record.items():
                 if key != "step":

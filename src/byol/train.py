@@ -37,9 +37,11 @@ from byol import distributed, rundir
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import (
     CHECKPOINT_FORMAT,
+    latest_checkpoint,
     list_checkpoints,
     load_resumable,
     rng_state,
+    run_config,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -410,9 +412,30 @@ def pretrain(
 def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
     """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
     run_dir = Path(run_dir)
+    latest_checkpoint(run_dir)  # refused before anything is written: no such directory, or no checkpoint in it
     with rundir.writer_lock(run_dir, create=False):
-        payload = load_resumable(run_dir)
-        return _run(Config.from_dict(json.loads(payload["config"])), run_dir, payload=payload, progress=progress)
+        payload = load_resumable(run_dir, check=_check_resumable)
+        return _run(run_config(payload, run_dir), run_dir, payload=payload, progress=progress)
+
+
+def _check_resumable(payload: dict[str, Any], path: Path) -> None:
+    """Refuses a checkpoint that would not load completely: a config byol cannot use, a missing part, or networks
+    and an optimizer state that do not fit the architecture its config describes (checked on the meta device,
+    where nothing is allocated)."""
+    config = run_config(payload, path)
+    try:
+        state, rng = payload["state"], payload["rng"]
+        online = state["online"]
+        in_channels = int(online["encoder.stem.0.weight"].shape[1])
+        int(state["step"])
+        state["optimizer"]["state"], state["optimizer"]["param_groups"], state["generator"]
+        rng["torch"], rng["python"], rng["numpy"]["keys"]
+        with torch.device("meta"):
+            expected = build_online_network(config.model, in_channels).state_dict()
+        if expected.keys() != online.keys() or any(expected[k].shape != online[k].shape for k in expected):
+            raise ValueError("its online network does not fit the architecture of its config")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a complete byol checkpoint ({first_line(e)})") from None
 
 
 def _run(
@@ -623,7 +646,8 @@ class _Policies:
             self.warned_collapse = True
 
     def monitor(self, start: bool = False) -> None:
-        """kNN of the online encoder at the end of every ``knn_every``-th epoch (``start``: before step 0)."""
+        """kNN of the online encoder at the end of every ``knn_every``-th epoch and of the run (``start``: before
+        step 0)."""
         if self.knn is None:
             return
         if start:
@@ -631,10 +655,13 @@ class _Policies:
                 self.metrics.write({"step": 0, "epoch": 0, "knn_top1": self.knn(self.state.online.encoder)})
             return
         epoch, within = divmod(self.state.step, self.state.schedule.steps_per_epoch)
-        if within == 0 and epoch % self.config.train.knn_every == 0:
+        if (
+            within == 0 and epoch % self.config.train.knn_every == 0
+        ) or self.state.step == self.state.schedule.max_steps:
             top1 = self.knn(self.state.online.encoder)
-            self.metrics.write({"step": self.state.step, "epoch": epoch, "knn_top1": top1})
-            log.info("epoch %d: kNN top-1 %.2f%%", epoch, top1)
+            epoch_now = self.state.step / self.state.schedule.steps_per_epoch
+            self.metrics.write({"step": self.state.step, "epoch": epoch_now, "knn_top1": top1})
+            log.info("epoch %g: kNN top-1 %.2f%%", round(epoch_now, 2), top1)
 
     def checkpoint(self) -> None:
         step = self.state.step

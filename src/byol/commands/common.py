@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Callable, Sequence
 
-from byol.config import PRESETS, Config, apply_overrides, get_preset, valid_keys, validate
+from byol.config import PRESETS, Config, apply_overrides, get_preset, validate
 from byol.errors import ConfigError
 
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
@@ -27,8 +27,8 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, str]:
         token = tokens[i]
         if not token.startswith("--") or "." not in token.split("=", 1)[0]:
             raise ConfigError(
-                f"unrecognised argument {token!r}; config overrides look like --section.key VALUE, "
-                "valid keys are:\n  " + "\n  ".join(valid_keys())
+                f"unrecognised argument {token!r}; config overrides look like --section.key VALUE "
+                "(`byol pretrain --help` lists the sections)"
             )
         key, has_value, value = token[2:].partition("=")
         if not has_value:

@@ -30,6 +30,11 @@ def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=count, default=0, help="seed of the splits and the classifier")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="result JSON file (default: <run>/eval/<protocol>_<dataset>_<init>.json; needed for a checkpoint "
+        "outside a run directory)",
+    )  # fmt: skip
     quiet_flag(p)
     p.set_defaults(handler=evaluate)
     return p
@@ -97,7 +102,7 @@ def evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     settings = protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(protocol)})
     request = EvaluationRequest(
         protocol=args.command, run=args.run, dataset=args.dataset or "", data_dir=args.data_dir,
-        image_size=args.image_size, init=args.init, device=args.device, **{args.command: settings},
+        image_size=args.image_size, init=args.init, device=args.device, out=args.out, **{args.command: settings},
     )  # fmt: skip
     result, path = run_evaluation(request, progress=not args.quiet)
     print(
@@ -160,11 +165,16 @@ def embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="Markdown report with plots and every evaluation of a run")
     p.add_argument("run", type=Path, help="run directory")
+    p.add_argument(
+        "--no-embedding", dest="embedding", action="store_false",
+        help="no t-SNE map of the test set (it takes seconds and needs scikit-learn: pip install 'byol[viz]')",
+    )  # fmt: skip
+    quiet_flag(p)
     p.set_defaults(handler=report)
 
 
 def report(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.report import write_report
 
-    print(f"report written to {write_report(args.run)}")
+    print(f"report written to {write_report(args.run, embedding=args.embedding, progress=not args.quiet)}")
     return 0

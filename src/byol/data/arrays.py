@@ -13,6 +13,7 @@ import math
 import pickle
 import struct
 import typing
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from byol.errors import DataError
+from byol.errors import DataError, first_line
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,28 @@ class ArrayDataset:
 
     def subset(self, indices: Tensor) -> ArrayDataset:
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+def checked(
+    name: str, where: Path, *, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], **stats: Any
+) -> ArrayDataset:
+    """An :class:`ArrayDataset` from what a reader found in ``where``, or :class:`DataError` naming what does not
+    fit: images (N, C, H, W) of bytes, one integer label per image in [0, classes) (−1: unlabelled)."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise DataError(f"{name} in {where}: expected images of shape (N, C, H, W) with N > 0, found {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{name} in {where}: {images.shape[0]} images but labels of shape {labels.shape}")
+    if not classes:
+        raise DataError(f"{name} in {where}: no class names")
+    if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
+        raise DataError(
+            f"{name} in {where}: labels range over [{labels.min()}, {labels.max()}], "
+            f"but there are {len(classes)} classes (valid labels 0..{len(classes) - 1}, -1 for unlabelled)"
+        )
+    return ArrayDataset(
+        name=name, images=torch.from_numpy(np.array(images, dtype=np.uint8)),  # a copy: readers' arrays are read-only
+        labels=torch.from_numpy(labels.astype(np.int64)), classes=classes, mean=stats["mean"], std=stats["std"],
+    )  # fmt: skip
 
 
 def _require(path: Path, what: str) -> Path:
@@ -100,13 +123,17 @@ def read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: not a valid gzip file ({e})") from None
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: not a valid gzip file, or cut short ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (expected magic 0x000008nn)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: cut short in its header ({len(raw)} bytes, {header} expected at least)")
     shape = struct.unpack(f">{ndim}i", raw[4:header])
+    if min(shape) < 0:
+        raise DataError(f"{path}: negative size in its header {shape}")
     count = int(np.prod(shape))
     if len(raw) - header != count:
         raise DataError(f"{path}: header says {shape} = {count} bytes, file holds {len(raw) - header}")
@@ -127,11 +154,11 @@ def fashion_mnist(split: str, data_dir: str = "") -> ArrayDataset:
         )
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"fashion-mnist in {root}: images {images.shape} and labels {labels.shape} do not match")
-    return ArrayDataset(
-        name="fashion-mnist", images=torch.from_numpy(images.copy()).unsqueeze(1),
-        labels=torch.from_numpy(labels.astype(np.int64)), classes=FASHION_MNIST_CLASSES, mean=(0.2860,), std=(0.3530,),
+    if images.ndim != 3:
+        raise DataError(f"fashion-mnist in {root}: expected images of shape (N, H, W), found {images.shape}")
+    return checked(
+        "fashion-mnist", root, images=images[:, None], labels=labels.astype(np.int64), classes=FASHION_MNIST_CLASSES,
+        mean=(0.2860,), std=(0.3530,),
     )  # fmt: skip
 
 
@@ -176,19 +203,29 @@ def _cifar(root: Path, files: Sequence[str], *, label_key: str, meta: str, names
     images, labels = [], []
     for file in files:
         batch = _load_pickle(root / file)
-        if "data" not in batch or label_key not in batch:
-            raise DataError(f"{root / file}: expected keys 'data' and {label_key!r}")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
-    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _load_pickle(root / meta)[names_key])
+        try:
+            data, batch_labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+            if batch_labels.ndim != 1 or batch_labels.shape[0] != data.shape[0] or batch_labels.dtype.kind not in "iu":
+                raise ValueError(
+                    f"{data.shape[0]} images but {label_key!r} is {batch_labels.dtype} {batch_labels.shape}"
+                )
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{root / file}: not a CIFAR batch ({first_line(e)})") from None
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels.astype(np.int64))
+    names = _load_pickle(root / meta).get(names_key)
+    if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
+        raise DataError(f"{root / meta}: expected {names_key!r}, a list of class names")
+    classes = tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
     mean, std = {
         "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
         "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     }[name]
-    return ArrayDataset(
-        name=name, images=torch.from_numpy(np.concatenate(images)), labels=torch.from_numpy(np.concatenate(labels)),
-        classes=classes, mean=mean, std=std,
-    )  # fmt: skip
+    return checked(
+        name, root, images=np.concatenate(images), labels=np.concatenate(labels), classes=classes, mean=mean, std=std
+    )
 
 
 def cifar10(split: str, data_dir: str) -> ArrayDataset:
@@ -244,8 +281,8 @@ def stl10(split: str, data_dir: str) -> ArrayDataset:
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"STL-10 {split}: {images.shape[0]} images but {labels.shape[0]} labels")
     names = root / "class_names.txt"
-    classes = tuple(names.read_text().split()) if names.is_file() else tuple(str(i) for i in range(10))
-    return ArrayDataset(
-        name="stl10", images=torch.from_numpy(np.ascontiguousarray(images)), labels=torch.from_numpy(labels),
-        classes=classes, mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
+    classes = tuple(names.read_bytes().decode("utf-8", "replace").split()) if names.is_file() else ()
+    return checked(
+        "stl10", root, images=images, labels=labels, classes=classes or tuple(str(i) for i in range(10)),
+        mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
     )  # fmt: skip

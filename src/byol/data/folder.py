@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,22 @@ class ImageFolder:
                 keep, note = -1, f"train ({root}, less the {fraction} held out for evaluation)"
             else:
                 keep, note = 0, f"{split}: held out, {fraction} (the folder has no val/ or test/ folder)"
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in SPLITS)
-        if not class_dirs:
-            raise DataError(f"imagefolder: {root} holds no class folders (expected {root}/<class>/<image>.jpg)")
+        class_dirs = _class_dirs(root)
+        train_root = base / "train" if "train" in present else base
+        classes = [d.name for d in (class_dirs if root == train_root else _class_dirs(train_root))]
+        unknown = sorted(d.name for d in class_dirs if d.name not in classes)
+        if unknown:  # labels follow the class NAMES of the training folder: a class it lacks cannot be graded
+            raise DataError(
+                f"imagefolder: {root} has class folder(s) {', '.join(map(repr, unknown))} that {train_root} lacks; "
+                "the splits must name their classes alike"
+            )
+        absent = sorted(set(classes) - {d.name for d in class_dirs})
+        if absent:
+            log.warning("imagefolder: %s holds no %s; those classes are not graded", root, ", ".join(absent))
         paths: list[Path] = []
         labels: list[int] = []
-        for label, class_dir in enumerate(class_dirs):
+        for class_dir in class_dirs:
+            label = classes.index(class_dir.name)
             files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
                 raise DataError(
@@ -103,13 +114,21 @@ class ImageFolder:
             raise DataError(f"imagefolder: {note} holds no image; add a {split}/ folder of <class>/<image> files")
         return cls(
             name="imagefolder", root=root, paths=tuple(paths), labels=torch.tensor(labels),
-            classes=tuple(d.name for d in class_dirs), split_note=note,
+            classes=tuple(classes), split_note=note,
         )  # fmt: skip
 
 
+def _class_dirs(root: Path) -> list[Path]:
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in SPLITS)
+    if not class_dirs:
+        raise DataError(f"imagefolder: {root} holds no class folders (expected {root}/<class>/<image>.jpg)")
+    return class_dirs
+
+
 def _bucket(relative: Path) -> int:
-    """A stable bucket in [0, HOLDOUT_BUCKETS) of an image's path below its split root (class/file)."""
-    return zlib.crc32(relative.as_posix().encode()) % HOLDOUT_BUCKETS
+    """A stable bucket in [0, HOLDOUT_BUCKETS) of an image's path below its split root (class/file); a file name
+    that is not valid UTF-8 hashes by its bytes."""
+    return zlib.crc32(os.fsencode(relative.as_posix())) % HOLDOUT_BUCKETS
 
 
 Box = tuple[float, float, float, float]
@@ -130,6 +149,20 @@ def _centre_box(width: int, height: int) -> Box:
     side = min(width, height) * EVAL_CROP_FRACTION
     left, top = (width - side) / 2, (height - side) / 2
     return (left, top, left + side, top + side)
+
+
+HIGH_BIT_DEPTH = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0, "F": 1.0}
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """8-bit RGB by the image's real bit depth. Pillow's own convert("RGB") clips 16-bit grey (modes I;16 and I,
+    what 16-bit PNGs open as) to white above 255; here 0..65535 maps onto 0..255. Float images ("F") are
+    taken as 0..255."""
+    divisor = HIGH_BIT_DEPTH.get(image.mode)
+    if divisor is None:
+        return image.convert("RGB")
+    grey = np.clip(np.asarray(image, dtype=np.float64) / divisor, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 def _to_tensor(image: Image.Image) -> Tensor:
@@ -156,7 +189,7 @@ class FolderCrops(torch.utils.data.Dataset):
         path = self.folder.paths[index]
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb8(image)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, tuple[str, ...]]:
         skipped: list[str] = []

@@ -7,7 +7,6 @@ baseline every table should show.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
-from byol.checkpoint import latest_checkpoint, load_checkpoint, write_json
+from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config, write_json
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, first_line
@@ -57,11 +56,11 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
     path = Path(path)
     checkpoint = latest_checkpoint(path) if path.is_dir() else path
     payload = load_checkpoint(checkpoint)
+    config = run_config(payload, checkpoint)
     try:
-        config = Config.from_dict(json.loads(payload["config"]))
         online = payload["state"]["online"]
         in_channels = int(online["encoder.stem.0.weight"].shape[1])
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{checkpoint} is not a byol pretraining checkpoint ({e})") from None
     encoder = random_encoder(config, in_channels)
     if init == "pretrained":

@@ -36,7 +36,8 @@ def knn_scores(
     temperature: float = KnnConfig.temperature,
     chunk_size: int = 1024,
 ) -> Tensor:
-    """Per-class vote weights (N_test, num_classes); argmax is the prediction, top-5 reads from it too."""
+    """Per-class vote weights (N_test, num_classes), each row scaled so that its nearest neighbour weighs 1;
+    argmax is the prediction, top-5 reads from it too."""
     if k < 1 or temperature <= 0:
         raise ConfigError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
     train = F.normalize(train_features.float(), dim=1)
@@ -44,8 +45,10 @@ def knn_scores(
     scores = []
     for start in range(0, test_features.shape[0], chunk_size):
         query = F.normalize(test_features[start : start + chunk_size].float(), dim=1)
-        similarity, index = (query @ train.T).topk(k, dim=1)  # (n, k)
-        weights = torch.exp(similarity / temperature)
+        similarity, index = (query @ train.T).topk(k, dim=1)  # (n, k), most similar first
+        # exp(s / T) shifted by each row's largest s: the same vote up to a positive factor per row (argmax and
+        # top-5 unchanged), and finite for any T > 0 (exp(1 / 0.01) alone overflows float32)
+        weights = torch.exp((similarity - similarity[:, :1]) / temperature)
         votes = torch.zeros(query.shape[0], num_classes, dtype=weights.dtype)
         votes.scatter_add_(1, train_labels[index], weights)
         scores.append(votes)

@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from byol.checkpoint import CHECKPOINT_DIR, write_json
 from byol.data import load_split, split_name
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
-from byol.evaluate.common import check_compatible, load_encoder_from_run, write_result
+from byol.evaluate.common import check_compatible, load_encoder_from_run
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
+from byol.outputs import Output, check_outputs
 from byol.precision import Precision
+from byol.rundir import EVAL_DIR, is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class EvaluationRequest:
     image_size: int = 0  # 0 → the run's view size
     init: str = "pretrained"
     device: str = "auto"
+    out: Path | None = None  # None → <run>/eval/<protocol>_<dataset>_<init>.json
     knn: KnnConfig = field(default_factory=KnnConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -46,6 +50,11 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     pretrained = load_encoder_from_run(request.run, request.init)
     run_data = pretrained.config.data
     name = request.dataset or run_data.dataset
+    out = request.out or _result_path(request, name)
+    if request.out:  # the default is the run's own eval/ folder, where results belong
+        if out.suffix != ".json":
+            raise ConfigError(f"--out {out}: name a .json file for the result")
+        check_outputs([Output(out, "--out")], inputs=[request.run])
     data_dir = (
         request.data_dir if request.data_dir is not None else (run_data.data_dir if name == run_data.dataset else "")
     )
@@ -82,10 +91,22 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
         pretrained_on=run_data.dataset,
         **splits,
     )
-    run_dir = request.run if request.run.is_dir() else request.run.parent.parent
+    write_json(out, result)
+    return result, out
+
+
+def _result_path(request: EvaluationRequest, name: str) -> Path:
+    """Where a result goes by default: ``eval/`` of the run evaluated, a run directory or a checkpoint in its
+    ``checkpoints/``; a checkpoint anywhere else has no run, and the user names the file (``--out``)."""
+    run = request.run if request.run.is_dir() else request.run.parent.parent
+    if not (request.run.is_dir() or request.run.parent.name == CHECKPOINT_DIR) or not is_run_dir(run):
+        raise ConfigError(
+            f"{request.run} is not in a run directory of byol, so its result has no run to go to; "
+            "name the result file with --out FILE.json"
+        )
     protocol_tag = {
         "linear": f"linear-{request.linear.mode}" + ("-standardized" if request.linear.standardize else ""),
         "finetune": f"finetune-{request.finetune.label_fraction:g}",
     }
     tag = f"{protocol_tag.get(request.protocol, request.protocol)}_{name}_{request.init}"
-    return result, write_result(run_dir, tag, result)
+    return run / EVAL_DIR / f"{tag}.json"
