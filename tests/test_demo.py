@@ -67,7 +67,7 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 4.0)
     run = tmp_path / "demo"
-    # 3 minutes: the plan (8.5 epochs, 136 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
+    # 3 minutes: the plan (8.0 epochs, 128 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
     assert summary["loop_seconds_per_step"] == 4.0
     budget_at_replan = summary["pretrain_budget_s"] + 50 * 4.0 * demo.REPLAN_MARGIN

@@ -71,3 +71,13 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "epoch": 0, "knn_top1": 10.0}) + "\n")
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no training records yet" in capsys.readouterr().err
+
+
+def test_the_moving_average_is_centred_and_keeps_what_is_already_smooth():
+    from byol.report import moving_average
+
+    ramp = [float(i) for i in range(20)]
+    smoothed = moving_average(ramp, 5)
+    assert list(smoothed[2:-2]) == ramp[2:-2]  # a centred mean of a line is the line: no lag
+    assert list(moving_average([3.0] * 7, 4)) == [3.0] * 7 and list(moving_average(ramp, 1)) == ramp
+    assert smoothed[0] == 1.0 and smoothed[-1] == 18.0  # fewer neighbours at the ends: the mean of (0, 1, 2)

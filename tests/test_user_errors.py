@@ -72,7 +72,20 @@ CASES = [
     ),
     ("user's folder", lambda r, t: [*TINY, "--run-dir", str(_user_folder(t))], "files that byol did not write"),
     ("user's folder", lambda r, t: ["demo", "--preset", "tiny", "--run-dir", str(_user_folder(t))], "did not write"),
-    ("user's folder", lambda r, t: [*TINY, "--run-dir", ""], "names the current directory"),
+    ("user's folder", lambda r, t: [*TINY, "--run-dir", ""], "expected a directory, got an empty string"),
+    (
+        "user's folder",
+        lambda r, t: [
+            *TINY,
+            "--run-dir",
+            str(t / "a" / "b" / "c"),
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(t / "nothing"),
+        ],
+        "does not exist",
+    ),
     ("resume typo", lambda r, t: ["pretrain", "--resume", "--run-dir", str(t / "typo")], "does not exist"),
     ("output on the run", lambda r, t: ["export", str(r), "--out", str(r / "config.safetensors")], "of the run"),
     (

@@ -56,8 +56,9 @@ MIN_REPLAN_STEP = 50  # without warm-up, the loop's speed is measured over this 
 # The kNN monitor runs at the start, every ceil(epochs / KNN_POINTS) epochs and at the end: the report's kNN curve.
 # Its cost is measured on the random-init encoder (also the curve's first point) and taken off the budget.
 KNN_POINTS = 5
-# The report's two t-SNE maps (byol.visualize.MAP_IMAGES points each): 7.7 s each on a 2-core AVX2 CPU.
-REPORT_SECONDS = 20.0
+# The report with its two t-SNE maps (byol.visualize.MAP_IMAGES points each, 7.7 s each): `byol report` took 28.8 s
+# on the demo's run on a 2-core AVX2 CPU.
+REPORT_SECONDS = 30.0
 
 
 def default_run_dir() -> Path:

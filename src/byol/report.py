@@ -76,10 +76,12 @@ def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def moving_average(values: list[float], window: int) -> np.ndarray:
-    """Trailing mean over ``window`` values (fewer at the start), as long as ``values``."""
+    """The mean of each value's ``window`` neighbours, centred on it (fewer at both ends, so the average does not
+    lag behind a fast start), as long as ``values``."""
     cumulative = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
-    ends = np.arange(1, len(values) + 1)
-    starts = np.maximum(ends - window, 0)
+    index = np.arange(len(values))
+    starts = np.maximum(index - window // 2, 0)
+    ends = np.minimum(index + (window + 1) // 2, len(values))
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 

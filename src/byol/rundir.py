@@ -10,7 +10,7 @@ when the process ends, however it ends (SIGKILL included), so a crashed run neve
 writer is refused with a message naming the directory. On taking the lock, temporary files of writes that a
 kill interrupted (``.<name>.tmp-<pid>``, see :func:`byol.checkpoint.atomic_write`) are removed from the
 folders the package writes in that run, and nowhere else: with the lock held, no other process is writing them.
-A directory that this call created and that a failure left holding only the marker and the lock is removed.
+The folders that this call created are removed again when a failure left in them only the marker and the lock.
 """
 
 from __future__ import annotations
@@ -77,10 +77,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def check_run_dir(run_dir: Path, *, exists: bool = False) -> None:
-    """Refuses a run directory the package may not write: an empty name, a file, a directory of the user's
-    (not empty, not a run); ``exists``: one that does not exist (a run to resume)."""
-    if str(run_dir) in ("", "."):
-        raise ConfigError(f"--run-dir {str(run_dir)!r} names the current directory; name a directory for the run")
+    """Refuses a run directory the package may not write: a file, a directory of the user's (not empty, not a
+    run); ``exists``: one that does not exist (a run to resume)."""
     if not run_dir.exists():
         if exists:
             raise CheckpointError(f"run directory {run_dir} does not exist")
@@ -113,7 +111,7 @@ def exclusive(run_dir: str | Path, what: str = "a run", *, create: bool = True) 
     not the package's (:func:`check_run_dir`). ``create``: make the directory when it does not exist."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, exists=not create)
-    created = not run_dir.exists()
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MARKER_FILE).touch()
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -131,7 +129,8 @@ def exclusive(run_dir: str | Path, what: str = "a run", *, create: bool = True) 
             with contextlib.suppress(OSError):  # nothing of the run was written: leave no trace
                 (run_dir / MARKER_FILE).unlink()
                 (run_dir / LOCK_FILE).unlink()
-                run_dir.rmdir()
+                for folder in created:  # the folders this call made, up to the first that existed
+                    folder.rmdir()
         raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -16,9 +16,11 @@ what a non-finite step does, what is logged, when the kNN monitor runs, when a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
+import operator
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -418,18 +420,23 @@ def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Data
         return _run(run_config(payload, run_dir), run_dir, payload=payload, progress=progress)
 
 
+# What a resume reads from a checkpoint besides the networks, as paths of keys into it.
+RESUME_PARTS = (
+    ("state", "step"), ("state", "generator"), ("state", "optimizer", "state"), ("state", "optimizer", "param_groups"),
+    ("rng", "torch"), ("rng", "python"), ("rng", "numpy", "keys"),
+)  # fmt: skip
+
+
 def _check_resumable(payload: dict[str, Any], path: Path) -> None:
-    """Refuses a checkpoint that would not load completely: a config byol cannot use, a missing part, or networks
-    and an optimizer state that do not fit the architecture its config describes (checked on the meta device,
-    where nothing is allocated)."""
+    """Refuses a checkpoint that would not load completely: a config byol cannot use, a missing part, or an online
+    network that does not fit the architecture its config describes (checked on the meta device, where nothing is
+    allocated)."""
     config = run_config(payload, path)
     try:
-        state, rng = payload["state"], payload["rng"]
-        online = state["online"]
+        for keys in RESUME_PARTS:
+            functools.reduce(operator.getitem, keys, payload)
+        online = payload["state"]["online"]
         in_channels = int(online["encoder.stem.0.weight"].shape[1])
-        int(state["step"])
-        state["optimizer"]["state"], state["optimizer"]["param_groups"], state["generator"]
-        rng["torch"], rng["python"], rng["numpy"]["keys"]
         with torch.device("meta"):
             expected = build_online_network(config.model, in_channels).state_dict()
         if expected.keys() != online.keys() or any(expected[k].shape != online[k].shape for k in expected):

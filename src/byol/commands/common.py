@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from byol.config import PRESETS, Config, apply_overrides, get_preset, validate
 from byol.errors import ConfigError
@@ -95,6 +96,13 @@ def number(kind: type, minimum: float, what: str, upper: float = math.inf) -> Ca
         return value
 
     return parse
+
+
+def directory(text: str) -> Path:
+    """An argparse type: a directory path, not the empty string (an unset shell variable, most often)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(text)
 
 
 positive = number(float, 0.0, "a positive number")

@@ -11,6 +11,7 @@ from byol.commands.common import (
     SHORTCUTS,
     add_config_flags,
     build_config,
+    directory,
     ints,
     parse_overrides,
     positive,
@@ -29,7 +30,7 @@ def add_pretrain(sub: Any) -> None:
         "model, optim, target, data, augment, train (e.g. --optim.base_lr 0.3 --target.base_ema 0.99).",
     )
     add_config_flags(p, "imagenet-1000ep")
-    p.add_argument("--run-dir", default="runs/byol", type=Path, help="where checkpoints and logs go")
+    p.add_argument("--run-dir", default="runs/byol", type=directory, help="where checkpoints and logs go")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     quiet_flag(p)
     p.set_defaults(handler=pretrain)
@@ -62,7 +63,7 @@ def add_demo(sub: Any) -> None:
         "(--section.key VALUE) apply to the pretraining.",
     )
     add_config_flags(p, "cpu-demo")
-    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<date>-<time>")
+    p.add_argument("--run-dir", type=directory, default=None, help="default: runs/demo-<date>-<time>")
     p.add_argument(
         "--budget-minutes", type=positive, default=None,
         help="wall time of the whole demo; the run is sized to it from a measured step time "
@@ -102,7 +103,7 @@ def add_ablate(sub: Any) -> None:
     p.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
     p.add_argument("--seeds", type=ints, default=(0, 1), help="comma-separated seeds (default 0,1)")
-    p.add_argument("--out", type=Path, default=None, help="default: runs/ablate-<table>-<scale>")
+    p.add_argument("--out", type=directory, default=None, help="default: runs/ablate-<table>-<scale>")
     quiet_flag(p)
     p.set_defaults(handler=ablate, accepts_overrides=True)
 
