@@ -128,9 +128,10 @@ COMMANDS = {
 }
 # What each command needs intact to succeed (refusing with one line is right when it is not). Everything else
 # must not stop it: resume falls back past a newest checkpoint that does not load completely, the report leaves
-# out an evaluation file that is not one.
+# out an evaluation file that is not one, a resume moves a damaged environment.json aside and starts its history
+# afresh.
 NEEDS = {
-    "resume": ("environment.json",),
+    "resume": (),
     "knn": ("checkpoints/step_000000008.pt",),
     "linear": ("checkpoints/step_000000008.pt",),
     "export": ("checkpoints/step_000000008.pt",),

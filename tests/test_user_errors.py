@@ -73,6 +73,7 @@ CASES = [
     ("user's folder", lambda r, t: [*TINY, "--run-dir", str(_user_folder(t))], "files that byol did not write"),
     ("user's folder", lambda r, t: ["demo", "--preset", "tiny", "--run-dir", str(_user_folder(t))], "did not write"),
     ("user's folder", lambda r, t: [*TINY, "--run-dir", ""], "expected a directory, got an empty string"),
+    ("user's folder", lambda r, t: ["ablate", "5b", "--out", str(_user_folder(t)), "--quiet"], "did not write"),
     (
         "user's folder",
         lambda r, t: [

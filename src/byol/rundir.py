@@ -215,9 +215,14 @@ def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
     """environment.json: one record per start of the run (a resume may run on another machine), ``record``
     followed by what this machine's torch reports (its CPU capability, threads and version)."""
     path = run_dir / ENVIRONMENT_FILE
-    starts = read_json(path, missing=[]) if resume else []
-    if not isinstance(starts, list):  # an edited file: its history is not ours to extend
-        raise DataError(f"{path} is not a list of the run's starts; move it aside to resume")
+    try:
+        starts = read_json(path, missing=[]) if resume else []
+        if not isinstance(starts, list):
+            raise DataError(f"{path} is not a list of the run's starts")
+    except DataError as e:  # a history cut short or edited: kept whole beside a new one, never overwritten
+        path.replace(path.with_name(path.name + ".unreadable"))
+        log.warning("%s; moved it aside to %s.unreadable and starting its history afresh", e, path.name)
+        starts = []
     machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     starts.append({**record, **machine, "torch": torch.__version__})
     write_json(path, starts)

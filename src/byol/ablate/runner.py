@@ -13,8 +13,8 @@ checkpoint, so an interrupted grid continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from byol import rundir
 from byol.ablate.tables import SCALES, TABLES, Row, Table
-from byol.checkpoint import list_checkpoints, write_json
+from byol.checkpoint import atomic_write, list_checkpoints, write_json
 from byol.config import Config, apply_overrides, flatten, validate
 from byol.distributed import resolve_device
-from byol.errors import ConfigError
+from byol.errors import ConfigError, DataError
 from byol.evaluate.common import load_encoder_from_run, random_encoder
 from byol.evaluate.frozen import MAX_EVAL_IMAGES, FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
@@ -34,6 +34,7 @@ from byol.loss import collapse_floor
 from byol.train import pretrain, resume
 
 RESULT_FILE = "result.json"
+TABLE_FILE = "table.md"
 
 
 def _resolve(base: Config, overrides: Mapping[str, str]) -> Config:
@@ -78,7 +79,9 @@ def run_cell(base: Config, row: Row, *, seed: int, run_dir: Path, progress: bool
     A finished cell is reused; one finished before the linear protocol existed gets it from its checkpoint.
     """
     result_path = run_dir / RESULT_FILE
-    previous = json.loads(result_path.read_text()) if result_path.is_file() else None
+    previous = rundir.read_json(result_path, missing=None)
+    if previous is not None and not (isinstance(previous, dict) and isinstance(previous.get("overrides"), dict)):
+        raise DataError(f"{result_path} is not a result of byol ablate; move it aside to rerun the cell")
     config = _resolve(base, {**row.overrides, "train.seed": str(seed)})
     _check_same_experiment(run_dir, config, row, previous)
     if previous is not None and "linear_top1" in previous:
@@ -131,13 +134,31 @@ def run_table(
     base = validate(apply_overrides(SCALES[scale](), overrides))
     cells = [(row, seed) for row in table.rows for seed in seeds]
     results: dict[str, list[dict[str, Any]]] = {}
-    for row, seed in tqdm(cells, desc=f"ablation {name}", unit="run", disable=not progress):
-        result = run_cell(base, row, seed=seed, run_dir=out_dir / row.slug / f"seed{seed}", progress=False)
-        results.setdefault(row.label, []).append(result)
-    path = out_dir / "table.md"
-    label = scale + "".join(f", {k} {v}" for k, v in overrides.items())
-    path.write_text(format_table(table, results, scale=label, seeds=seeds))
+    with rundir.exclusive(_adopt_earlier(out_dir), "this ablation"):  # a folder of the user's is refused
+        for row, seed in tqdm(cells, desc=f"ablation {name}", unit="run", disable=not progress):
+            result = run_cell(base, row, seed=seed, run_dir=out_dir / row.slug / f"seed{seed}", progress=False)
+            results.setdefault(row.label, []).append(result)
+        path = out_dir / TABLE_FILE
+        label = scale + "".join(f", {k} {v}" for k, v in overrides.items())
+        text = format_table(table, results, scale=label, seeds=seeds)
+        atomic_write(path, lambda f: f.write(text.encode()))
     return path
+
+
+def _adopt_earlier(out_dir: Path) -> Path:
+    """Marks as the package's an ablation folder written before the marker existed: one that holds nothing but
+    table.md and row folders of seed<N> folders."""
+
+    def written_here(entry: Path) -> bool:
+        if entry.is_dir():
+            return all(cell.is_dir() and re.fullmatch(r"seed\d+", cell.name) for cell in entry.iterdir())
+        return entry.name == TABLE_FILE
+
+    if out_dir.is_dir() and not (out_dir / rundir.MARKER_FILE).exists():
+        entries = list(out_dir.iterdir())
+        if entries and all(written_here(entry) for entry in entries):
+            (out_dir / rundir.MARKER_FILE).touch()
+    return out_dir
 
 
 def _mean_half_range(values: list[float]) -> str:
