@@ -91,12 +91,17 @@ def damage(draw, original: bytes, name: str, kinds: list[str] | None = None):
         kinds += ["odd-line"]
     if name.endswith(".pt"):
         kinds += ["foreign"]
+    if name.endswith(".safetensors"):  # a bit flipped in the tensor data, past the header that safetensors checks
+        kinds += ["flip-data"]
     kind = draw(st.sampled_from(chosen or kinds))
     if kind == "truncate":  # every length class: empty, a byte, inside, one short of the end
         cut = draw(st.sampled_from([0, 1, len(original) // 2, len(original) - 1]) | st.integers(0, len(original)))
         return original[:cut]
     if kind == "flip":
         position = draw(st.integers(0, len(original) - 1))
+        return original[:position] + bytes([original[position] ^ draw(st.integers(1, 255))]) + original[position + 1 :]
+    if kind == "flip-data":
+        position = draw(st.integers(len(original) // 2, len(original) - 1))
         return original[:position] + bytes([original[position] ^ draw(st.integers(1, 255))]) + original[position + 1 :]
     if kind == "not-utf8":
         position = draw(st.integers(0, len(original)))
@@ -197,6 +202,31 @@ def test_resume_falls_back_past_a_newest_checkpoint_damaged_in_any_way(two_check
         aside = newest.with_name(newest.name + ".unreadable")
         assert not aside.exists() or aside.read_bytes() == damaged  # moved aside whole, never changed
         assert (run / "checkpoints" / "step_000000008.pt").is_file()  # the run reached its end again
+
+
+@settings(PROPERTY, max_examples=40)
+@given(data=st.data())
+def test_a_damaged_export_loads_exactly_or_is_refused(finished_run, data):
+    """Either file of an export (the weights, the architecture JSON), damaged: load_encoder gives an encoder equal
+    to the run's online encoder, or raises CheckpointError; it never builds something else."""
+    from byol import load_encoder
+    from byol.errors import CheckpointError
+    from byol.evaluate.common import load_encoder_from_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("enc.safetensors", "enc.json"):
+            shutil.copy(finished_run.parent / name, Path(tmp) / name)
+        name = data.draw(st.sampled_from(["enc.safetensors", "enc.json"]), label="file")
+        target = Path(tmp) / name
+        target.write_bytes(data.draw(damage(target.read_bytes(), name), label="damage"))
+        try:
+            encoder = load_encoder(Path(tmp) / "enc.safetensors")
+        except CheckpointError as e:
+            assert "\n" not in str(e)
+            return
+        x = torch.rand(2, 3, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(encoder(x), load_encoder_from_run(finished_run).encoder.eval()(x))
 
 
 # ---- dataset files

@@ -103,3 +103,21 @@ def test_a_missing_extra_is_named_in_one_line(finished_run, tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"pip install 'byol[{extra}]'" in err[0], err
     assert not (tmp_path / "e.onnx").exists() and not (tmp_path / "hub").exists()
+
+
+def test_a_flipped_bit_in_the_weights_is_caught_by_the_digest(finished_run, tmp_path, monkeypatch):
+    from byol.hub import HubEncoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights, _ = export_encoder(finished_run, tmp_path / "enc.safetensors")
+    folder = export_encoder(finished_run, tmp_path / "hub", format="hub")[0]
+    for path in (weights, folder / "model.safetensors"):
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x40  # inside the last tensor's data: safetensors' header check cannot see it
+        path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not hold the weights"):
+        load_encoder(weights)
+    with pytest.raises(CheckpointError, match="does not hold the weights"):
+        load_encoder(folder)
+    with pytest.raises(CheckpointError, match="does not hold the weights"):
+        HubEncoder.from_pretrained(folder)

@@ -54,6 +54,8 @@ CASES = [
     ("evaluation flag", lambda r, t: ["linear", str(r), "--lrs", "0.1,nan"], "positive numbers"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("depth", 33)), "'depth' is 33"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("width", 0)), "'width' is 0"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("width", 1e9)), "in (0, 64]"),
+    ("export architecture", lambda r, t: _tampered_export(r, t, _set("in_channels", 10**9)), "in [1, 64]"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("stem", "vit")), "'stem' is 'vit'"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _without("in_channels")), "missing"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("mean", "grey")), "'mean'"),
@@ -226,7 +228,9 @@ def test_meaningless_outputs_are_refused(finished_run, tmp_path, capsys):
     tensors = {k: v.float() * float("nan") if v.is_floating_point() else v
                for k, v in load_file(str(finished_run.parent / "enc.safetensors")).items()}  # fmt: skip
     save_file(tensors, str(weights))
-    (tmp_path / "nan.json").write_text((finished_run.parent / "enc.json").read_text())
+    meta = json.loads((finished_run.parent / "enc.json").read_text())
+    del meta["sha256"]  # as in an export made before the digest: the features themselves must be refused
+    (tmp_path / "nan.json").write_text(json.dumps(meta))
     assert main(["embed", str(weights), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
     assert "non-finite features" in capsys.readouterr().err and not (tmp_path / "f.npy").exists()
 

@@ -12,6 +12,7 @@ Three formats, none of which can carry code (no pickle anywhere):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,6 +73,17 @@ def _outputs(out: Path, format: str) -> list[Output]:
     return outputs
 
 
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order: safetensors checks its header but
+    not its data, so a flipped bit would load silently as another encoder without this."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _metadata(pretrained: Pretrained) -> dict[str, Any]:
     config = pretrained.config
     dataset = load_dataset(config.data.dataset, "train", config.data.data_dir, config.data.image_size)
@@ -90,6 +102,7 @@ def _metadata(pretrained: Pretrained) -> dict[str, Any]:
         "pretrained_on": config.data.dataset,
         "checkpoint": pretrained.source,
         "network": "online encoder",
+        "sha256": weights_digest(pretrained.encoder.state_dict()),
     }
 
 
@@ -183,20 +196,26 @@ def check_metadata(meta: Any, meta_file: str) -> dict[str, Any]:
     checks = [
         ("depth", isinstance(meta.get("depth"), int) and meta.get("depth") in BLOCKS_PER_STAGE,
          f"one of {', '.join(map(str, BLOCKS_PER_STAGE))}"),
-        ("width", finite_number(meta.get("width")) and meta.get("width", 0) > 0, "a number > 0"),
+        ("width", finite_number(meta.get("width")) and 0 < meta.get("width", 0) <= 64, "a number in (0, 64]"),
         ("stem", meta.get("stem") in STEMS, f"one of {', '.join(STEMS)}"),
-        ("in_channels", isinstance(meta.get("in_channels"), int) and meta.get("in_channels", 0) > 0, "an integer > 0"),
+        ("in_channels", _integer(meta.get("in_channels"), 64), "an integer in [1, 64]"),
         ("zero_init_residual", isinstance(meta.get("zero_init_residual"), bool), "true or false"),
-        ("image_size", isinstance(meta.get("image_size"), int) and meta.get("image_size", 0) > 0, "an integer > 0"),
+        ("image_size", _integer(meta.get("image_size"), 4096), "an integer in [1, 4096]"),
         ("mean", _numbers(meta.get("mean"), meta.get("in_channels")), "one number per input channel"),
         ("std", _numbers(meta.get("std"), meta.get("in_channels")), "one number per input channel"),
         ("pretrained_on", isinstance(meta.get("pretrained_on"), str), "a dataset name"),
+        ("sha256", isinstance(meta.get("sha256", ""), str), "the hex digest of the weights"),
     ]  # fmt: skip
     for key, ok, valid in checks:
         if not ok:
             shown = repr(meta[key]) if key in meta else "missing"
             raise CheckpointError(f"{meta_file}: {key!r} is {shown}; expected {valid} (rewrite it with `byol export`)")
     return meta
+
+
+def _integer(value: Any, most: int) -> bool:
+    """An int (not a bool) in [1, most]: a size an encoder can be built with, without exhausting memory."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
 
 
 def _numbers(values: Any, count: Any) -> bool:
@@ -213,9 +232,13 @@ def load_encoder(path: str | Path) -> ResNet:
     weights = path / HUB_WEIGHTS if path.is_dir() else path
     encoder = ResNet(**{key: meta[key] for key in ARCHITECTURE_KEYS})
     try:
-        encoder.load_state_dict(load_file(str(weights)))
+        tensors = load_file(str(weights))
+        encoder.load_state_dict(tensors)
     except (SafetensorError, RuntimeError, OSError) as e:
         raise CheckpointError(f"{path} does not hold the encoder its metadata describes ({first_line(e)})") from None
+    if "sha256" in meta and weights_digest(tensors) != meta["sha256"]:  # exports before the digest have none
+        raise CheckpointError(f"{weights} does not hold the weights {metadata_path(path).name} was written with "
+                              "(its data changed since the export); export it again")  # fmt: skip
     encoder.metadata = meta  # type: ignore[assignment]
     return encoder.eval()
 

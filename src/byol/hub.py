@@ -1,9 +1,10 @@
 """The Hugging Face Hub layout of an exported encoder, through huggingface_hub's ``PyTorchModelHubMixin``.
 
-``HubEncoder.save_pretrained(folder)`` writes ``config.json`` (the export's metadata: architecture and input
-normalisation), ``model.safetensors`` and a model card; ``HubEncoder.from_pretrained(folder or repo id)``
-reads them back; ``push_to_hub`` shares them. Loading never unpickles: a repository that only holds a pickled
-``pytorch_model.bin`` is refused, and the weights must match the architecture exactly.
+``HubEncoder.save_pretrained(folder)`` writes ``config.json`` (the export's metadata: architecture, input
+normalisation, the weights' digest), ``model.safetensors`` and a model card;
+``HubEncoder.from_pretrained(folder or repo id)`` reads them back; ``push_to_hub`` shares them. Loading never
+unpickles (a repository that only holds a pickled ``pytorch_model.bin`` is refused), the weights must match the
+architecture exactly, and their data the digest.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ class HubEncoder(
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> HubEncoder:
-        """Every weight, and nothing else: a partial load would give a silently random encoder."""
-        return super()._from_pretrained(strict=True, **kwargs)
+        """Every weight, and nothing else (a partial load would give a silently random encoder), and the weights
+        the export's digest names (safetensors checks its header, not its data)."""
+        from byol.export import weights_digest
+
+        model: HubEncoder = super()._from_pretrained(strict=True, **kwargs)
+        expected = model.metadata.get("sha256")
+        if expected is not None and weights_digest(model.state_dict()) != expected:
+            raise CheckpointError("model.safetensors does not hold the weights config.json was written with")
+        return model
 
     @classmethod
     def _load_as_pickle(cls, *args: Any, **kwargs: Any) -> HubEncoder:  # type: ignore[override]
