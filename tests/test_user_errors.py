@@ -97,6 +97,7 @@ CASES = [
         "which this command reads",
     ),
     ("output on the run", lambda r, t: ["knn", str(r), "--out", str(r / "config.json")], "of the run"),
+    ("output on a run", lambda r, t: ["knn", str(r), "--out", str(_other_run(t) / "eval" / "knn.json")], "of the run"),
     ("derived output", lambda r, t: ["export", str(r), "--out", str(_beside(t, "m.json", dir=True))], "a directory"),
     ("derived output", lambda r, t: ["export", str(r), "--out", str(_beside(t, "m.json"))], "not written by byol"),
     (
@@ -134,6 +135,14 @@ def _beside(tmp, name, dir=False, stem="m.safetensors"):
     """An output whose derived companion ``name`` is already there: a folder, or a file of the user's."""
     (tmp / name).mkdir() if dir else (tmp / name).write_text("the user's")
     return tmp / stem
+
+
+def _other_run(tmp):
+    from byol import rundir
+
+    with rundir.exclusive(tmp / "other"):  # another run directory of the package, not the one evaluated
+        pass
+    return tmp / "other"
 
 
 def _loose_checkpoint(run, tmp):

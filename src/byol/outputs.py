@@ -3,8 +3,8 @@ before the first byte is written.
 
 A path the user named for an output may be replaced (that is what naming it means). A path the package derives
 from it (the architecture file beside an export, the labels beside features) may replace only a file that the
-package itself wrote there before. No output may land on a file of a run directory the command reads, or on
-one of its inputs.
+package itself wrote there before. No output may land on one of the command's inputs, or on the files of any run
+directory (its config, logs, checkpoints, results, report).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Sequence[Path]) -> None:
             source = source.resolve()
             if path == source or (output.folder and _inside(source, path)):
                 raise ConfigError(f"{output.what} {output.path} would overwrite {source}, which this command reads")
-            run = source if source.is_dir() else source.parent.parent
-            if is_run_dir(run) and _inside(path, run) and path.relative_to(run).parts[0] in RUN_ENTRIES:
+        for run in path.parents:  # any run directory above the output, read by this command or not
+            if is_run_dir(run) and path.relative_to(run).parts[0] in RUN_ENTRIES:
                 raise ConfigError(
                     f"{output.what} {output.path} would overwrite {path.relative_to(run)} of the run {run}; "
                     "name a path outside the run's own files"
