@@ -5,12 +5,14 @@
 2. Evaluate a randomly initialised encoder (the architecture and seed of the run, i.e. the online encoder
    before training) with kNN (k = 200, T = 0.1) and linear evaluation on cached features. This comes first
    because the BYOL encoder's evaluation will take as long: the demo knows its cost before it plans.
-3. Plan the run: as many epochs as the budget leaves after both evaluations (a multiple of a tenth of an epoch;
-   ``--epochs`` forces a length). CPUs differ by 10x or more (native bf16 or not, cores), GPUs by more; a
+3. Plan the run: as many epochs as the budget leaves after both evaluations, the kNN monitor's points (timed
+   once on the random-init encoder) and the report (a multiple of a tenth of an epoch; ``--epochs`` forces a
+   length). CPUs differ by 10x or more (native bf16 or not, cores), GPUs by more; a
    fixed number of epochs cannot fit them all in the same minutes, a budget can.
 4. Pretrain with the ``cpu-demo`` preset (its docstring gives the choices and why). At the end of warm-up the
    run is re-planned once from the loop's own seconds per step (:class:`Replan`): a shared machine may run
    slower or faster than during the few timed steps.
+   The kNN monitor measures the online encoder at a few points (:data:`KNN_POINTS`): the report's kNN curve.
 5. Evaluate the online encoder with exactly the same protocols, write the report and print the table.
 """
 

@@ -262,3 +262,8 @@ def build_online_network(m: ModelConfig, in_channels: int) -> OnlineNetwork:
     projector = MLP(encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
     predictor = MLP(m.projection_dim, hidden_dim=m.predictor_hidden, out_dim=m.projection_dim, depth=m.predictor_depth)
     return OnlineNetwork(encoder, projector, predictor if m.predictor == "mlp" else None)
+
+
+def input_channels(online_state: dict[str, Tensor]) -> int:
+    """The image channels an online network's saved state takes: the width of its stem's first convolution."""
+    return int(online_state["encoder.stem.0.weight"].shape[1])

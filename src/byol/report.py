@@ -16,7 +16,6 @@ file is written atomically, so an interrupted report leaves the previous one who
 from __future__ import annotations
 
 import io
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from byol.loss import collapse_floor
 from byol.rundir import EVAL_DIR, METRICS_FILE, REPORT_DIR
 from byol.visualize import MAP_IMAGES, embedding_map, view_samples
 
-log = logging.getLogger(__name__)
-
 STEP_KEYS = ("step", "epoch", "byol_loss", "tau", "lr", "proj_std")  # what every training record holds
 RESULT_KEYS = {"protocol": str, "dataset": str, "init": str, "top1": float, "top5": float, "mean_per_class": float}
 
@@ -54,10 +51,8 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     """(training-step records, kNN records) of a run; records of neither kind are left out."""
     if not (run_dir / METRICS_FILE).is_file():
         raise DataError(f"{run_dir} holds no {METRICS_FILE}; is it a byol run directory?")
-    records = rundir.read_metrics(run_dir)
-    steps = [r for r in records if all(finite_number(r.get(k)) for k in STEP_KEYS)]
-    knn = [r for r in records if finite_number(r.get("step")) and finite_number(r.get("knn_top1"))]
-    return steps, knn
+    records = rundir.read_metrics(run_dir)  # records of finite numbers with a step, only
+    return [r for r in records if all(k in r for k in STEP_KEYS)], [r for r in records if "knn_top1" in r]
 
 
 def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -202,7 +197,7 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
         _plot(out / "knn.png", "kNN monitor (k=200, T=0.1) of the online encoder, ≤ 10k test images", "test top-1 (%)",
               [("kNN top-1", [r["step"] for r in knn], [r["knn_top1"] for r in knn])])  # fmt: skip
         plots.append("knn.png")
-    probe = [r for r in steps if finite_number(r.get("probe_acc"))]
+    probe = [r for r in steps if "probe_acc" in r]
     if probe:
         accuracy = [100 * r["probe_acc"] for r in probe]
         _plot(out / "probe.png", "online probe on stop-gradient y (training batches)", "accuracy (%)",

@@ -55,7 +55,7 @@ from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError, first_line
 from byol.evaluate.frozen import KnnMonitor
 from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
-from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network
+from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network, input_channels
 from byol.optim import LARS, lars_param_groups
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
@@ -436,7 +436,7 @@ def _check_resumable(payload: dict[str, Any], path: Path) -> None:
         for keys in RESUME_PARTS:
             functools.reduce(operator.getitem, keys, payload)
         online = payload["state"]["online"]
-        in_channels = int(online["encoder.stem.0.weight"].shape[1])
+        in_channels = input_channels(online)
         with torch.device("meta"):
             expected = build_online_network(config.model, in_channels).state_dict()
         if expected.keys() != online.keys() or any(expected[k].shape != online[k].shape for k in expected):

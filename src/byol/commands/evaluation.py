@@ -15,6 +15,7 @@ from byol.commands.common import count, floats, fraction, nonnegative, positive,
 from byol.evaluate.finetune import FinetuneConfig
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
+from byol.export import FORMATS
 
 
 def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser:
@@ -125,9 +126,7 @@ def add_export(sub: Any) -> None:
     )
     p.add_argument("run", type=Path, help="run directory or checkpoint file")
     p.add_argument("--out", type=Path, required=True, help="output: a .safetensors file, a folder (hub), a .onnx file")
-    p.add_argument(
-        "--format", choices=("safetensors", "hub", "onnx"), default="safetensors", help="(default: %(default)s)"
-    )
+    p.add_argument("--format", choices=FORMATS, default=FORMATS[0], help=f"(default: {FORMATS[0]})")
     p.set_defaults(handler=export)
 
 

@@ -22,7 +22,7 @@ from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config, writ
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, first_line
-from byol.networks import ResNet, build_encoder
+from byol.networks import ResNet, build_encoder, input_channels
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
 from byol.schedules import cosine_decay
@@ -59,7 +59,7 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
     config = run_config(payload, checkpoint)
     try:
         online = payload["state"]["online"]
-        in_channels = int(online["encoder.stem.0.weight"].shape[1])
+        in_channels = input_channels(online)
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{checkpoint} is not a byol pretraining checkpoint ({e})") from None
     encoder = random_encoder(config, in_channels)
@@ -193,8 +193,13 @@ def classification_metrics(logits: Tensor, labels: Tensor, num_classes: int) -> 
     }
 
 
+def result_path(run_dir: str | Path, name: str) -> Path:
+    """<run_dir>/eval/<name>.json: where an evaluation's numbers go, and where `byol report` finds them."""
+    return Path(run_dir) / EVAL_DIR / f"{name}.json"
+
+
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
-    """Writes an evaluation's numbers to <run_dir>/eval/<name>.json, where `byol report` finds them."""
-    path = Path(run_dir) / EVAL_DIR / f"{name}.json"
+    """Writes an evaluation's numbers to :func:`result_path`."""
+    path = result_path(run_dir, name)
     write_json(path, result)
     return path

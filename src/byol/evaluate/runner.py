@@ -14,14 +14,14 @@ from byol.checkpoint import CHECKPOINT_DIR, write_json
 from byol.data import load_split, split_name
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
-from byol.evaluate.common import check_compatible, load_encoder_from_run
+from byol.evaluate.common import check_compatible, load_encoder_from_run, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
 from byol.outputs import Output, check_outputs
 from byol.precision import Precision
-from byol.rundir import EVAL_DIR, is_run_dir
+from byol.rundir import is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,4 +109,4 @@ def _result_path(request: EvaluationRequest, name: str) -> Path:
         "finetune": f"finetune-{request.finetune.label_fraction:g}",
     }
     tag = f"{protocol_tag.get(request.protocol, request.protocol)}_{name}_{request.init}"
-    return run / EVAL_DIR / f"{tag}.json"
+    return result_path(run, tag)
