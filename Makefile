@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test lint test-slow bench clean
+.PHONY: setup demo test lint test-slow bench peers clean
 
 setup: $(STAMP)
 
@@ -36,5 +36,16 @@ test: lint
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# The peers that benchmarks/peers_cifar.py runs, outside the package's dependencies: lightly and the torchvision
+# it imports, in the git-ignored .peers/ (PYTHONPATH=.peers). torchvision's registry wheel is a CUDA build whose
+# meta registrations cannot load beside the CPU torch; that one module is replaced by an empty one there.
+PEERS := lightly==1.5.26 torchvision==0.28.0 requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3 \
+	certifi==2026.10.19.post1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	aenum==3.1.17 lightning-utilities==0.15.3
+peers: setup
+	$(BIN)/pip install -q --no-deps --target .peers $(PEERS)
+	echo "# skipped: needs torchvision's C extension, which cannot load with the CPU torch" \
+		> .peers/torchvision/_meta_registrations.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .peers .pytest_cache .mypy_cache .ruff_cache

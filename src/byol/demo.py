@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from byol import length
 from byol.bench import StepFixture, step_times
 from byol.checkpoint import list_checkpoints, write_json
 from byol.config import Config, apply_overrides, cpu_demo, validate
@@ -208,8 +209,10 @@ def run_demo(
         sized=size_to_budget,
     )  # fmt: skip
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
-    knn_every = max(1, math.ceil(epochs / KNN_POINTS))
-    config = apply_overrides(config, {"train.epochs": epochs, "train.knn_every": knn_every})
+    config, note = length.follow(config, epochs)  # the settings that follow the length move with the plan
+    if note:
+        log.info(note)
+    config = apply_overrides(config, {"train.knn_every": max(1, math.ceil(epochs / KNN_POINTS))})
 
     pretrain_start = time.perf_counter()
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from byol import distributed, rundir
+from byol import distributed, length, rundir
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -48,7 +48,7 @@ from byol.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from byol.config import Config, apply_overrides
+from byol.config import Config
 from byol.data import Batch, Dataset, TrainBatches, load_split
 from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
@@ -596,13 +596,20 @@ class _Policies:
         return (time.perf_counter() - self.start_time) / max(self.state.step - self.first_step, 1)
 
     def resize(self, epochs: float) -> None:
-        """``train.epochs`` from now on (at least the steps done): in the schedules, config.json and the bar."""
+        """``train.epochs`` from now on (at least the steps done), the settings that follow it moved along: in the
+        schedules, config.json and the bar."""
         if self.context.enabled:  # every rank takes rank 0's length: each timed itself, and the ranks' schedules
             chosen = [epochs]  # and collectives must not part
             dist.broadcast_object_list(chosen, src=0)
             epochs = chosen[0]
         state, steps_per_epoch = self.state, self.state.schedule.steps_per_epoch
-        self.config = apply_overrides(self.config, {"train.epochs": max(epochs, state.step / steps_per_epoch)})
+        # τ_base and the lr follow the new length (byol.length); the warm-up already run and the optimizer's
+        # weight decay stay as they are
+        self.config, note = length.follow(
+            self.config, max(epochs, state.step / steps_per_epoch), hold=("optim.warmup_epochs", "optim.weight_decay")
+        )
+        if note:
+            log.info(note)
         state.schedule = Schedule.create(self.config, steps_per_epoch)
         if self.context.is_main:
             self.config.save(self.run_dir / rundir.CONFIG_FILE)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from byol.config import PRESETS, Config, apply_overrides, get_preset, validate
+from byol.config import PRESETS, Config
 from byol.errors import ConfigError
+from byol.length import configure
+
+log = logging.getLogger(__name__)
 
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
 SHORTCUTS = {
@@ -43,10 +47,14 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, str]:
 
 
 def build_config(args: argparse.Namespace, extra: Sequence[str]) -> Config:
-    """The preset, then the shortcut flags, then the dotted overrides; validated."""
+    """The preset, then the shortcut flags, then the dotted overrides, the length-dependent settings the user
+    did not set moved to the run's length (``byol.length``, printed); validated."""
     overrides = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
     overrides.update(parse_overrides(extra))
-    return validate(apply_overrides(get_preset(preset_name(args)), overrides))
+    config, note = configure(preset_name(args), overrides)
+    if note:
+        log.info(note)
+    return config
 
 
 def preset_name(args: argparse.Namespace) -> str:
