@@ -209,9 +209,7 @@ def run_demo(
         sized=size_to_budget,
     )  # fmt: skip
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
-    config, note = length.follow(config, epochs)  # the settings that follow the length move with the plan
-    if note:
-        log.info(note)
+    config = length.follow(config, epochs)[0]  # the settings that follow the length move with the plan
     config = apply_overrides(config, {"train.knn_every": max(1, math.ceil(epochs / KNN_POINTS))})
 
     pretrain_start = time.perf_counter()

@@ -23,12 +23,15 @@ and the lr with the length it chooses, and holds the warm-up already run and the
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from byol.config import Config, apply_overrides, get_preset, validate
 from byol.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # The released code's per-length configs (SPEC §4), by epochs.
 LR = {40.0: 0.45, 100.0: 0.45, 300.0: 0.3, 1000.0: 0.2}
@@ -85,7 +88,7 @@ def pinned_keys(config: Config) -> set[str]:
 def follow(config: Config, epochs: float, hold: tuple[str, ...] = ()) -> tuple[Config, str]:
     """``config`` at ``epochs`` epochs: each length-dependent setting neither pinned nor in ``hold`` moved from
     ``config.train.epochs`` along its curve. Returns the config and a line saying what moved and why ("" if
-    nothing visibly did)."""
+    nothing visibly did), which it also logs."""
     before = config.train.epochs
     config = apply_overrides(config, {"train.epochs": epochs})
     if not config.train.follow_length or epochs == before:
@@ -106,6 +109,7 @@ def follow(config: Config, epochs: float, hold: tuple[str, ...] = ()) -> tuple[C
         f"settings follow the length ({before:g} -> {epochs:g} epochs, the released per-length table, "
         f"byol.length): {', '.join(notes)}{kept}"
     )
+    log.info(note)
     return apply_overrides(config, {**changes, "train.length_note": note}), note
 
 

@@ -605,11 +605,9 @@ class _Policies:
         state, steps_per_epoch = self.state, self.state.schedule.steps_per_epoch
         # τ_base and the lr follow the new length (byol.length); the warm-up already run and the optimizer's
         # weight decay stay as they are
-        self.config, note = length.follow(
+        self.config = length.follow(
             self.config, max(epochs, state.step / steps_per_epoch), hold=("optim.warmup_epochs", "optim.weight_decay")
-        )
-        if note:
-            log.info(note)
+        )[0]
         state.schedule = Schedule.create(self.config, steps_per_epoch)
         if self.context.is_main:
             self.config.save(self.run_dir / rundir.CONFIG_FILE)

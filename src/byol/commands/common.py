@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,8 +10,6 @@ from pathlib import Path
 from byol.config import PRESETS, Config
 from byol.errors import ConfigError
 from byol.length import configure
-
-log = logging.getLogger(__name__)
 
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
 SHORTCUTS = {
@@ -51,10 +48,7 @@ def build_config(args: argparse.Namespace, extra: Sequence[str]) -> Config:
     did not set moved to the run's length (``byol.length``, printed); validated."""
     overrides = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
     overrides.update(parse_overrides(extra))
-    config, note = configure(preset_name(args), overrides)
-    if note:
-        log.info(note)
-    return config
+    return configure(preset_name(args), overrides)[0]
 
 
 def preset_name(args: argparse.Namespace) -> str:
