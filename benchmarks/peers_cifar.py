@@ -55,6 +55,7 @@ from byol.networks import build_encoder
 from byol.train import pretrain
 
 RECIPES = ("byol", "lightly", "lightly-views", "supervised")
+PRESET = "cifar10-resnet18"  # every recipe takes its network and views from a byol preset
 
 
 def byol_config(args: argparse.Namespace) -> Config:
@@ -207,11 +208,13 @@ def test_accuracy(encoder: nn.Module, head: nn.Linear, evaluation: FrozenEvaluat
 
 
 def summarize(results: list[dict[str, Any]]) -> str:
-    """One row per setting and recipe: mean and range over seeds of kNN and linear, the supervised top-1, and
-    each recipe's share of the ceiling (kNN / supervised_top1 at the same setting)."""
+    """One row per setting and recipe (and preset, where not the default): mean and range over seeds of kNN and
+    linear, the supervised top-1, and each recipe's share of the ceiling (kNN / supervised_top1 at the same
+    setting)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
-        groups.setdefault((r["depth"], r["width"], r["size"], r["epochs"], r["recipe"]), []).append(r)
+        recipe = r["recipe"] if r["preset"] == PRESET else f"{r['recipe']} (--preset {r['preset']})"
+        groups.setdefault((r["depth"], r["width"], r["size"], r["epochs"], recipe), []).append(r)
 
     def stat(rows: list[dict[str, Any]], key: str) -> str:
         values = [r[key] for r in rows if key in r]
@@ -241,9 +244,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=RECIPES)
-    parser.add_argument(
-        "--preset", default="cifar10-resnet18", help="byol's preset (all recipes take its network and views)"
-    )
+    parser.add_argument("--preset", default=PRESET, help="byol's preset (all recipes take its network and views)")
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--width", type=float, default=0.125)
