@@ -41,7 +41,7 @@ test-slow: setup
 # meta registrations cannot load beside the CPU torch; that one module is replaced by an empty one there.
 PEERS := lightly==1.5.26 torchvision==0.28.0 requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3 \
 	certifi==2026.10.19.post1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-	aenum==3.1.17 lightning-utilities==0.15.3
+	aenum==3.1.17 lightning-utilities==0.15.3 scikit-image==0.26.0
 peers: setup
 	$(BIN)/pip install -q --no-deps --target .peers $(PEERS)
 	echo "# skipped: needs torchvision's C extension, which cannot load with the CPU torch" \

@@ -22,9 +22,10 @@ def test_export_round_trip_gives_identical_features(finished_run, tmp_path, caps
     with torch.no_grad():
         assert torch.equal(encoder(x), original(x))
     assert encoder.metadata["network"] == "online encoder" and not encoder.training
-    assert main(["embed", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 0
-    features = np.load(tmp_path / "f.npy")
-    assert features.shape == (256, encoder.out_dim) and np.load(tmp_path / "f.labels.npy").shape == (256,)
+    assert main(["embed", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 0
+    saved = np.load(tmp_path / "f.npz")
+    assert saved["features"].shape == (256, encoder.out_dim) and saved["labels"].shape == (256,)
+    assert saved["index"].tolist() == list(range(256))
 
 
 def test_tampered_export_is_refused(finished_run, tmp_path):

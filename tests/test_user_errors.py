@@ -26,7 +26,7 @@ def _tampered_export(run, tmp, change):
     meta = json.loads((run.parent / "enc.json").read_text())
     meta = change(meta)
     (tmp / "enc.json").write_text(json.dumps(meta))
-    return ["embed", str(weights), "--out", str(tmp / "f.npy"), "--quiet"]
+    return ["embed", str(weights), "--out", str(tmp / "f.npz"), "--quiet"]
 
 
 def _without(key):
@@ -63,7 +63,7 @@ CASES = [
     ("export output", lambda r, t: ["export", str(r), "--out", str(t / "model.json")], ".safetensors file"),
     ("export output", lambda r, t: ["export", str(r), "--out", str(t)], ".safetensors file"),
     ("export output", lambda r, t: ["export", str(r), "--out", str(_dir(t, "d.safetensors"))], "is a directory"),
-    ("embed output", lambda r, t: ["embed", str(r), "--out", str(t / "feats"), "--quiet"], ".npy file"),
+    ("embed output", lambda r, t: ["embed", str(r), "--out", str(t / "feats"), "--quiet"], ".npz file"),
     ("resume flags", lambda r, t: ["pretrain", "--run-dir", str(r), "--resume", "--preset", "tiny"], "saved config"),
     ("missing path", lambda r, t: ["knn", str(t / "nope")], "does not exist"),
     ("missing path", lambda r, t: ["pretrain", "--run-dir", str(t), "--resume"], "holds no checkpoint"),
@@ -102,8 +102,8 @@ CASES = [
     ("derived output", lambda r, t: ["export", str(r), "--out", str(_beside(t, "m.json"))], "not written by byol"),
     (
         "derived output",
-        lambda r, t: ["embed", str(r), "--out", str(_beside(t, "f.labels.npy", dir=True, stem="f.npy")), "--quiet"],
-        "a directory",
+        lambda r, t: ["embed", str(r), "--out", str(_dir(t, "f.npz")), "--quiet"],
+        "is a directory",
     ),
     (
         "derived output",
@@ -240,8 +240,8 @@ def test_meaningless_outputs_are_refused(finished_run, tmp_path, capsys):
     meta = json.loads((finished_run.parent / "enc.json").read_text())
     del meta["sha256"]  # as in an export made before the digest: the features themselves must be refused
     (tmp_path / "nan.json").write_text(json.dumps(meta))
-    assert main(["embed", str(weights), "--out", str(tmp_path / "f.npy"), "--quiet"]) == 2
-    assert "non-finite features" in capsys.readouterr().err and not (tmp_path / "f.npy").exists()
+    assert main(["embed", str(weights), "--out", str(tmp_path / "f.npz"), "--quiet"]) == 2
+    assert "non-finite features" in capsys.readouterr().err and not (tmp_path / "f.npz").exists()
 
 
 def test_a_data_error_in_a_dataloader_worker_is_one_line(tmp_path, capsys):

@@ -2,12 +2,15 @@
 
 ``bench_augment`` times the view pipeline alone (256 images at 32, 96 and 224 px) and its share of a full
 training step of a preset. ``bench_step`` (issue 7) splits a step into network work and everything else.
+``bench_data`` times what a DataLoader worker does for an image folder (decode and both views' crops) on one
+core, and says how many workers a step of a given length needs.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,10 +19,12 @@ from typing import Any
 
 import torch
 
-from byol.augment import TwoViews
+from byol.augment import TwoViews, get_views
 from byol.config import Config, apply_overrides
-from byol.data import Batch
+from byol.data import Batch, ImageFolder, load_split
+from byol.data.decode import FolderCrops
 from byol.distributed import resolve_device
+from byol.errors import ConfigError
 from byol.precision import flush_denormals
 from byol.train import Schedule, ViewPrefetch, create_state, train_step
 
@@ -163,3 +168,69 @@ def format_step(config: Config, preset: str, r: StepTiming) -> str:
         f"  overhead ratio step / bare network: {r.step_s / r.network_s:.3f}",
         f"  the full step runs at {r.network_s / r.step_s:.3f} of the bare network's images/s",
     ])  # fmt: skip
+
+
+@dataclass
+class DataTiming:
+    folder: ImageFolder
+    scan_s: float  # the folder scan (walking the tree, sorting, labels)
+    images: int  # images timed
+    reduced_s: float  # seconds for them, decoded at the size the views need
+    full_s: float  # the same images, every file decoded in full
+
+    def per_core(self, seconds: float) -> float:
+        return self.images / seconds
+
+
+def bench_data(config: Config, images: int = 200, full: bool = True) -> DataTiming:
+    """A worker's decode + both views' crops for ``images`` files of the config's image folder (seeded sample),
+    on one thread, after one warm-up image; ``full``: the same files decoded in full too."""
+    d = config.data
+    start = time.perf_counter()
+    folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
+    scan_s = time.perf_counter() - start
+    if not isinstance(folder, ImageFolder):
+        raise ConfigError(f"bench data times image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
+    chosen = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:images].tolist()
+    views = get_views(config.augment.preset, config.augment.crop_min_scale)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = {}
+        for reduced in (True, False) if full else (True,):
+            crops = FolderCrops(folder, size=d.image_size, views=views, seed=config.train.seed, reduced=reduced)
+            crops[chosen[0]]  # warm-up: the first decode loads libraries and fills caches
+            start = time.perf_counter()
+            for index in chosen:
+                crops[index]
+            seconds[reduced] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return DataTiming(folder, scan_s, len(chosen), seconds[True], seconds.get(False, math.nan))
+
+
+def workers_needed(images_per_s: float, batch: int, step_s: float) -> int:
+    """DataLoader workers (one core each) that decode a batch of ``batch`` images within ``step_s`` seconds."""
+    return max(1, math.ceil(batch / (images_per_s * step_s)))
+
+
+def format_data(config: Config, t: DataTiming, step_ms: tuple[float, ...], world_size: int = 1) -> str:
+    d, batch = config.data, config.optim.batch_size // world_size
+    rate = t.per_core(t.reduced_s)
+    lines = [
+        f"image folder {t.folder.root} ({t.folder.layout}, {len(t.folder)} images{_classes(t.folder)}): "
+        f"scanned in {t.scan_s:.2f} s",
+        f"decode + both views' crops at {d.image_size} px (augment preset {config.augment.preset!r}), one process, "
+        f"one thread, {t.images} images:",
+        f"  decoded at the size the views need: {rate:8.1f} images/s per core ({1e3 / rate:.1f} ms an image)",
+    ]
+    if math.isfinite(t.full_s):
+        full = t.per_core(t.full_s)
+        lines.append(f"  every file decoded in full:        {full:8.1f} images/s per core ({rate / full:.2f}x slower)")
+    lines.append(f"workers that keep a step of batch {batch} fed (data.num_workers; each takes one core):")
+    lines += [f"  a {ms:g} ms step: {workers_needed(rate, batch, ms / 1e3)}" for ms in step_ms]
+    return "\n".join(lines)
+
+
+def _classes(folder: ImageFolder) -> str:
+    return f", {len(folder.classes)} classes" if folder.classes else ", unlabelled"

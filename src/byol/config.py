@@ -96,12 +96,26 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset to pretrain on (``byol.data.DATASETS``), where its files are, and the view size."""
+    """Which dataset to pretrain on (``byol.data.DATASETS``), where its files are, and the view size.
+
+    ``labels`` (image folders): auto (class folders where the folder holds only folders of images, else
+    unlabelled), folders (insist on class folders) or none (every image unlabelled; ``byol.data.folder``).
+    ``eval_dataset`` / ``eval_dir``: the labelled set that what needs labels during and after pretraining grades
+    on (the kNN monitor, the evaluation commands' default); empty: the pretraining dataset and its folder.
+    """
 
     dataset: str = "imagefolder"
     data_dir: str = ""
     image_size: int = 224
     num_workers: int = 4
+    labels: str = "auto"
+    eval_dataset: str = ""
+    eval_dir: str = ""
+
+    def evaluation(self) -> tuple[str, str]:
+        """(dataset, folder) of the labelled set evaluations use by default."""
+        name = self.eval_dataset or self.dataset
+        return name, self.eval_dir or (self.data_dir if name == self.dataset else "")
 
 
 @dataclass(frozen=True)
@@ -411,6 +425,8 @@ def validate(config: Config) -> Config:
         ("train.memory_format", tr.memory_format, ("auto", "channels_last", "contiguous")),
         ("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip")),
         ("data.dataset", d.dataset, tuple(DATASETS)),
+        ("data.eval_dataset", d.eval_dataset, ("", *DATASETS)),
+        ("data.labels", d.labels, ("auto", "folders", "none")),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
     for key, value, valid in choices:

@@ -1,5 +1,7 @@
 """Errors that speak to the user. The CLI turns them into a message and an exit status, never a traceback."""
 
+import os
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (torch's run to many lines), or its type when it has none."""
@@ -37,3 +39,9 @@ class TrainingError(ByolError):
 
 class NonFiniteError(TrainingError):
     """A NaN or Inf in the loss or the gradients; raised before the optimizer touches the weights."""
+
+
+def quoted(value: object) -> str:
+    """A path or name as a message prints it on one line: quoted, with newlines, control characters and bytes
+    that are not UTF-8 escaped (``'my\\nrun'``), so a message is one line whatever the user's names hold."""
+    return repr(os.fspath(value) if isinstance(value, os.PathLike) else str(value))

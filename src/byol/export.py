@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save
 
 from byol.checkpoint import atomic_write, remove_stale_temporaries_of
 from byol.config import finite_number
-from byol.data import load_dataset, split_name
+from byol.data import ImageFolder, load_dataset, split_name
 from byol.distributed import resolve_device
-from byol.errors import CheckpointError, ConfigError, first_line
-from byol.evaluate.common import Pretrained, extract_features, load_encoder_from_run
+from byol.errors import CheckpointError, ConfigError, first_line, quoted
+from byol.evaluate.common import Pretrained, extract, load_encoder_from_run
 from byol.extras import require
 from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
 from byol.outputs import Output, check_outputs
@@ -253,42 +253,42 @@ def embed(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[Path, tuple[int, ...]]:
-    """Features of every image of a dataset split, from a run / checkpoint or an exported encoder, to .npy.
-
-    Labels go to <out>.labels.npy beside the features.
-    """
+    """Features of every readable image of a dataset split, from a run / checkpoint or an exported encoder, to
+    ONE .npz file (written atomically: a kill leaves the old file or the new one, never a mix): ``features``
+    (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
+    image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning)."""
     source, out = Path(source), Path(out)
-    if out.suffix != ".npy":
-        raise ConfigError(f"--out {out}: name a .npy file (the labels go beside it, as {labels_path(out).name})")
+    if out.suffix != ".npz":
+        raise ConfigError(
+            f"--out {quoted(out)}: name a .npz file (features, labels and image paths travel in one file: "
+            "numpy.load(path)['features'])"
+        )
     exported = source.suffix == ".safetensors" or (source.is_dir() and (source / HUB_WEIGHTS).is_file())
-    outputs = [Output(out, "--out"), Output(labels_path(out), "the labels file beside --out", ours=_is_npy)]
-    check_outputs(outputs, inputs=[source, metadata_path(source)] if exported else [source])
+    check_outputs([Output(out, "--out")], inputs=[source, metadata_path(source)] if exported else [source])
     if exported:
         encoder = load_encoder(source)
         meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
-        name, image_size, run_data_dir = dataset or meta["pretrained_on"], meta["image_size"], ""
+        name, image_size, run_data_dir, labels = dataset or meta["pretrained_on"], meta["image_size"], "", "auto"
+        in_channels = int(meta["in_channels"])
     else:
         pretrained = load_encoder_from_run(source)
         encoder, data = pretrained.encoder, pretrained.config.data
-        name, image_size, run_data_dir = dataset or data.dataset, data.image_size, data.data_dir
+        name, image_size, run_data_dir, labels = dataset or data.dataset, data.image_size, data.data_dir, data.labels
+        in_channels = pretrained.in_channels
     if data_dir is None:
         data_dir = run_data_dir if not dataset else ""
-    images = load_dataset(name, split or split_name(name, "test"), data_dir, image_size)
-    features, labels = extract_features(
+    images = load_dataset(name, split or split_name(name, "test"), data_dir, image_size, labels)
+    if images.channels != in_channels:
+        raise ConfigError(
+            f"the encoder takes {in_channels}-channel images but {name} has {images.channels}; embed a dataset "
+            "with the encoder's channels"
+        )
+    found = extract(
         encoder, images, image_size=image_size, device=resolve_device(device), desc="embedding", progress=progress
     )
-    for output in outputs:
-        remove_stale_temporaries_of(output.path)
-    atomic_write(out, lambda f: np.save(f, features.numpy()))
-    atomic_write(labels_path(out), lambda f: np.save(f, labels.numpy()))
-    return out, tuple(features.shape)
-
-
-def _is_npy(path: Path) -> bool:
-    """A .npy file (what `byol embed` writes), by its magic bytes."""
-    with open(path, "rb") as f:
-        return f.read(6) == b"\x93NUMPY"
-
-
-def labels_path(features: Path) -> Path:
-    return features.with_name(features.name.removesuffix(".npy") + ".labels.npy")
+    arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
+    if isinstance(images, ImageFolder):
+        arrays["paths"] = np.array([images.paths[i] for i in found.indices.tolist()], dtype=str)
+    remove_stale_temporaries_of(out)
+    atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+    return out, tuple(found.features.shape)

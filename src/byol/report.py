@@ -30,7 +30,7 @@ import torch
 from byol import rundir
 from byol.checkpoint import atomic_write, list_checkpoints
 from byol.config import finite_number
-from byol.data import load_split
+from byol.data import labelled, load_split
 from byol.distributed import resolve_device
 from byol.errors import DataError
 from byol.evaluate.common import extract_features, load_encoder_from_run
@@ -116,7 +116,7 @@ def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[floa
 def _views_picture(path: Path, config: Any) -> None:
     """``views.png``: a row of images, then a row of their T views and one of their T′ views."""
     d = config.data
-    samples = view_samples(config, load_split(d.dataset, "pretrain", d.data_dir, d.image_size))
+    samples = view_samples(config, load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels))
     count = samples.images.shape[0]
     fig, axes = plt.subplots(3, count, figsize=(1.2 * count + 0.8, 4.2), dpi=110, squeeze=False)
     for row, (name, images) in enumerate(zip(("image", "T (view 1)", "T′ (view 2)"), samples, strict=True)):
@@ -132,9 +132,11 @@ def _views_picture(path: Path, config: Any) -> None:
 
 
 def _embedding_picture(path: Path, run_dir: Path, config: Any, progress: bool) -> None:
-    """``embedding.png``: t-SNE of test-set representations, the BYOL encoder beside random init."""
+    """``embedding.png``: t-SNE of test-set representations, the BYOL encoder beside random init; coloured by
+    class where the run's evaluation set has classes, in one colour where it is unlabelled."""
     d = config.data
-    test = load_split(d.dataset, "test", d.data_dir, d.image_size)
+    name, data_dir = d.evaluation()
+    test = load_split(name, "test", data_dir, d.image_size, d.labels if name == d.dataset else "auto")
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.train.seed))[:MAP_IMAGES]
     test = test.subset(chosen.sort().values)
     device = resolve_device("auto")
@@ -145,14 +147,17 @@ def _embedding_picture(path: Path, run_dir: Path, config: Any, progress: bool) -
             encoder, test, image_size=d.image_size, device=device, desc=f"{init} features", progress=progress
         )
         xy, classes = embedding_map(features, config.train.seed), labels.numpy()
-        for c, name in enumerate(test.classes):
+        if not labelled(test):
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, color="tab:blue")
+        for c, class_name in enumerate(test.classes):
             mine = classes == c
             ax.scatter(xy[mine, 0], xy[mine, 1], s=4, color=plt.get_cmap("tab10" if len(test.classes) <= 10
-                       else "tab20")(c % 20), label=name)  # fmt: skip
-        ax.set_title(f"{title}: t-SNE of {len(test)} {d.dataset} test images")
+                       else "tab20")(c % 20), label=class_name)  # fmt: skip
+        what = "test images" if labelled(test) else "images (unlabelled: one colour)"
+        ax.set_title(f"{title}: t-SNE of {len(features)} {name} {what}")
         ax.set_xticks([])
         ax.set_yticks([])
-    if len(test.classes) <= 20:
+    if labelled(test) and len(test.classes) <= 20:
         axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
     fig.tight_layout()
     _save(fig, path)

@@ -138,7 +138,11 @@ def exclusive(run_dir: str | Path, what: str = "a run", *, create: bool = True) 
 
 # ---- the files of a run directory, written by the training loop and read by evaluation, report and ablate
 
-TIMING_KEYS = ("elapsed_s", "images_per_s")  # the only metrics.jsonl fields that depend on the machine's speed
+TIMING_KEYS = (
+    "elapsed_s",
+    "images_per_s",
+    "data_wait_s",
+)  # the only metrics.jsonl fields that depend on the machine's speed
 
 
 def writer_lock(run_dir: Path, *, create: bool = True) -> contextlib.AbstractContextManager[Any]:

@@ -49,10 +49,10 @@ from byol.checkpoint import (
     set_rng_state,
 )
 from byol.config import Config
-from byol.data import Batch, Dataset, TrainBatches, load_split
+from byol.data import Batch, Dataset, TrainBatches, labelled, load_split
 from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
-from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError, first_line
+from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError, first_line, quoted
 from byol.evaluate.frozen import KnnMonitor
 from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network, input_channels
@@ -62,6 +62,9 @@ from byol.schedules import learning_rate
 from byol.visualize import image_grid, view_samples
 
 log = logging.getLogger(__name__)
+
+clock = time.perf_counter  # the loop's clock (a test runs the loop on a clock of its own)
+DATA_BOUND_SHARE = 0.1  # a step that waits longer than this share of its time for its batch is data-bound
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,9 @@ def create_state(
     context, precision = current_context(), Precision.for_run(config.train, device)
     for network in networks:  # cross-replica BN under torchrun, as the released code; before the optimizer sees θ
         precision.prepare(convert_batchnorm(network) if context.enabled else network)
-    probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if config.train.online_probe else None
+    # the online probe: on the labelled images of the batches, where there are classes (num_classes 0: none)
+    with_probe = config.train.online_probe and num_classes > 0
+    probe = nn.Linear(online.encoder.out_dim, num_classes).to(device) if with_probe else None
     modules = nn.ModuleDict({"online": online, **({"probe": probe} if probe is not None else {})})
     o = config.optim
     scales = {"online.predictor": o.predictor_lr_scale, "online.projector": o.projector_lr_scale}
@@ -249,6 +254,7 @@ class ViewPrefetch:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.source: Iterator[Batch] = iter(())
         self.next: tuple[Batch, ViewBatch, Tensor] | None = None
+        self.wait_s = 0.0  # seconds spent waiting for batches, summed; the loop's log reads and resets it
 
     def epoch(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, ViewBatch]]:
         self.source, self.next = iter(batches), None
@@ -264,7 +270,9 @@ class ViewPrefetch:
         """Queues the views of the source's next batch unless they are queued already; False at its end."""
         if self.next is not None:
             return True
+        started = clock()
         batch = next(self.source, None)
+        self.wait_s += clock() - started  # the loop waiting for its data (decode, workers)
         if batch is None:
             return False
         state = self.generator.get_state()
@@ -459,7 +467,9 @@ def _run(
     _check_config(config, context)
     seed_everything(config.train.seed, config.train.deterministic)
     d = config.data
-    dataset = load_split(d.dataset, "pretrain", d.data_dir, d.image_size)
+    dataset = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
+    if config.train.online_probe and not labelled(dataset) and context.is_main:
+        log.info("online probe skipped: %s has no labels (pretraining needs none)", _describe(dataset))
     a = config.augment
     batches = TrainBatches(
         dataset, batch_size=config.optim.batch_size // context.world_size, seed=config.train.seed, device=device,
@@ -469,8 +479,9 @@ def _run(
     views = TwoViews(a.preset, d.image_size, mean=dataset.mean, std=dataset.std, crop_min_scale=a.crop_min_scale)
     schedule = Schedule.create(config, batches.steps_per_epoch)
     state = create_state(
-        config, in_channels=dataset.channels, num_classes=len(dataset.classes), device=device, schedule=schedule
-    )
+        config, in_channels=dataset.channels, num_classes=len(dataset.classes) if labelled(dataset) else 0,
+        device=device, schedule=schedule,
+    )  # fmt: skip
     if payload is not None:
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
@@ -499,6 +510,12 @@ def _run(
                 if state.step >= state.schedule.max_steps:
                     break
     return state, dataset
+
+
+def _describe(dataset: Dataset) -> str:
+    """A dataset as a message names it: image folders by their folder and layout."""
+    root = getattr(dataset, "root", None)
+    return f"{dataset.name} {quoted(root)} ({getattr(dataset, 'layout', '')})" if root is not None else dataset.name
 
 
 def _check_config(config: Config, context: DistributedContext) -> None:
@@ -570,14 +587,16 @@ class _Policies:
                 run_dir, resumed, step=state.step, device=str(device), world_size=context.world_size,
                 precision=precision.name, precision_reason=precision.reason,
             )  # fmt: skip
-        self.knn = KnnMonitor(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
+        self.knn = (
+            KnnMonitor.create(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
+        )
         self.floor = collapse_floor(config.model.projection_dim)
-        self.warned_collapse, self.skipped_steps, self.skipped_files = False, 0, set[str]()
+        self.warned_collapse, self.warned_data, self.skipped_steps, self.skipped_files = False, False, 0, set[str]()
         self.bar = tqdm(
             total=self.state.schedule.max_steps, initial=state.step, desc="pretrain", unit="step",
             disable=not (progress and context.is_main),
         )  # fmt: skip
-        self.start_time = self.last_time = time.perf_counter()
+        self.start_time = self.last_time = clock()
         self.last_step = self.first_step = state.step
         self.metrics = rundir.MetricsLog(
             run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step
@@ -593,7 +612,7 @@ class _Policies:
 
     def seconds_per_step(self) -> float:
         """The loop's own seconds per step since it started (logging and checkpoints included)."""
-        return (time.perf_counter() - self.start_time) / max(self.state.step - self.first_step, 1)
+        return (clock() - self.start_time) / max(self.state.step - self.first_step, 1)
 
     def resize(self, epochs: float) -> None:
         """``train.epochs`` from now on (at least the steps done), the settings that follow it moved along: in the
@@ -636,20 +655,34 @@ class _Policies:
         record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
         if math.isnan(record.get("probe_acc", 0.0)):  # no labelled image in the batch
             del record["probe_acc"]
-        now = time.perf_counter()
-        images_per_s = (step - self.last_step) * self.state.schedule.batch_size / max(now - self.last_time, 1e-9)
+        now = clock()
+        steps, seconds = max(step - self.last_step, 1), max(now - self.last_time, 1e-9)
+        images_per_s = (step - self.last_step) * self.state.schedule.batch_size / seconds
+        data_wait = self.prefetch.wait_s / steps  # per step, over the steps since the last record
+        self.prefetch.wait_s = 0.0
         self.last_time, self.last_step = now, step
         record.update(
             step=step,
             epoch=step / self.state.schedule.steps_per_epoch,
             elapsed_s=round(self.elapsed_before + now - self.start_time, 3),
             images_per_s=round(images_per_s, 1),
+            data_wait_s=round(data_wait, 6),
         )
         self.metrics.write(record)
-        self.bar.set_postfix(
-            loss=f"{record['byol_loss']:.3f}", tau=f"{record['tau']:.4f}", lr=f"{record['lr']:.3g}",
-            img_s=f"{images_per_s:.0f}",
-        )  # fmt: skip
+        postfix = {"loss": f"{record['byol_loss']:.3f}", "tau": f"{record['tau']:.4f}", "lr": f"{record['lr']:.3g}",
+                   "img_s": f"{images_per_s:.0f}"}  # fmt: skip
+        share = data_wait * steps / seconds
+        if share > DATA_BOUND_SHARE:
+            postfix["data_wait"] = f"{100 * share:.0f}%"
+            if not self.warned_data:
+                log.warning(
+                    "step %d: %.0f%% of each step waits for its batch (%.3f s of %.3f): the run is data-bound; "
+                    "more data.num_workers (now %d) or a smaller data.image_size would feed it faster "
+                    "(`byol bench data` says how many workers a step needs)",
+                    step, 100 * share, data_wait, seconds / steps, self.config.data.num_workers,
+                )  # fmt: skip
+                self.warned_data = True
+        self.bar.set_postfix(postfix)
         if record["proj_std"] < self.floor and not self.warned_collapse:
             log.warning(
                 "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",

@@ -17,6 +17,7 @@ from torch import Tensor
 from byol.augment import TwoViews, evaluation_view
 from byol.config import Config
 from byol.data import Dataset, eval_batches
+from byol.errors import DataError
 from byol.extras import require
 
 VIEW_IMAGES = 8  # images in a view grid
@@ -43,7 +44,12 @@ def view_samples(config: Config, dataset: Dataset, count: int = VIEW_IMAGES) -> 
     size, a = config.data.image_size, config.augment
     generator = torch.Generator().manual_seed(config.train.seed)
     chosen = torch.randperm(len(dataset), generator=generator)[: min(count, len(dataset))]
-    batch = next(eval_batches(dataset.subset(chosen), batch_size=count, device=torch.device("cpu"), image_size=size))
+    batch = next(
+        eval_batches(dataset.subset(chosen), batch_size=count, device=torch.device("cpu"), image_size=size), None
+    )
+    if batch is None:  # an unreadable file is left out of its batch: here every one was
+        raise DataError(f"all {len(chosen)} images sampled from {dataset.name} are unreadable images: "
+                        "the dataset looks broken")  # fmt: skip
     views = TwoViews(a.preset, size, mean=dataset.mean, std=dataset.std, crop_min_scale=a.crop_min_scale)
     view1, view2 = views(batch.images, generator)
     zeros, ones = (0.0,) * dataset.channels, (1.0,) * dataset.channels

@@ -139,11 +139,16 @@ def export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def add_embed(sub: Any) -> None:
-    p = sub.add_parser("embed", help="write encoder features of a dataset split to a .npy file")
+    p = sub.add_parser(
+        "embed",
+        help="write encoder features of a dataset split to one .npz file",
+        description="Writes features, labels (-1: unlabelled), indices and, for image folders, the file of each "
+        "row to one .npz file: numpy.load(path)['features'], ['labels'], ['index'], ['paths'].",
+    )
     p.add_argument("source", type=Path, help="run directory, checkpoint, or exported .safetensors encoder")
-    p.add_argument("--out", type=Path, required=True, help="output .npy file (labels go to <out>.labels.npy)")
+    p.add_argument("--out", type=Path, required=True, help="output .npz file")
     p.add_argument("--dataset", help="dataset (default: the one the encoder was pretrained on)")
-    p.add_argument("--split", help="split (default: test)")
+    p.add_argument("--split", help="split (default: test; an unlabelled image folder: every image)")
     p.add_argument("--data-dir", dest="data_dir", help="directory of the dataset's files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     quiet_flag(p)
@@ -157,7 +162,7 @@ def embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
         args.source, args.out, dataset=args.dataset or "", split=args.split or "", data_dir=args.data_dir,
         device=args.device, progress=not args.quiet,
     )  # fmt: skip
-    print(f"features {shape} written to {path} (labels beside it)")
+    print(f"features {shape} written to {path} (with their labels and images)")
     return 0
 
 

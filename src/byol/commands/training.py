@@ -12,6 +12,7 @@ from byol.commands.common import (
     add_config_flags,
     build_config,
     directory,
+    floats,
     ints,
     parse_overrides,
     positive,
@@ -141,6 +142,21 @@ def add_bench(sub: Any) -> None:
         add_config_flags(p, "cpu-demo")
         p.add_argument("--repeats", type=positive_int, default=10, help="timed repeats (median reported)")
         p.set_defaults(handler=handler)
+    p = what.add_parser(
+        "data", help="per-core images/s of an image folder's decode + crops, and the workers a step needs",
+        description="Times what a DataLoader worker does for an image folder (decode at the size the views need, "
+        "EXIF orientation, both views' crops) on one thread, beside decoding every file in full, and prints how "
+        "many workers keep a training step of each given length fed. Example: byol bench data --data-dir photos/ "
+        "--preset imagenet-100ep --optim.batch_size 256",
+    )  # fmt: skip
+    add_config_flags(p, "imagenet-1000ep")
+    p.add_argument("--images", type=positive_int, default=200, help="images to time (a seeded sample; default 200)")
+    p.add_argument(
+        "--step-ms", type=floats, default=(100.0, 250.0, 500.0, 1000.0),
+        help="step times in ms to size the workers for (comma-separated; default 100,250,500,1000)",
+    )  # fmt: skip
+    p.add_argument("--no-full", dest="full", action="store_false", help="do not time full-size decoding too")
+    p.set_defaults(handler=bench_data)
 
 
 def bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -148,6 +164,14 @@ def bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     config = build_config(args, extra)
     print(format_augment(config, preset_name(args), *bench_augment(config, args.repeats)))
+    return 0
+
+
+def bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.bench import bench_data, format_data
+
+    config = build_config(args, extra)
+    print(format_data(config, bench_data(config, args.images, args.full), args.step_ms))
     return 0
 
 

@@ -9,13 +9,14 @@ from byol.data.folder import ImageFolder
 from byol.data.loaders import Batch, Dataset, TrainBatches, epoch_permutation, eval_batches
 from byol.errors import ConfigError
 
-DATASETS: dict[str, Callable[[str, str, int], Dataset]] = {
-    "synthetic": lambda split, data_dir, size: synthetic(split, image_size=size),
-    "fashion-mnist": lambda split, data_dir, size: fashion_mnist(split, data_dir),
-    "cifar10": lambda split, data_dir, size: cifar10(split, data_dir),
-    "cifar100": lambda split, data_dir, size: cifar100(split, data_dir),
-    "stl10": lambda split, data_dir, size: stl10(split, data_dir),
-    "imagefolder": lambda split, data_dir, size: ImageFolder.scan(data_dir, split),
+# name -> reader(split, data_dir, image_size, labels); labels (auto, folders, none) matters to image folders only.
+DATASETS: dict[str, Callable[[str, str, int, str], Dataset]] = {
+    "synthetic": lambda split, data_dir, size, labels: synthetic(split, image_size=size),
+    "fashion-mnist": lambda split, data_dir, size, labels: fashion_mnist(split, data_dir),
+    "cifar10": lambda split, data_dir, size, labels: cifar10(split, data_dir),
+    "cifar100": lambda split, data_dir, size, labels: cifar100(split, data_dir),
+    "stl10": lambda split, data_dir, size, labels: stl10(split, data_dir),
+    "imagefolder": lambda split, data_dir, size, labels: ImageFolder.scan(data_dir, split, labels),
 }
 # What each dataset pretrains on by default (STL-10: its 100k unlabelled images plus the labelled train set).
 PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
@@ -23,11 +24,18 @@ PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
 TEST_SPLIT = {"imagefolder": "val"}
 
 
-def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32) -> Dataset:
-    """A split of a dataset by name; ``image_size`` only matters for the synthetic one."""
+def load_dataset(name: str, split: str, data_dir: str = "", image_size: int = 32, labels: str = "auto") -> Dataset:
+    """A split of a dataset by name; ``image_size`` only matters for the synthetic one, ``labels`` for image
+    folders (``byol.data.folder``)."""
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; valid datasets are: {', '.join(DATASETS)}")
-    return DATASETS[name](split, data_dir, image_size)
+    return DATASETS[name](split, data_dir, image_size, labels)
+
+
+def labelled(dataset: Dataset) -> bool:
+    """Whether a dataset has classes and at least one image with a label: what a kNN bank, a probe or a
+    classifier needs."""
+    return bool(dataset.classes) and bool((dataset.labels >= 0).any())
 
 
 def split_name(name: str, role: str) -> str:
@@ -37,9 +45,9 @@ def split_name(name: str, role: str) -> str:
     return TEST_SPLIT.get(name, "test") if role == "test" else role
 
 
-def load_split(name: str, role: str, data_dir: str = "", image_size: int = 32) -> Dataset:
+def load_split(name: str, role: str, data_dir: str = "", image_size: int = 32, labels: str = "auto") -> Dataset:
     """:func:`load_dataset` of the split that plays ``role`` (see :func:`split_name`)."""
-    return load_dataset(name, split_name(name, role), data_dir, image_size)
+    return load_dataset(name, split_name(name, role), data_dir, image_size, labels)
 
 
 __all__ = [
@@ -53,6 +61,7 @@ __all__ = [
     "TrainBatches",
     "epoch_permutation",
     "eval_batches",
+    "labelled",
     "load_dataset",
     "load_split",
     "split_name",

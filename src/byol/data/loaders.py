@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from byol.augment.pipeline import ViewConfig
+from byol.data import decode
 from byol.data.arrays import ArrayDataset
-from byol.data.folder import FolderCrops, ImageFolder
+from byol.data.decode import FolderCrops, Item
+from byol.data.folder import ImageFolder
 from byol.errors import DataError
 
 Dataset = ArrayDataset | ImageFolder
@@ -25,12 +27,14 @@ Dataset = ArrayDataset | ImageFolder
 @dataclass
 class Batch:
     """uint8 images (N, C, H, W) on the device and their labels. For image folders, ``images`` is the first
-    view's decoded crop and ``second_crop`` the second's; ``skipped`` lists files that could not be read."""
+    view's decoded crop and ``second_crop`` the second's; ``skipped`` lists files that could not be read and
+    ``indices`` the dataset's indices of the images (None: in order from the batch's start, in-memory data)."""
 
     images: Tensor
     labels: Tensor
     second_crop: Tensor | None = None
     skipped: tuple[str, ...] = ()
+    indices: Tensor | None = None
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
@@ -89,26 +93,29 @@ class TrainBatches:
             pin_memory=self.device.type == "cuda",
             collate_fn=_collate,
         )
-        for crop1, crop2, labels, skipped in loader:
+        for crop1, crop2, labels, skipped, _ in loader:
             yield Batch(
                 crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
                 second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped,
             )  # fmt: skip
 
 
-def _collate(
-    items: list[tuple[Tensor, Tensor, int, tuple[str, ...]]],
-) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...]]:
-    crop1 = torch.stack([item[0] for item in items])
-    crop2 = torch.stack([item[1] for item in items])
-    labels = torch.tensor([item[2] for item in items])
-    return crop1, crop2, labels, tuple(path for item in items for path in item[3])
+def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], Tensor]:
+    """Stacks the items that hold an image (an unreadable one in evaluation holds none and is left out)."""
+    kept = [item for item in items if item[0].numel()]
+    crop1 = torch.stack([item[0] for item in kept]) if kept else torch.empty(0, dtype=torch.uint8)
+    crop2 = torch.stack([item[1] for item in kept]) if kept else crop1
+    labels = torch.tensor([item[2] for item in kept], dtype=torch.int64)
+    indices = torch.tensor([item[4] for item in kept], dtype=torch.int64)
+    return crop1, crop2, labels, tuple(path for item in items for path in item[3]), indices
 
 
 def eval_batches(
     dataset: Dataset, *, batch_size: int, device: torch.device, image_size: int, num_workers: int = 0
 ) -> Iterator[Batch]:
-    """Every image once, in order, unaugmented (image folders: centre crop at decode time)."""
+    """Every image once, in order, unaugmented (image folders: centre crop at decode time). An unreadable file
+    is left out of its batch (``indices`` says which images a batch holds);
+    :data:`~byol.data.decode.MAX_CONSECUTIVE_FAILURES` unreadable files in a row stop with :class:`DataError`."""
     if isinstance(dataset, ArrayDataset):
         for start in range(0, len(dataset), batch_size):
             yield Batch(
@@ -122,5 +129,10 @@ def eval_batches(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    for crop, _, labels, skipped in loader:
-        yield Batch(crop.to(device), labels.to(device), skipped=skipped)
+    failures = 0
+    for crop, _, labels, skipped, indices in loader:
+        failures = failures + len(skipped) if not len(indices) else len(skipped)
+        if failures >= decode.MAX_CONSECUTIVE_FAILURES:
+            raise DataError(f"{failures} unreadable images in a row in {dataset.name}: the dataset looks broken")
+        if len(indices):
+            yield Batch(crop.to(device), labels.to(device), skipped=skipped, indices=indices)

@@ -7,10 +7,11 @@ baseline every table should show.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +22,13 @@ from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
 from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config, write_json
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
-from byol.errors import CheckpointError, ConfigError, first_line
+from byol.errors import CheckpointError, ConfigError, DataError, first_line
 from byol.networks import ResNet, build_encoder, input_channels
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
 from byol.schedules import cosine_decay
+
+log = logging.getLogger(__name__)
 
 INITS = ("pretrained", "random")
 
@@ -80,8 +83,17 @@ def check_compatible(pretrained: Pretrained, dataset: Dataset) -> None:
         )
 
 
+class Features(NamedTuple):
+    """Representations of a dataset's readable images, their labels and their indices in the dataset (an
+    unreadable file of an image folder has no row)."""
+
+    features: Tensor
+    labels: Tensor
+    indices: Tensor
+
+
 @torch.no_grad()
-def extract_features(
+def extract(
     encoder: torch.nn.Module,
     dataset: Dataset,
     *,
@@ -92,11 +104,12 @@ def extract_features(
     desc: str = "features",
     progress: bool = True,
     precision: Precision = FP32,
-) -> tuple[Tensor, Tensor]:
-    """Representations y = f(x) of every image (unaugmented, BN in inference mode) and their labels."""
+) -> Features:
+    """Representations y = f(x) of every image (unaugmented, BN in inference mode), labels and indices."""
     precision.prepare(encoder.eval().to(device))
-    features, labels = [], []
+    features, labels, indices = [], [], []
     total = (len(dataset) + batch_size - 1) // batch_size
+    start, left_out = 0, 0
     for batch in tqdm(
         eval_batches(dataset, batch_size=batch_size, device=device, image_size=image_size, num_workers=num_workers),
         total=total,
@@ -107,12 +120,25 @@ def extract_features(
         with precision.context(device):
             features.append(encoder(x).float().cpu())
         labels.append(batch.labels.cpu())
+        indices.append(batch.indices if batch.indices is not None else torch.arange(start, start + len(x)))
+        start += len(x)
+        left_out += len(batch.skipped)
+    if left_out:
+        log.warning("%d of %d images of %s could not be read and are left out", left_out, len(dataset), dataset.name)
+    if not features:
+        raise DataError(f"no image of {dataset.name} could be read; nothing was evaluated")
     stacked = torch.cat(features)
     if not torch.isfinite(stacked).all():  # a score on NaN features would look like a result and mean nothing
         raise CheckpointError(
             f"the encoder gives non-finite features on {dataset.name} (NaN/Inf weights?); nothing was evaluated"
         )
-    return stacked, torch.cat(labels)
+    return Features(stacked, torch.cat(labels), torch.cat(indices))
+
+
+def extract_features(encoder: torch.nn.Module, dataset: Dataset, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """:func:`extract`'s features and labels (``kwargs``: its keyword arguments)."""
+    features = extract(encoder, dataset, **kwargs)
+    return features.features, features.labels
 
 
 # One epoch's (inputs, labels) minibatches, by epoch number.

@@ -5,6 +5,8 @@ extracted once.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from byol.config import Config
-from byol.data import Dataset, load_split
+from byol.data import Dataset, ImageFolder, labelled, load_split
+from byol.errors import DataError, quoted
 from byol.evaluate.common import extract_features
 from byol.evaluate.knn import KnnConfig, knn_on_features
 from byol.evaluate.linear import LinearConfig, linear_evaluation, linear_on_features
 from byol.precision import Precision
+
+log = logging.getLogger(__name__)
 
 # The CPU-friendly linear protocol of the demo and the ablations: linear on cached features, standardized with
 # training statistics (a random-init encoder's features are ~5x smaller than BYOL's, and on raw features the
@@ -45,6 +50,9 @@ class FrozenEvaluation:
     device: torch.device
     precision: Precision
 
+    def __post_init__(self) -> None:
+        check_distinct(self.train, self.test)
+
     @classmethod
     def from_config(
         cls,
@@ -55,11 +63,18 @@ class FrozenEvaluation:
         max_train: int | None = None,
         max_test: int | None = None,
     ) -> FrozenEvaluation:
-        """The run's dataset (``train``: already loaded), its test split, at most ``max_train`` / ``max_test``
-        images drawn with the run's seed, the run's precision on ``device``."""
+        """The run's evaluation set (``data.evaluation()``: the pretraining dataset unless the config names a labelled
+        one; ``train``: the pretraining images, already loaded), its test split, at most ``max_train`` /
+        ``max_test`` images drawn with the run's seed, the run's precision on ``device``. An evaluation set
+        without labels is refused (:class:`DataError`)."""
         d = config.data
-        train = train if train is not None else load_split(d.dataset, "train", d.data_dir, d.image_size)
-        test = load_split(d.dataset, "test", d.data_dir, d.image_size)
+        name, data_dir = d.evaluation()
+        same = (name, data_dir) == (d.dataset, d.data_dir)
+        labels = d.labels if same else "auto"
+        if train is None or not same:
+            train = load_split(name, "train", data_dir, d.image_size, labels)
+        require_labels(train)
+        test = load_split(name, "test", data_dir, d.image_size, labels)
         generator = torch.Generator().manual_seed(config.train.seed)
         return cls(
             train=_sample(train, max_train, generator, labelled_only=True),
@@ -99,6 +114,39 @@ class FrozenEvaluation:
         return knn, linear_on_features(*features, num_classes=classes, config=CACHED_LINEAR, progress=progress)
 
 
+def check_distinct(train: Dataset, test: Dataset) -> None:
+    """Refuses an evaluation whose test images are training images: the same file (by device and inode, so a
+    symlinked or hard-linked folder too) under both splits of an image folder. Grading on them means nothing."""
+    if not (isinstance(train, ImageFolder) and isinstance(test, ImageFolder)):
+        return
+    seen = {_identity(path) for path in train.paths}
+    shared = [path for path in test.paths if _identity(path) in seen]
+    if shared:
+        raise DataError(
+            f"{len(shared)} of the {len(test)} test images are training images too (the same files, e.g. "
+            f"{quoted(shared[0])}: a linked or repeated folder?); an evaluation must grade images it did not train on"
+        )
+
+
+def _identity(path: str) -> tuple[int, int] | str:
+    try:
+        info = os.stat(path)
+    except OSError:  # unreadable now: its item will be skipped and named; compare it by its path
+        return os.path.realpath(path)
+    return (info.st_dev, info.st_ino)
+
+
+def require_labels(dataset: Dataset) -> None:
+    """Refuses, in one line, to grade against a dataset without labels, and says how to name one."""
+    if not labelled(dataset):
+        where = f" {quoted(dataset.root)}" if isinstance(dataset, ImageFolder) else ""
+        raise DataError(
+            f"{dataset.name}{where} has no labels to grade against; name a labelled set (with pretrain: "
+            "--data.eval_dir DIR, a folder of <class>/<image> files, or --data.eval_dataset NAME; with an "
+            "evaluation: --dataset NAME --data-dir DIR)"
+        )
+
+
 class KnnMonitor:
     """kNN accuracy of the online encoder during pretraining, on up to 10k training and 10k test images."""
 
@@ -106,6 +154,15 @@ class KnnMonitor:
         self.evaluation = FrozenEvaluation.from_config(
             config, device, train=train, max_train=MAX_EVAL_IMAGES, max_test=MAX_EVAL_IMAGES
         )
+
+    @classmethod
+    def create(cls, config: Config, train: Dataset, device: torch.device) -> KnnMonitor | None:
+        """The monitor, or None with one line that says why there is none (no labelled set to grade on)."""
+        try:
+            return cls(config, train, device)
+        except DataError as e:
+            log.info("kNN monitor skipped: %s", e)
+            return None
 
     def __call__(self, encoder: nn.Module) -> float:
         return float(self.evaluation.knn(encoder)["top1"])

@@ -16,7 +16,7 @@ from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import check_compatible, load_encoder_from_run, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
-from byol.evaluate.frozen import FrozenEvaluation
+from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
 from byol.outputs import Output, check_outputs
@@ -49,19 +49,21 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {request.protocol!r}")
     pretrained = load_encoder_from_run(request.run, request.init)
     run_data = pretrained.config.data
-    name = request.dataset or run_data.dataset
+    eval_name, eval_dir = run_data.evaluation()
+    name = request.dataset or eval_name
     out = request.out or _result_path(request, name)
     if request.out:  # the default is the run's own eval/ folder, where results belong
         if out.suffix != ".json":
             raise ConfigError(f"--out {out}: name a .json file for the result")
         check_outputs([Output(out, "--out")], inputs=[request.run])
-    data_dir = (
-        request.data_dir if request.data_dir is not None else (run_data.data_dir if name == run_data.dataset else "")
-    )
+    data_dir = request.data_dir if request.data_dir is not None else (eval_dir if name == eval_name else "")
+    labels = run_data.labels if (name, data_dir) == (run_data.dataset, run_data.data_dir) else "auto"
     image_size = request.image_size or run_data.image_size
     device = resolve_device(request.device)
+    train = load_split(name, "train", data_dir, image_size, labels)
+    require_labels(train)
     frozen = FrozenEvaluation(
-        train=load_split(name, "train", data_dir, image_size), test=load_split(name, "test", data_dir, image_size),
+        train=train, test=load_split(name, "test", data_dir, image_size, labels),
         image_size=image_size, device=device, precision=Precision.for_run(pretrained.config.train, device),
     )  # fmt: skip
     train, test = frozen.train, frozen.test

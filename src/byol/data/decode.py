@@ -1,0 +1,201 @@
+"""From an image file to fixed-size crops: EXIF orientation, and decoding at the size the crops need.
+
+A crop box is drawn in the coordinates of the image as it is meant to be seen (its EXIF orientation applied),
+from the file's header alone. A JPEG is then decoded at the largest DCT scale (1/2, 1/4 or 1/8, libjpeg's
+scaled decoding through Pillow's ``draft``) that keeps every crop at least :data:`MARGIN` times the output
+size on each side, so the bicubic resize that follows still reduces (and antialiases) every crop. A 12-megapixel
+photo cut into two 224-px views is mostly decoded at 1/4 or 1/8 of its size: a fraction of the work of a full
+decode, and of the resize. The boxes are the same whichever scale is decoded (they are scaled with it), so the
+crop law, its seeds and an exact resume do not depend on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageOps
+from torch import Tensor
+
+from byol.augment.pipeline import ViewConfig
+from byol.data.folder import ImageFolder
+from byol.errors import DataError, quoted
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom in the oriented image's pixels
+# A crop decoded at reduced scale keeps at least this many pixels per output pixel on each side: the resize
+# after it then still reduces, with its antialiasing (measured against full decodes in docs/data.md).
+MARGIN = 1.25
+SCALES = (8, 4, 2)  # the DCT scalings libjpeg decodes at, largest first
+TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+MAX_CONSECUTIVE_FAILURES = 50  # unreadable files in a row that stop a run: a broken dataset, not a bad file
+EVAL_CROP_FRACTION = 224 / 256
+HIGH_BIT_DEPTH = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0, "F": 1.0}
+# What Pillow raises for a file it cannot read as an image (a truncated JPEG raises OSError, a bad header
+# SyntaxError or ValueError, a decompression bomb its own error).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 when there is none or it is not a valid one."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except DECODE_ERRORS:  # a damaged EXIF block: the pixels may still be fine
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image as it is meant to be seen, from the header alone."""
+    width, height = image.size
+    return (height, width) if orientation(image) in TRANSPOSED else (width, height)
+
+
+def decode_scale(boxes: Sequence[Box], size: int, margin: float | None = None) -> int:
+    """The largest of :data:`SCALES` that keeps every box at least ``margin * size`` pixels on each side once
+    divided by it; 1 (a full decode) when none does."""
+    smallest = min(min(right - left, bottom - top) for left, top, right, bottom in boxes)
+    margin = MARGIN if margin is None else margin
+    return next((scale for scale in SCALES if smallest / scale >= margin * size), 1)
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """8-bit RGB by the image's real bit depth. Pillow's own convert("RGB") clips 16-bit grey (modes I;16 and I,
+    what 16-bit PNGs open as) to white above 255; here 0..65535 maps onto 0..255. Float images ("F") are
+    taken as 0..255."""
+    if image.mode == "RGB":
+        return image
+    divisor = HIGH_BIT_DEPTH.get(image.mode)
+    if divisor is None:
+        return image.convert("RGB")
+    grey = np.clip(np.asarray(image, dtype=np.float64) / divisor, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def load_oriented(path: str, scale: int = 1) -> Image.Image:
+    """The whole image, upright (its EXIF orientation applied), in 8-bit RGB; a JPEG decoded at 1/``scale``."""
+    with Image.open(path) as image:
+        return _decode(image, scale, orientation(image))[0]
+
+
+def decode_crops(
+    path: str, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True
+) -> list[Tensor]:
+    """uint8 (3, size, size) crops of the image at ``path``, upright: ``boxes(width, height)`` draws the boxes from
+    the oriented size the header gives, then the file is decoded at the scale they need (``reduced=False``:
+    always in full) and each box is resized (bicubic) to ``size``."""
+    with Image.open(path) as image:
+        turn = orientation(image)
+        width, height = image.size
+        crops = boxes(*((height, width) if turn in TRANSPOSED else (width, height)))
+        rgb, scale = _decode(image, decode_scale(crops, size) if reduced and image.format == "JPEG" else 1, turn)
+    return [
+        _to_tensor(rgb.resize((size, size), Image.Resampling.BICUBIC, box=tuple(c / scale for c in box)))  # type: ignore[arg-type]
+        for box in crops
+    ]
+
+
+def _decode(image: Image.Image, scale: int, turn: int) -> tuple[Image.Image, int]:
+    """The image upright (``turn``: its EXIF orientation) in 8-bit RGB and the scale it was decoded at: 1/``scale``
+    where the decoder can (a JPEG with one tile: pixel x of the full image is x / scale of this one), in full
+    elsewhere."""
+    if scale > 1:
+        width = image.width
+        drafted = image.draft("RGB", (width // scale, image.height // scale))
+        scale = round(width / drafted[1][2]) if drafted is not None else 1
+    image.load()
+    if turn != 1:
+        ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb8(image), scale
+
+
+def _to_tensor(image: Image.Image) -> Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def random_box(width: int, height: int, view: ViewConfig, rng: np.random.Generator) -> Box:
+    """The released crop law (area fraction, log aspect ratio, one attempt, clipped), as a PIL box."""
+    area = rng.uniform(*view.crop_scale) * width * height
+    ratio = math.exp(rng.uniform(*view.crop_log_ratio))
+    w = min(math.sqrt(area * ratio), width)
+    h = min(math.sqrt(area / ratio), height)
+    left = rng.uniform(0, width - w)
+    top = rng.uniform(0, height - h)
+    return (left, top, left + w, top + h)
+
+
+def centre_box(width: int, height: int) -> Box:
+    """The evaluation crop: the centre 224/256 of the shorter side (SPEC §3)."""
+    side = min(width, height) * EVAL_CROP_FRACTION
+    left, top = (width - side) / 2, (height - side) / 2
+    return (left, top, left + side, top + side)
+
+
+# An item: crop 1, crop 2 (empty for the centre crop), label, the files skipped for it, the image's index.
+Item = tuple[Tensor, Tensor, int, tuple[str, ...], int]
+EMPTY = torch.empty(0, dtype=torch.uint8)
+
+
+class FolderCrops(torch.utils.data.Dataset):
+    """Decoded crops of an :class:`ImageFolder`: two random views (``views`` given) or one centre crop, decoded
+    at the size they need (``reduced=False``: every file decoded in full, the path before that existed).
+
+    Random crops are seeded by (seed, epoch, index), so they do not depend on worker count or order. An unreadable
+    file is named in a warning and travels with the item as skipped: in training the next readable file stands in
+    for it (a batch keeps its size), in evaluation its item is empty and the batch leaves it out (an evaluation
+    never grades one image in place of another). After :data:`MAX_CONSECUTIVE_FAILURES` unreadable files in a
+    row the dataset is broken and :class:`DataError` stops the run.
+    """
+
+    def __init__(
+        self,
+        folder: ImageFolder,
+        *,
+        size: int,
+        views: tuple[ViewConfig, ViewConfig] | None,
+        seed: int = 0,
+        reduced: bool = True,
+    ) -> None:
+        self.folder, self.size, self.views, self.seed, self.reduced = folder, size, views, seed, reduced
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def boxes(self, index: int) -> Callable[[int, int], list[Box]]:
+        """The crop boxes of item ``index`` this epoch, as a function of the image's (oriented) size."""
+        if self.views is None:
+            return lambda width, height: [centre_box(width, height)]
+        views = self.views
+
+        def draw(width: int, height: int) -> list[Box]:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            return [random_box(width, height, view, rng) for view in views]
+
+        return draw
+
+    def __getitem__(self, index: int) -> Item:
+        skipped: list[str] = []
+        paths = self.folder.paths
+        attempts = MAX_CONSECUTIVE_FAILURES if self.views is not None else 1
+        for attempt in range(attempts):
+            i = (index + attempt) % len(paths)
+            try:
+                crops = decode_crops(paths[i], self.size, self.boxes(index), reduced=self.reduced)
+                break
+            except DECODE_ERRORS as e:
+                log.warning("skipping unreadable image %s (%s)", quoted(paths[i]), e)
+                skipped.append(paths[i])
+        else:
+            if self.views is None:
+                return EMPTY, EMPTY, -1, tuple(skipped), index
+            raise DataError(
+                f"{MAX_CONSECUTIVE_FAILURES} unreadable images in a row from {quoted(paths[index])} on: "
+                "the dataset looks broken"
+            )
+        second = crops[1] if len(crops) > 1 else EMPTY
+        return crops[0], second, int(self.folder.labels[i]), tuple(skipped), i
