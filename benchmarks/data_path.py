@@ -14,6 +14,9 @@ images/s of:
   views: crop, flip, colour jitter, grey, blur, solarise, to tensor, normalise): everything, on the worker;
 - ``decode``, ``decode + draft``: Pillow's decode alone, in full and with ``draft`` to the view size.
 
+A second table gives how far byol's crops are from the same boxes cut from a full decode (mean absolute
+difference per pixel, of 255 levels) and how many images each JPEG decode scale served.
+
 byol's worker leaves flip, colour, grey, blur and solarise to batched work on the training device; the last
 column, ``CPU cost``, adds that work's per-image time on this CPU (``byol.augment.TwoViews`` on a batch of 64
 crops, one thread) so that byol's rows compare with lightly's whole pipeline when the device is the CPU.
@@ -31,7 +34,7 @@ from PIL import Image
 
 from byol.augment import TwoViews, get_views
 from byol.data import ImageFolder, load_dataset
-from byol.data.decode import FolderCrops
+from byol.data.decode import FolderCrops, decode_scale, oriented_size
 
 
 def best_rate(work: Callable[[int], object], count: int, repeats: int) -> float:
@@ -84,6 +87,21 @@ def measure(folder: ImageFolder, count: int, size: int, repeats: int, lightly: C
     return {name: best_rate(fn, count, repeats) for name, fn in work.items()}
 
 
+def fidelity(folder: ImageFolder, count: int, size: int) -> tuple[float, float, dict[int, int]]:
+    """Mean and largest per-image mean absolute difference (of 255 levels) between the crops decoded at the size
+    the views need and the same boxes from a full decode, and how many images each decode scale served."""
+    views = get_views("byol")
+    ours = FolderCrops(folder, size=size, views=views)
+    full = FolderCrops(folder, size=size, views=views, reduced=False)
+    errors, scales = [], dict.fromkeys((1, 2, 4, 8), 0)
+    for i in range(count):
+        with Image.open(folder.paths[i]) as image:
+            scales[decode_scale(ours.boxes(i)(*oriented_size(image)), size)] += 1
+        for a, b in zip(ours[i][:2], full[i][:2], strict=True):
+            errors.append((a.float() - b.float()).abs().mean().item())
+    return sum(errors) / len(errors), max(errors), scales
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True, help="the folder benchmarks/photos.py wrote")
@@ -98,6 +116,7 @@ def main() -> None:
     print("| files | view | byol | byol, full decode | lightly | decode | decode + draft | byol / lightly | "
           "byol / full | CPU cost byol (worker + batched views) |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    fidelities = []
     for kind in ("imagenet-like", "12mp"):
         folder = load_dataset("imagefolder", "train", str(args.photos / kind))
         count = min(args.images, len(folder))
@@ -112,6 +131,13 @@ def main() -> None:
                   f"{rates['decode']:.1f} | {rates['draft']:.1f} | {rates['byol'] / rates['lightly']:.2f}x | "
                   f"{rates['byol'] / rates['full']:.2f}x | {cost_ms:.2f} ms = {1e3 / cost_ms:.1f} img/s "
                   f"(lightly {1e3 / rates['lightly']:.2f} ms) |", flush=True)  # fmt: skip
+            fidelities.append((kind, size, *fidelity(folder, count, size)))
+    print("\n| files | view | mean abs. difference to the full decode (of 255) | largest (one crop) | "
+          "images by decode scale |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | --- |")
+    for kind, size, mean, largest, scales in fidelities:
+        shares = ", ".join(f"1/{s}: {n}" for s, n in scales.items() if n)
+        print(f"| {kind} | {size} | {mean:.2f} | {largest:.2f} | {shares} |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ import pickle
 import pytest
 import torch
 
-from byol.checkpoint import atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from byol.errors import CheckpointError
+from byol.files import atomic_write
 
 
 def test_save_keeps_the_last_k_and_loads_back(tmp_path):

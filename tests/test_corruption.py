@@ -7,9 +7,11 @@ it never leaves a traceback, and it never changes a byte of a file it was not as
 does not load completely is moved aside whole, as ``*.unreadable``, never changed).
 """
 
+import argparse
 import gzip
 import io
 import json
+import math
 import pickle
 import shutil
 import tempfile
@@ -21,7 +23,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from byol.cli import main
+from byol.cli import build_parser, main
+from byol.commands.common import directory
 from byol.config import apply_overrides, flatten, get_preset
 from byol.data import load_dataset
 from byol.errors import DataError
@@ -136,7 +139,7 @@ COMMANDS = {
 # out an evaluation file that is not one, a resume moves a damaged environment.json aside and starts its history
 # afresh.
 NEEDS = {
-    "resume": (),
+    "resume": ("config.json",),  # a config.json that still reads as a config but differs is the user's edit: refused
     "knn": ("checkpoints/step_000000008.pt",),
     "linear": ("checkpoints/step_000000008.pt",),
     "export": ("checkpoints/step_000000008.pt",),
@@ -321,7 +324,8 @@ NUMERIC_KEYS = sorted(
     for key, value in flatten(get_preset("tiny").to_dict()).items()
     if isinstance(value, int | float) and not isinstance(value, bool)
 )
-EDGES = ["-1", "0", "1", "-0.5", "0.5", "1e400", "-1e400", "nan", "inf", "1e18", str(2**63), str(2**64), "2.5", "x"]
+EDGES = ["-1", "0", "1", "-0.5", "0.5", "1e400", "-1e400", "1e308", "-1e308", "nan", "inf", "1e18", str(2**63),
+         str(2**64), "2.5", "x"]  # fmt: skip
 
 
 @settings(PROPERTY, max_examples=80)
@@ -344,3 +348,55 @@ def test_numeric_flags_at_and_beyond_their_ranges_start_a_run_or_give_one_line(c
         code = main(["pretrain", "--preset", "tiny", "--run-dir", str(Path(tmp) / "r"), f"--{key}", value])
     err = capsys.readouterr().err
     assert code in (0, 2) and (code == 0 or len(err.strip().splitlines()) == 1), err
+
+
+def _numeric_flags(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> list:
+    """(the command's words, the required arguments, the flag, its (lowest, highest)) of every numeric flag of
+    every command and sub-command; a flag typed by anything but a bounded number or a path fails the test."""
+    found = []
+    required = [a for a in parser._actions if a.required and not isinstance(a, argparse._SubParsersAction)]
+    filled = [v for a in required for v in [*a.option_strings[:1], next(iter(a.choices or ["x.npz"]))]]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _numeric_flags(sub, (*words, name))
+        elif action.type is not None and action.type not in (Path, directory, str):
+            bounds = getattr(action.type, "bounds", None)
+            assert bounds is not None and math.isfinite(bounds[1]), f"{words} {action.option_strings} is unbounded"
+            found.append((words, tuple(filled), action.option_strings[0], bounds))
+    return found
+
+
+NUMERIC_FLAGS = _numeric_flags(build_parser())
+
+
+def test_every_command_has_its_numeric_flags_bounded():
+    commands = {words[0] for words, *_ in NUMERIC_FLAGS}
+    assert {"knn", "linear", "finetune", "demo", "bench", "ablate"} <= commands, commands
+
+
+@settings(PROPERTY, max_examples=120)
+@given(
+    flag=st.sampled_from(NUMERIC_FLAGS),
+    value=st.sampled_from(EDGES) | st.floats().map(repr) | st.integers().map(str) | st.just("1,1e400"),
+)
+def test_every_numeric_flag_of_every_command_takes_a_value_in_range_or_gives_one_line(capsys, flag, value):
+    words, required, option, (lowest, highest) = flag
+    try:
+        args, _ = build_parser().parse_known_args([*words, *required, option, value])
+    except SystemExit as e:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.code == 2 and "error:" in err[-1] and option in err[-1], err
+        assert len([line for line in err if not line.startswith(("usage:", " "))]) == 1, err
+        return
+    parsed = getattr(args, next(a.dest for a in _parser_of(words)._actions if option in a.option_strings))
+    for number in parsed if isinstance(parsed, tuple) else (parsed,):
+        assert math.isfinite(number) and lowest <= number <= highest, (option, value, parsed)
+
+
+def _parser_of(words: tuple[str, ...]) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for word in words:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser

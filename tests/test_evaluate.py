@@ -23,6 +23,7 @@ from byol.evaluate import (
     linear_evaluation,
     load_encoder_from_run,
 )
+from byol.evaluate.common import split_train_val, validation_size
 from byol.evaluate.frozen import FrozenEvaluation, KnnMonitor
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.runner import EvaluationRequest, run_evaluation
@@ -152,7 +153,14 @@ def test_protocols_write_json_and_the_report_collects_them(run_dir, capsys):
     knn = json.loads((run_dir / "eval" / "knn_synthetic_pretrained.json").read_text())
     assert knn["encoder"] == "online" and 0 <= knn["top1"] <= 100
     ft = json.loads((run_dir / "eval" / "finetune-0.1_synthetic_pretrained.json").read_text())
-    assert ft["labelled_images"] == 50 and ft["chosen_epochs"] == 1  # round(10% of 51 or 52) = 5 per class
+    train = load_dataset("synthetic", "train")
+    pool = split_train_val(train.labels, validation_size(0, len(train)), seed=0)[0]  # outside the validation split
+    per_class = [int((train.labels[pool] == c).sum()) for c in range(len(train.classes))]
+    assert ft["labelled_images"] == sum(max(1, round(0.1 * n)) for n in per_class) and ft["chosen_epochs"] == 1
+    assert main(["finetune", str(run_dir), "--quiet", "--label-fraction", "1", "--epochs", "1", "--lrs", "0.05",
+                 "--batch-size", "64", "--val-size", "40"]) == 0  # fmt: skip
+    every = json.loads((run_dir / "eval" / "finetune-1_synthetic_pretrained.json").read_text())
+    assert every["labelled_images"] == len(train) - 40  # every training image outside the validation split
     report = write_report(run_dir)
     text = report.read_text()
     assert "kNN (k=200, T=0.1) | synthetic | random" in text and "fine-tune on 10% of the labels" in text

@@ -86,6 +86,19 @@ def test_hub_folder_reads_back_through_load_encoder_and_from_pretrained(finished
         load_encoder(folder)
 
 
+def test_a_hub_export_through_a_link_replaces_the_export_it_names_and_keeps_the_link(finished_run, tmp_path):
+    first = tmp_path / "exports" / "v1"
+    assert main(["export", str(finished_run), "--out", str(first), "--format", "hub"]) == 0
+    before = (first / "config.json").read_bytes()
+    latest = tmp_path / "latest"
+    latest.symlink_to(first, target_is_directory=True)
+    (first / "config.json").write_bytes(before.replace(b'"network"', b'"older": 1, "network"'))
+    assert main(["export", str(finished_run), "--out", str(latest), "--format", "hub"]) == 0
+    assert latest.is_symlink() and latest.resolve() == first.resolve()
+    assert (latest / "config.json").read_bytes() == before  # the new export, where the link points
+    assert sorted(os.listdir(tmp_path)) == ["exports", "latest"] and os.listdir(tmp_path / "exports") == ["v1"]
+
+
 @pytest.mark.parametrize(
     ("args", "extra"),
     [

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 import byol.train as train_module
 from byol.augment import TwoViews
-from byol.checkpoint import list_checkpoints
+from byol.checkpoint import list_checkpoints, load_checkpoint
 from byol.config import apply_overrides, get_preset, validate
 from byol.data import Batch, load_split
 from byol.ema import target_ema
@@ -249,6 +249,9 @@ def test_a_resize_at_the_end_of_warm_up_sets_the_length_everywhere(tmp_path):
     assert state.step == state.schedule.max_steps == 8
     assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 0.5
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000008.pt"]
+    saved = json.loads(load_checkpoint(list_checkpoints(tmp_path)[-1])["config"])
+    assert json.loads((tmp_path / "config.json").read_text()) == saved  # written with the checkpoint that holds it
+    assert train_module.resume(tmp_path, progress=False)[0].step == 8  # so a resume finds no edit to refuse
     lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path) if "lr" in r}
     o = config.optim
     for step in (3, 7):  # metrics of step k carry the lr used at k - 1, before and after the resize

@@ -2,6 +2,7 @@
 a damaged checkpoint or a full disk loses no work; results never come from the training images."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -45,12 +48,21 @@ CASES = [
     ("batch > dataset", lambda r, t: [*TINY, "--run-dir", str(t / "b"), "--optim.batch_size", "1024"], "at most 512"),
     ("non-finite config", lambda r, t: [*TINY, "--run-dir", str(t / "c"), "--optim.base_lr", "nan"], "finite"),
     ("non-finite config", lambda r, t: [*TINY, "--run-dir", str(t / "c"), "--train.epochs", "inf"], "finite"),
-    ("evaluation flag", lambda r, t: ["knn", str(r), "--k", "0"], "integer >= 1"),
+    ("evaluation flag", lambda r, t: ["knn", str(r), "--k", "0"], "integer in [1, 1e6]"),
     ("evaluation flag", lambda r, t: ["knn", str(r), "--temperature", "0"], "positive number"),
-    ("evaluation flag", lambda r, t: ["linear", str(r), "--batch-size", "0"], "integer >= 1"),
-    ("evaluation flag", lambda r, t: ["linear", str(r), "--epochs", "0"], "integer >= 1"),
-    ("evaluation flag", lambda r, t: ["linear", str(r), "--image-size", "-3"], "integer >= 0"),
-    ("evaluation flag", lambda r, t: ["finetune", str(r), "--epochs", "30,0"], "integers >= 1"),
+    ("evaluation flag", lambda r, t: ["knn", str(r), "--image-size", "10000000"], "image size in [0, 4096]"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--seed", str(2**64)], "seed in [0, 2^32)"),
+    ("flag range", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--optim.warmup_epochs", "1e308"], "[0, 1e6]"),
+    ("run history", lambda r, t: [*TINY, "--run-dir", str(_without_checkpoints(r, t))], "earlier run's history"),
+    (
+        "edited config",
+        lambda r, t: ["pretrain", "--resume", "--run-dir", str(_edited_config(r, t))],
+        "train.max_steps: 4 in the checkpoint, 16 in config.json",
+    ),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--batch-size", "0"], "integer in [1, 1e6]"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--epochs", "0"], "integer in [1, 1e6]"),
+    ("evaluation flag", lambda r, t: ["linear", str(r), "--image-size", "-3"], "image size in [0, 4096]"),
+    ("evaluation flag", lambda r, t: ["finetune", str(r), "--epochs", "30,0"], "integers in [1, 1e6]"),
     ("evaluation flag", lambda r, t: ["linear", str(r), "--lrs", "0.1,nan"], "positive numbers"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("depth", 33)), "'depth' is 33"),
     ("export architecture", lambda r, t: _tampered_export(r, t, _set("width", 0)), "'width' is 0"),
@@ -123,6 +135,26 @@ CASES = [
     ("device", lambda r, t: [*TINY, "--run-dir", str(t / "s"), "--device", "meta"], "not a device byol runs on"),
     ("device", lambda r, t: ["knn", str(r), "--device", "cuda:7"], "cuda"),
 ]
+
+
+def _without_checkpoints(run, tmp):
+    """A finished, evaluated run whose checkpoints/ the user deleted: its history is still there."""
+    copy = tmp / "finished"
+    shutil.copytree(run, copy)
+    (copy / "eval").mkdir(exist_ok=True)
+    (copy / "eval" / "knn_synthetic_pretrained.json").write_text('{"top1": 50.0}')
+    shutil.rmtree(copy / "checkpoints")
+    return copy
+
+
+def _edited_config(run, tmp):
+    """A finished run whose config.json the user edited to train longer."""
+    copy = tmp / "edited"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["train"]["max_steps"] = 16
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
 
 
 def _user_folder(tmp):
@@ -288,3 +320,69 @@ def test_an_export_killed_while_writing_leaves_nothing_after_the_next_export(fin
     alive.write_bytes(b"in progress")
     assert main(["export", str(finished_run), "--out", str(tmp_path / "enc.safetensors")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "enc.json", "enc.safetensors"]
+
+
+# ---- one line means one line: paths with odd characters
+
+ODD_CHARACTERS = ["a", "b", " ", "'", '"', "\\", "é", "\n", "\r", "\t", "\x1b", "\u2028", "\x85", "\udcff"]
+ODD_NAMES = st.text(alphabet=st.sampled_from(ODD_CHARACTERS), min_size=1, max_size=6)
+ODD_COMMANDS = {
+    "resume": lambda p: ["pretrain", "--resume", "--run-dir", str(p)],
+    "knn": lambda p: ["knn", str(p / "step.pt"), "--quiet"],
+    "embed": lambda p: ["embed", str(p / "enc.safetensors"), "--out", str(p / "f.npz")],
+    "report": lambda p: ["report", str(p)],
+    "data-dir": lambda p: [*TINY, "--run-dir", str(p.parent / "r"), "--dataset", "imagefolder", "--data-dir", str(p)],
+}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=ODD_NAMES, command=st.sampled_from(sorted(ODD_COMMANDS)))
+def test_a_path_with_odd_characters_is_printed_on_one_line(tmp_path, capsys, name, command):
+    path = tmp_path / name / "missing"
+    code = main(ODD_COMMANDS[command](path))
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("INFO", "WARNING"))]
+    assert code == 2 and len(err) == 1, err
+    assert not any(c in err[0] for c in "\r\x1b\u2028\x85"), err
+
+
+def test_log_records_are_one_line_whatever_their_arguments_hold():
+    from byol.cli import OneLineFormatter
+
+    record = logging.LogRecord("byol", logging.WARNING, __file__, 1, "skipping %s (%s)", ("gr\ney/x.jpg", "a\rb"), None)
+    line = OneLineFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "WARNING skipping gr\\ney/x.jpg (a\\rb)"
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "pickle protocol 4"])
+def test_a_pickled_file_from_elsewhere_is_refused_without_torchs_warnings(tmp_path, kind):
+    import pickle
+    import warnings
+
+    path = tmp_path / "step.pt"
+    if kind == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's own deprecation, in making the file
+            torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    else:
+        path.write_bytes(pickle.dumps({"weights": [1.0]}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match="pickled objects"):
+            load_checkpoint(path)
+    assert not caught, [str(w.message) for w in caught]  # torch warns for both before it refuses
+
+
+def test_a_closed_output_pipe_ends_the_command_silently_after_its_result_is_written(finished_run, tmp_path):
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader went away before the command printed anything (`| head -c0`)
+    out = tmp_path / "enc.safetensors"
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from byol.cli import main; sys.exit(main(sys.argv[1:]))", "export",
+         str(finished_run), "--out", str(out)], stdout=write, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(write)
+    assert done.returncode == 141 and done.stderr == "", done.stderr
+    assert out.is_file() and out.with_suffix(".json").is_file()

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import re
-import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import torch
 
 from byol.config import Config, validate
 from byol.errors import CheckpointError, ConfigError, first_line
+from byol.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -45,66 +46,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Calls ``write(file)`` on a temporary file, then renames it to ``path``; on error ``path`` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.filename is None:  # a full disk at write or fsync names no file: this one
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
-        raise
-    _fsync_directory(path.parent)
-
-
-def remove_stale_temporaries_of(path: Path) -> None:
-    """Removes what writes of ``path`` that were killed left beside it (``.<name>.tmp-<pid>`` of a process that
-    no longer runs): the names :func:`atomic_write` gives, for this one path, and nothing else."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-(\d+)$")
-    for sibling in path.parent.iterdir() if path.parent.is_dir() else ():
-        match = pattern.match(sibling.name)
-        if match and not _running(int(match.group(2))):
-            if sibling.is_dir():
-                shutil.rmtree(sibling, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    sibling.unlink()
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is another user's
-        return True
-    return True
-
-
-def write_json(path: Path, data: Any, sort_keys: bool = False) -> None:
-    """``data`` as indented JSON with a final newline, written atomically (:func:`atomic_write`)."""
-    text = json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, payload: dict[str, Any], keep: int = 2) -> Path:
@@ -129,7 +70,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on some refused files before it raises: the error says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated, tampered or foreign file
         reason = first_line(e)
         if "weights only" in reason.lower() or "weights_only" in reason:  # never repeat torch's unsafe advice

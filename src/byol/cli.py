@@ -9,11 +9,22 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from byol.commands import PARSERS
-from byol.errors import ByolError
+from byol.errors import ByolError, one_line
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records as one line each, a path with a newline in it included (:func:`byol.errors.one_line`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
+SIGPIPE_EXIT = 141  # what a shell reports for a writer whose pipe closed (128 + SIGPIPE), as for `yes | head`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,19 +69,22 @@ def describe_os_error(error: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler_out = logging.StreamHandler()
+    handler_out.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler_out])
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler: Callable[[argparse.Namespace, Sequence[str]], int] = args.handler
     try:
         return handler(args, extra)
     except ByolError as e:
-        print(f"byol {args.command}: error: {user_message(e)}", file=sys.stderr)
+        print(f"byol {args.command}: error: {one_line(user_message(e))}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # the reader of the output went away (`byol knn RUN | head -c1`): results are written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
+        return SIGPIPE_EXIT
     except OSError as e:  # a path the user named cannot be read, created or written: nothing was lost
-        print(f"byol {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"byol {args.command}: error: {one_line(describe_os_error(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"byol {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from byol.errors import ConfigError
+from byol.files import write_json
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,6 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         """Writes the config as JSON, atomically (a kill leaves the old file or the new one)."""
-        from byol.checkpoint import write_json  # local: the config module stays free of torch
-
         write_json(Path(path), self.to_dict(), sort_keys=True)
 
     @classmethod
@@ -211,6 +210,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 MAX_INT = 2**63 - 1  # what a config integer may be (torch and numpy take int64)
 # Bounds far beyond any real run that keep an absurd value from hanging or exhausting memory before it is refused.
 MAX_UNITS, MAX_DEPTH = 2**16, 16
+MAX_IMAGE_SIZE = 4096  # pixels a side: views, evaluations and exports
 
 
 def valid_keys() -> list[str]:
@@ -458,8 +458,8 @@ def validate(config: Config) -> Config:
         ("optim.eta", o.eta > 0, "must be > 0"),
         (
             "optim.warmup_epochs",
-            o.warmup_epochs >= 0,
-            "must be >= 0 (warm-up longer than the run is cut to it)",
+            0 <= o.warmup_epochs <= 1e6,
+            "must lie in [0, 1e6] (warm-up longer than the run is cut to it)",
         ),
         ("optim.predictor_lr_scale", o.predictor_lr_scale >= 0, "must be >= 0"),
         ("optim.projector_lr_scale", o.projector_lr_scale >= 0, "must be >= 0"),
@@ -469,7 +469,7 @@ def validate(config: Config) -> Config:
             d.image_size >= (8 if m.stem == "cifar" else 32),
             "is too small for the stem (>= 8 px for cifar, >= 32 px for imagenet)",
         ),
-        ("data.image_size", d.image_size <= 4096, "must be <= 4096"),
+        ("data.image_size", d.image_size <= MAX_IMAGE_SIZE, f"must be <= {MAX_IMAGE_SIZE}"),
         ("data.num_workers", 0 <= d.num_workers <= 256, "must lie in [0, 256]"),
         ("optim.batch_size", o.batch_size <= 2**20, "must be <= 2^20"),
         ("augment.crop_min_scale", 0 < config.augment.crop_min_scale <= 1, "must lie in (0, 1]"),

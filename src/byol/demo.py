@@ -29,12 +29,13 @@ import torch
 
 from byol import length
 from byol.bench import StepFixture, step_times
-from byol.checkpoint import list_checkpoints, write_json
+from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.evaluate.common import load_encoder_from_run, random_encoder, write_result
 from byol.evaluate.frozen import FrozenEvaluation, KnnMonitor
+from byol.files import write_json
 from byol.precision import Precision
 from byol.report import write_report
 from byol.rundir import check_run_dir

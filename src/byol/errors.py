@@ -41,6 +41,13 @@ class NonFiniteError(TrainingError):
     """A NaN or Inf in the loss or the gradients; raised before the optimizer touches the weights."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that would break or hide a line (newlines, tabs, escape sequences, Unicode
+    line separators, undecodable bytes) written as its escape: what the command line prints is one line by
+    construction, whatever a path or a library's message holds."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def quoted(value: object) -> str:
     """A path or name as a message prints it on one line: quoted, with newlines, control characters and bytes
     that are not UTF-8 escaped (``'my\\nrun'``), so a message is one line whatever the user's names hold."""

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from byol.checkpoint import atomic_write, remove_stale_temporaries_of
 from byol.config import finite_number
 from byol.data import ImageFolder, load_dataset, split_name
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
 from byol.evaluate.common import Pretrained, extract, load_encoder_from_run
 from byol.extras import require
+from byol.files import atomic_write, replace_folder
 from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
 from byol.outputs import Output, check_outputs
 
@@ -112,6 +110,8 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r} is not valid; choose one of {', '.join(FORMATS)}")
     out, run = Path(out), Path(run)
+    if format == "hub" and out.is_symlink():  # a link to an earlier export ("latest"): the export it names
+        out = out.resolve()
     outputs = _outputs(out, format)
     check_outputs(outputs, inputs=[run])
     if format != "safetensors":
@@ -121,8 +121,6 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
     weights = {k: v.contiguous() for k, v in pretrained.encoder.state_dict().items()}
     if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
         raise CheckpointError(f"{pretrained.source} holds non-finite encoder weights; nothing was exported")
-    for output in outputs:
-        remove_stale_temporaries_of(output.path)  # of an export killed while writing this path
     if format == "hub":
         _write_hub(out, pretrained.encoder, meta)
     elif format == "onnx":
@@ -135,24 +133,13 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
 
 
 def _write_hub(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
-    """The Hub folder, written whole beside ``out`` and renamed over it (an earlier hub export is replaced)."""
+    """The Hub folder, written whole beside ``out`` and swapped in for it in one step (an earlier hub export is
+    replaced; a kill leaves the old folder or the new one)."""
     from byol.hub import HubEncoder
 
     model = HubEncoder(**meta)
     model.load_state_dict(encoder.state_dict())
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        model.save_pretrained(staging)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    replace_folder(out, lambda staging: model.save_pretrained(staging))
 
 
 def _write_onnx(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
@@ -289,6 +276,5 @@ def embed(
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
     if isinstance(images, ImageFolder):
         arrays["paths"] = np.array([images.paths[i] for i in found.indices.tolist()], dtype=str)
-    remove_stale_temporaries_of(out)
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     return out, tuple(found.features.shape)

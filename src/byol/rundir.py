@@ -8,8 +8,9 @@ anything is written (runs made before the marker existed are recognised by holdi
 The writer holds an exclusive ``flock`` on ``<run>/.lock`` for as long as it runs. The kernel drops the lock
 when the process ends, however it ends (SIGKILL included), so a crashed run never leaves it stuck; a second
 writer is refused with a message naming the directory. On taking the lock, temporary files of writes that a
-kill interrupted (``.<name>.tmp-<pid>``, see :func:`byol.checkpoint.atomic_write`) are removed from the
-folders the package writes in that run, and nowhere else: with the lock held, no other process is writing them.
+kill interrupted (``.<name>.tmp-<pid>``, see :func:`byol.files.atomic_write`) are removed from the folders the
+package writes in that run, and nowhere else, unless their process still runs (a report or an evaluation writes
+beside a run without its lock).
 The folders that this call created are removed again when a failure left in them only the marker and the lock.
 """
 
@@ -20,23 +21,22 @@ import errno
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from byol.checkpoint import CHECKPOINT_DIR, atomic_write, write_json
-from byol.config import Config, finite_number, validate
-from byol.errors import CheckpointError, ConfigError, DataError, first_line
+from byol.checkpoint import CHECKPOINT_DIR
+from byol.config import Config, finite_number, flatten, validate
+from byol.errors import CheckpointError, ConfigError, DataError, first_line, quoted
 from byol.extras import available
+from byol.files import DEBRIS, atomic_write, remove_debris, write_json
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 MARKER_FILE = ".byol-run"
-TEMP_FILE = re.compile(r"^\..+\.tmp-\d+$")  # what byol.checkpoint.atomic_write names its temporary files
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 ENVIRONMENT_FILE = "environment.json"
@@ -73,7 +73,7 @@ def is_run_dir(path: Path) -> bool:
         return True
     if not (path / CONFIG_FILE).is_file():
         return False
-    return all(entry.name in RUN_ENTRIES or TEMP_FILE.match(entry.name) for entry in path.iterdir())
+    return all(entry.name in RUN_ENTRIES or DEBRIS.match(entry.name) for entry in path.iterdir())
 
 
 def check_run_dir(run_dir: Path, *, exists: bool = False) -> None:
@@ -93,16 +93,9 @@ def check_run_dir(run_dir: Path, *, exists: bool = False) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Deletes the temporary files of interrupted writes in the folders the package writes; returns them."""
-    removed = []
-    for folder in WRITTEN_FOLDERS:
-        directory = run_dir / folder
-        for path in directory.iterdir() if directory.is_dir() else ():
-            if TEMP_FILE.match(path.name) and path.is_file():
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                    removed.append(path)
-    return removed
+    """Deletes the temporary files of interrupted writes in the folders the package writes, those of processes
+    that still run (a report being written beside a resume) excepted; returns them."""
+    return [path for folder in WRITTEN_FOLDERS for path in remove_debris(run_dir / folder)]
 
 
 @contextlib.contextmanager
@@ -194,6 +187,47 @@ def read_config(run_dir: Path) -> Config:
         return validate(Config.from_dict(data))
     except ConfigError as e:
         raise DataError(f"{path} is not a config byol can use: {first_line(e)}") from None
+
+
+def earlier_history(run_dir: Path) -> list[str]:
+    """What an earlier start left in ``run_dir`` that a fresh start would replace or leave beside the new run's
+    files as if they were its own: logged steps, evaluation results, a report, a demo's or an ablation's result."""
+    found = []
+    if (run_dir / METRICS_FILE).is_file():
+        steps = [r["step"] for r in read_metrics(run_dir)]
+        if steps:
+            found.append(f"{METRICS_FILE} up to step {max(steps):g}")
+    for folder in (EVAL_DIR, REPORT_DIR):
+        directory = run_dir / folder
+        entries = [p for p in directory.iterdir() if not DEBRIS.match(p.name)] if directory.is_dir() else []
+        if entries:
+            found.append(f"{folder}/ ({len(entries)} file(s))")
+    found += [name for name in ("demo.json", "result.json") if (run_dir / name).exists()]
+    return found
+
+
+def check_unchanged(run_dir: Path, config: Config) -> None:
+    """Refuses a resume whose config.json the user changed since the checkpoint it resumes from, whose config is
+    ``config`` (the run goes on as the checkpoint holds it, so an edit would be silently undone): one line naming
+    each key, both values and what to do. A config.json that is not a config at all is rewritten from the
+    checkpoint, with a warning."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    try:
+        saved = flatten(read_config(run_dir).to_dict())
+    except DataError as e:
+        log.warning("%s; the resume rewrites it from the checkpoint", e)
+        return
+    wanted = flatten(config.to_dict())
+    changed = [f"{key}: {wanted[key]!r} in the checkpoint, {saved.get(key)!r} in config.json" for key in wanted
+               if saved.get(key) != wanted[key]]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"{quoted(run_dir / CONFIG_FILE)} was changed since the checkpoint the run resumes from "
+            f"({'; '.join(changed)}); "
+            "--resume continues a run as its checkpoint holds it: put the value back, or start a new run "
+            "(`byol pretrain --run-dir NEW ...`) with the new setting"
+        )
 
 
 def remove_logs(run_dir: Path) -> None:

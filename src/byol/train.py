@@ -399,8 +399,13 @@ def pretrain(
     progress: bool = True,
     step_seconds_hint: float | None = None,
     resize: Resize | None = None,
+    restart: bool = False,
 ) -> tuple[TrainState, Dataset]:
     """Runs a new pretraining run in ``run_dir``: checkpoints, config.json, environment.json and metrics.jsonl.
+
+    A directory that holds an earlier run's history (logged steps, evaluations, a report) but no checkpoint is
+    refused: its files would be replaced, or kept beside the new run's as if they were its own. ``restart``: the
+    caller owns the directory and starts it over (the ablation runner's cell killed before its first checkpoint).
 
     ``step_seconds_hint`` (a measured step time) gives the progress bar an ETA before its own rate exists;
     ``resize`` may change ``train.epochs`` once, from the loop's speed (config.json and later checkpoints
@@ -414,7 +419,13 @@ def pretrain(
     with rundir.writer_lock(run_dir):
         if list_checkpoints(run_dir):
             raise ConfigError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir"
+                f"{quoted(run_dir)} already holds a run; pass --resume to continue it or choose another --run-dir"
+            )
+        history = [] if restart else rundir.earlier_history(run_dir)
+        if history:
+            raise ConfigError(
+                f"{quoted(run_dir)} holds an earlier run's history ({', '.join(history)}) and no checkpoint to resume "
+                "from; a new run would replace it: choose another --run-dir, or delete this one to start over"
             )
         return _run(config, run_dir, progress=progress, step_seconds_hint=step_seconds_hint, resize=resize)
 
@@ -425,7 +436,9 @@ def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Data
     latest_checkpoint(run_dir)  # refused before anything is written: no such directory, or no checkpoint in it
     with rundir.writer_lock(run_dir, create=False):
         payload = load_resumable(run_dir, check=_check_resumable)
-        return _run(run_config(payload, run_dir), run_dir, payload=payload, progress=progress)
+        config = run_config(payload, run_dir)
+        rundir.check_unchanged(run_dir, config)
+        return _run(config, run_dir, payload=payload, progress=progress)
 
 
 # What a resume reads from a checkpoint besides the networks, as paths of keys into it.
@@ -574,7 +587,7 @@ class _Policies:
         prefetch: ViewPrefetch,
     ) -> None:
         self.config, self.run_dir, self.state, self.context, self.prefetch = config, run_dir, state, context, prefetch
-        self.elapsed_before = 0.0
+        self.elapsed_before, self.config_saved = 0.0, True
         if context.is_main:
             log.info("precision %s (%s)", state.precision.name, state.precision.reason)
             if resumed:
@@ -616,7 +629,7 @@ class _Policies:
 
     def resize(self, epochs: float) -> None:
         """``train.epochs`` from now on (at least the steps done), the settings that follow it moved along: in the
-        schedules, config.json and the bar."""
+        schedules and the bar now, in config.json with the next checkpoint (which holds the same config)."""
         if self.context.enabled:  # every rank takes rank 0's length: each timed itself, and the ranks' schedules
             chosen = [epochs]  # and collectives must not part
             dist.broadcast_object_list(chosen, src=0)
@@ -628,8 +641,7 @@ class _Policies:
             self.config, max(epochs, state.step / steps_per_epoch), hold=("optim.warmup_epochs", "optim.weight_decay")
         )[0]
         state.schedule = Schedule.create(self.config, steps_per_epoch)
-        if self.context.is_main:
-            self.config.save(self.run_dir / rundir.CONFIG_FILE)
+        self.config_saved = False  # config.json follows with the next checkpoint (a resume compares the two)
         log.info("run resized at step %d to %g epochs (%d steps)", state.step, self.config.train.epochs,
                  state.schedule.max_steps)  # fmt: skip
         self.bar.total = state.schedule.max_steps
@@ -723,6 +735,9 @@ class _Policies:
                 "generators": generators,
             }
             save_checkpoint(self.run_dir, step, payload, self.config.train.keep_checkpoints)
+            if not self.config_saved:
+                self.config.save(self.run_dir / rundir.CONFIG_FILE)
+                self.config_saved = True
 
     def close(self) -> None:
         self.metrics.close()

@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from byol import rundir
 from byol.ablate.tables import SCALES, TABLES, Row, Table
-from byol.checkpoint import atomic_write, list_checkpoints, write_json
+from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, flatten, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError, DataError
 from byol.evaluate.common import load_encoder_from_run, random_encoder
 from byol.evaluate.frozen import MAX_EVAL_IMAGES, FrozenEvaluation
 from byol.evaluate.knn import KnnConfig
+from byol.files import atomic_write, write_json
 from byol.loss import collapse_floor
 from byol.train import pretrain, resume
 
@@ -90,8 +91,8 @@ def run_cell(base: Config, row: Row, *, seed: int, run_dir: Path, progress: bool
     if row.pretrain:
         if previous is None and list_checkpoints(run_dir):
             resume(run_dir, progress=progress)
-        elif previous is None:
-            pretrain(config, run_dir, progress=progress)
+        elif previous is None:  # a new cell, or one killed before its first checkpoint: started over
+            pretrain(config, run_dir, progress=progress, restart=True)
         encoder = load_encoder_from_run(run_dir).encoder
         proj_std = _final_proj_std(run_dir)
     else:

@@ -7,9 +7,12 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from byol.config import PRESETS, Config
+from byol.config import MAX_IMAGE_SIZE, PRESETS, Config
 from byol.errors import ConfigError
 from byol.length import configure
+
+MAX_REAL = 1e6  # the largest rate, temperature, decay or time a flag takes
+MAX_COUNT = 10**6  # the largest epoch count, batch, neighbour count or repeat count a flag takes
 
 # Short flags for the most used config keys; any key is also settable as --section.field VALUE.
 SHORTCUTS = {
@@ -80,23 +83,26 @@ def listed(item: Callable[[str], float], what: str) -> Callable[[str], tuple]:
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
 
+    parse.bounds = item.bounds  # type: ignore[attr-defined]
     return parse
 
 
-def number(kind: type, minimum: float, what: str, upper: float = math.inf) -> Callable[[str], float]:
+def number(kind: type, minimum: float, upper: float, what: str) -> Callable[[str], float]:
     """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> ``minimum`` when ``what`` starts
-    with "a positive") and <= ``upper``, with a message naming what is valid."""
+    with "a positive") and <= ``upper``, with a message naming what is valid. Every numeric flag has an upper
+    bound: a value far past any real run would hang, overflow or exhaust memory rather than run."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         low_ok = value > minimum if what.startswith("a positive") else value >= minimum
         if not (math.isfinite(value) and low_ok and value <= upper):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
+    parse.bounds = (minimum, upper)  # type: ignore[attr-defined]  # read by the generated flag test
     return parse
 
 
@@ -107,11 +113,13 @@ def directory(text: str) -> Path:
     return Path(text)
 
 
-positive = number(float, 0.0, "a positive number")
-positive_int = number(int, 1, "an integer >= 1")
-count = number(int, 0, "an integer >= 0")
-nonnegative = number(float, 0.0, "a number >= 0")
-fraction = number(float, 0.0, "a positive label fraction, which must lie in (0, 1]", upper=1.0)
-floats = listed(positive, "positive numbers")
-ints = listed(count, "integers >= 0")
-positive_ints = listed(positive_int, "integers >= 1")
+positive = number(float, 0.0, MAX_REAL, "a positive number up to 1e6")
+nonnegative = number(float, 0.0, MAX_REAL, "a number in [0, 1e6]")
+positive_int = number(int, 1, MAX_COUNT, "an integer in [1, 1e6]")
+count = number(int, 0, 2**31 - 1, "an integer in [0, 2^31)")
+seed = number(int, 0, 2**32 - 1, "a seed in [0, 2^32)")
+image_size = number(int, 0, MAX_IMAGE_SIZE, f"an image size in [0, {MAX_IMAGE_SIZE}] (0: the run's)")
+fraction = number(float, 0.0, 1.0, "a positive label fraction, which must lie in (0, 1]")
+floats = listed(positive, "positive numbers up to 1e6")
+seeds = listed(seed, "seeds in [0, 2^32)")
+positive_ints = listed(positive_int, "integers in [1, 1e6]")

@@ -11,7 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from byol.commands.common import count, floats, fraction, nonnegative, positive, positive_int, positive_ints, quiet_flag
+from byol.commands.common import (
+    count,
+    floats,
+    fraction,
+    image_size,
+    nonnegative,
+    positive,
+    positive_int,
+    positive_ints,
+    quiet_flag,
+    seed,
+)
 from byol.evaluate.finetune import FinetuneConfig
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
@@ -24,13 +35,13 @@ def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser
     p.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
     p.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
     p.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
-    p.add_argument("--image-size", type=count, default=0, help="input size (default: the run's view size)")
+    p.add_argument("--image-size", type=image_size, default=0, help="input size (default: the run's view size)")
     p.add_argument(
         "--init", choices=("pretrained", "random"), default="pretrained",
         help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=count, default=0, help="seed of the splits and the classifier")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the splits and the classifier")
     p.add_argument(
         "--out", type=Path, default=None,
         help="result JSON file (default: <run>/eval/<protocol>_<dataset>_<init>.json; needed for a checkpoint "
@@ -87,7 +98,11 @@ def add_finetune(sub: Any) -> None:
         "of the labels (paper §4.2); lr and epochs are chosen on a held-out validation split.",
     )
     p.add_argument(
-        "--label-fraction", type=fraction, default=d.label_fraction, help="fraction of labels in (0, 1] (0.01, 0.1)"
+        "--label-fraction",
+        type=fraction,
+        default=d.label_fraction,
+        help="fraction in (0, 1] of the training images outside the validation split that keep their label "
+        "(0.01, 0.1; 1: all of them)",
     )
     p.add_argument("--lrs", type=floats, default=d.lrs, help="learning rates to sweep")
     p.add_argument("--epochs", type=positive_ints, default=d.epochs, help="epoch counts to sweep (comma-separated)")

@@ -13,12 +13,12 @@ from byol.commands.common import (
     build_config,
     directory,
     floats,
-    ints,
     parse_overrides,
     positive,
     positive_int,
     preset_name,
     quiet_flag,
+    seeds,
 )
 from byol.errors import ConfigError
 
@@ -103,7 +103,7 @@ def add_ablate(sub: Any) -> None:
     )
     p.add_argument("table", choices=tuple(TABLES), help="paper table: " + ", ".join(TABLES))
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu", help="cpu (minutes per run) or gpu (CIFAR-10)")
-    p.add_argument("--seeds", type=ints, default=(0, 1), help="comma-separated seeds (default 0,1)")
+    p.add_argument("--seeds", type=seeds, default=(0, 1), help="comma-separated seeds (default 0,1)")
     p.add_argument("--out", type=directory, default=None, help="default: runs/ablate-<table>-<scale>")
     quiet_flag(p)
     p.set_defaults(handler=ablate, accepts_overrides=True)

@@ -19,10 +19,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
-from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config, write_json
+from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, DataError, first_line
+from byol.files import remove_debris, write_json
 from byol.networks import ResNet, build_encoder, input_channels
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
@@ -227,5 +228,6 @@ def result_path(run_dir: str | Path, name: str) -> Path:
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """Writes an evaluation's numbers to :func:`result_path`."""
     path = result_path(run_dir, name)
+    remove_debris(path.parent)  # what killed evaluations left in eval/ (a live one's files are not touched)
     write_json(path, result)
     return path

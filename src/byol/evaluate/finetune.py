@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from byol.augment import evaluation_view
 from byol.data import Dataset, eval_batches
-from byol.errors import ConfigError
 from byol.evaluate.common import (
     augmented_batches,
     balanced_subset,
     classification_metrics,
     fit_classifier,
+    split_train_val,
     validation_size,
 )
 from byol.networks import ResNet
@@ -89,15 +89,11 @@ def finetune_evaluation(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Sweep (lr, epochs) on the validation split, refit the best on the labelled subset, test once."""
-    labelled_index = balanced_subset(train.labels, config.label_fraction, config.seed)
-    rest = torch.ones(len(train), dtype=torch.bool)
-    rest[labelled_index] = False
-    rest_index = rest.nonzero().squeeze(1)
-    val_size = min(validation_size(config.val_size, len(train)), len(rest_index))
-    if val_size == 0:
-        raise ConfigError("no training images are left for a validation split; lower the label fraction")
-    order = torch.randperm(len(rest_index), generator=torch.Generator().manual_seed(config.seed))
-    val_index = rest_index[order[:val_size]]
+    # The validation split first, then the label fraction of the images outside it (so 1 is valid: every
+    # training image but the validation split's is labelled)
+    pool, val_index = split_train_val(train.labels, validation_size(config.val_size, len(train)), config.seed)
+    pool = pool.sort().values
+    labelled_index = pool[balanced_subset(train.labels[pool], config.label_fraction, config.seed)]
     labelled, val = train.subset(labelled_index), train.subset(val_index)
 
     sweep = []

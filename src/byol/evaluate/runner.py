@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byol.checkpoint import CHECKPOINT_DIR, write_json
+from byol.checkpoint import CHECKPOINT_DIR
 from byol.data import load_split, split_name
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -19,6 +19,7 @@ from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
+from byol.files import write_json
 from byol.outputs import Output, check_outputs
 from byol.precision import Precision
 from byol.rundir import is_run_dir
