@@ -46,6 +46,8 @@ peers: setup
 	$(BIN)/pip install -q --no-deps --target .peers $(PEERS)
 	echo "# skipped: needs torchvision's C extension, which cannot load with the CPU torch" \
 		> .peers/torchvision/_meta_registrations.py
+	# the key layout tests/test_interop.py checks the torchvision export against, from torchvision's own models
+	PYTHONPATH=.peers $(BIN)/python benchmarks/torchvision_keys.py > tests/data/torchvision_resnet_keys.json
 
 clean:
 	rm -rf $(VENV) runs .peers .pytest_cache .mypy_cache .ruff_cache

@@ -333,8 +333,8 @@ EDGES = ["-1", "0", "1", "-0.5", "0.5", "1e400", "-1e400", "1e308", "-1e308", "n
 def test_numeric_flags_at_and_beyond_their_ranges_start_a_run_or_give_one_line(capsys, monkeypatch, key, value):
     """The flags are parsed and validated as the CLI does; a config that passes must build its networks and
     schedules and seed every RNG (on the meta device, in no time), so a value refused only mid-run is caught."""
-    from byol.checkpoint import seed_everything
     from byol.networks import build_online_network
+    from byol.seeding import seed_everything
     from byol.train import Schedule
 
     def dry_run(config, run_dir, progress):

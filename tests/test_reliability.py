@@ -10,10 +10,11 @@ import torch
 from conftest import logged_steps, start_byol, wait_until
 
 import byol.train as train_module
-from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, set_rng_state
+from byol.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from byol.config import apply_overrides, get_preset
 from byol.errors import TrainingError
 from byol.rundir import TIMING_KEYS
+from byol.seeding import set_rng_state
 from byol.train import pretrain
 
 RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.checkpoint_every", "1",

@@ -5,8 +5,8 @@ renamed over its final name (and the directory entry fsynced), so a crash or a k
 either the old set of checkpoints or the new one. The last ``keep`` checkpoints are kept. Reading uses
 ``torch.load(weights_only=True)``, which refuses pickled objects that could execute code.
 
-A checkpoint also captures every global RNG (:func:`rng_state`), so a resumed run is bit-identical to one
-that was never interrupted.
+A checkpoint also captures every global RNG (:func:`byol.seeding.rng_state`), so a resumed run is
+bit-identical to one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
 import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from byol.config import Config, validate
@@ -123,41 +120,3 @@ def load_resumable(run_dir: Path, check: Callable[[dict[str, Any], Path], None])
             path.replace(aside)
             log.warning("%s; moved it aside to %s and resuming from the checkpoint before it", e, aside.name)
     raise CheckpointError(f"no checkpoint of {run_dir} can be read (each was moved aside as *.unreadable)")
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global RNG, as tensors and plain values (loadable with weights_only=True)."""
-    _, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(position),
-            "gauss": (int(has_gauss), float(cached)),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"], *numpy_state["gauss"])
-    )
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

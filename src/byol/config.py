@@ -210,6 +210,17 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 MAX_INT = 2**63 - 1  # what a config integer may be (torch and numpy take int64)
 # Bounds far beyond any real run that keep an absurd value from hanging or exhausting memory before it is refused.
 MAX_UNITS, MAX_DEPTH = 2**16, 16
+# The ResNet v1 depths byol builds (byol.networks) and their residual blocks per stage, and the stems.
+BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
+    10: (1, 1, 1, 1),  # not in the paper: the CPU demo's encoder (cpu_demo below)
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+STEMS = ("imagenet", "cifar")
 MAX_IMAGE_SIZE = 4096  # pixels a side: views, evaluations and exports
 
 
@@ -407,7 +418,6 @@ def validate(config: Config) -> Config:
     from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
     from byol.data import DATASETS
     from byol.ema import TAU_SCHEDULES
-    from byol.networks import BLOCKS_PER_STAGE, STEMS
 
     for key, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):

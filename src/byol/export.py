@@ -1,19 +1,24 @@
 """Export the online encoder for downstream use, load it back, and embed datasets with it.
 
-Three formats, none of which can carry code (no pickle anywhere):
+Four formats, none of which can carry code (the .pth holds tensors only, read back with ``weights_only``):
 - ``safetensors`` (the default): <out>.safetensors and a small JSON beside it with the architecture and the
   input normalisation; ``load_encoder`` rebuilds a ready ``nn.Module`` in inference mode from the pair.
 - ``hub``: a folder in the Hugging Face Hub's layout (``config.json`` + ``model.safetensors`` + a model card),
   written by huggingface_hub's ``PyTorchModelHubMixin`` (``byol.hub``): ``load_encoder(folder)`` and
   ``byol.hub.HubEncoder.from_pretrained(folder)`` both read it, and ``push_to_hub`` shares it.
+- ``torchvision``: <out>.pth, a plain state dict in torchvision's ResNet key layout (``byol.interop``) that
+  ``torchvision.models.resnet50()`` or ``timm.create_model("resnet50")`` load with ``strict=False`` missing only
+  the classifier, the same tensors as <out>.safetensors, and the JSON beside them; ``load_encoder`` reads these
+  and any torchvision-layout ResNet state dict.
 - ``onnx``: the encoder as an ONNX graph with a dynamic batch axis (input ``images`` (N, C, S, S), normalised as
   the metadata says; output ``features`` (N, D)); the metadata rides in the model's ``metadata_props``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +27,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from byol.config import finite_number
 from byol.data import ImageFolder, load_dataset, split_name
+from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
 from byol.evaluate.common import Pretrained, extract, load_encoder_from_run
 from byol.extras import require
 from byol.files import atomic_write, replace_folder
-from byol.networks import BLOCKS_PER_STAGE, STEMS, ResNet
+from byol.interop import architecture, from_torchvision, is_torchvision_layout, to_torchvision
+from byol.metadata import ARCHITECTURE_KEYS, EXPORT_FORMAT, read_metadata, weights_digest
+from byol.networks import ResNet
 from byol.outputs import Output, check_outputs
 
-EXPORT_FORMAT = 1
-FORMATS = ("safetensors", "hub", "onnx")
+log = logging.getLogger(__name__)
+
+FORMATS = ("safetensors", "hub", "onnx", "torchvision")
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # the Hub's names (huggingface_hub.constants)
 HUB_FILES = frozenset({HUB_CONFIG, HUB_WEIGHTS, "README.md"})
-ARCHITECTURE_KEYS = ("depth", "width", "stem", "in_channels", "zero_init_residual")
 
 
 def metadata_path(weights: Path) -> Path:
@@ -59,27 +66,21 @@ def _is_hub_folder(path: Path) -> bool:
 
 
 def _outputs(out: Path, format: str) -> list[Output]:
-    suffix = {"safetensors": ".safetensors", "onnx": ".onnx", "hub": ""}[format]
+    suffix = {"safetensors": ".safetensors", "onnx": ".onnx", "hub": "", "torchvision": ".pth"}[format]
     if out.suffix != suffix:
         named = f"a {suffix} file" if suffix else "a folder (not a file name with a suffix)"
         raise ConfigError(f"--out {out}: with --format {format}, name {named}")
     if format == "hub":
         return [Output(out, "--out", folder=True, ours=_is_hub_folder)]
     outputs = [Output(out, "--out")]
-    if format == "safetensors":
+    if format == "torchvision":  # the same tensors as safetensors, readable without unpickling
+        beside = out.with_suffix(".safetensors")
+        outputs.append(
+            Output(beside, "the safetensors file beside --out", ours=lambda p: _is_metadata(metadata_path(p)))
+        )
+    if format in ("safetensors", "torchvision"):
         outputs.append(Output(metadata_path(out), "the architecture file beside --out", ours=_is_metadata))
     return outputs
-
-
-def weights_digest(weights: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order: safetensors checks its header but
-    not its data, so a flipped bit would load silently as another encoder without this."""
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        tensor = weights[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _metadata(pretrained: Pretrained) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
         out = out.resolve()
     outputs = _outputs(out, format)
     check_outputs(outputs, inputs=[run])
-    if format != "safetensors":
+    if format in ("hub", "onnx"):
         require("huggingface_hub" if format == "hub" else "onnxscript", f"--format {format}")
     pretrained = load_encoder_from_run(run)
     meta = _metadata(pretrained)
@@ -126,9 +127,16 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
     elif format == "onnx":
         _write_onnx(out, pretrained.encoder, meta)
     else:
+        if format == "torchvision":
+            if meta["stem"] == "cifar":
+                log.info("the cifar stem has no torchvision twin: conv1 is 3x3, stride 1, and there is no max-pool "
+                         "(replace model.conv1 and set model.maxpool = nn.Identity() before loading)")  # fmt: skip
+            weights = to_torchvision(weights)
+            atomic_write(out, lambda f: torch.save(weights, f))
+            out = out.with_suffix(".safetensors")
         atomic_write(out, lambda f: f.write(save(weights)))
-        text = json.dumps(meta, indent=2) + "\n"
-        atomic_write(metadata_path(out), lambda f: f.write(text.encode()))
+        text = json.dumps({**meta, "layout": "torchvision" if format == "torchvision" else "byol"}, indent=2) + "\n"
+        atomic_write(metadata_path(out), lambda f: f.write(text.encode()))  # last: it names the weights' digest
     return [output.path for output in outputs]
 
 
@@ -144,7 +152,6 @@ def _write_hub(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
 
 def _write_onnx(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
     """ONNX through torch.onnx's exporter (torch.export), batch axis dynamic, metadata in metadata_props."""
-    import logging
     import warnings
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log at INFO on every export
@@ -165,69 +172,58 @@ def _write_onnx(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:
     atomic_write(out, lambda f: f.write(proto.SerializeToString()))
 
 
-def read_metadata(meta_file: Path) -> dict[str, Any]:
-    """An export's architecture file, every field checked; anything else raises :class:`CheckpointError`."""
-    if not meta_file.is_file():
-        raise CheckpointError(f"the architecture file {meta_file} is missing (written by `byol export`)")
-    try:
-        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta_file} is not valid JSON ({first_line(e)})") from None
-    return check_metadata(meta, str(meta_file))
-
-
-def check_metadata(meta: Any, meta_file: str) -> dict[str, Any]:
-    """``meta`` if it describes an encoder this package can build; else :class:`CheckpointError` naming the field."""
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT or meta.get("architecture") != "resnet-v1":
-        raise CheckpointError(f"{meta_file} is not a byol encoder description")
-    checks = [
-        ("depth", isinstance(meta.get("depth"), int) and meta.get("depth") in BLOCKS_PER_STAGE,
-         f"one of {', '.join(map(str, BLOCKS_PER_STAGE))}"),
-        ("width", finite_number(meta.get("width")) and 0 < meta.get("width", 0) <= 64, "a number in (0, 64]"),
-        ("stem", meta.get("stem") in STEMS, f"one of {', '.join(STEMS)}"),
-        ("in_channels", _integer(meta.get("in_channels"), 64), "an integer in [1, 64]"),
-        ("zero_init_residual", isinstance(meta.get("zero_init_residual"), bool), "true or false"),
-        ("image_size", _integer(meta.get("image_size"), 4096), "an integer in [1, 4096]"),
-        ("mean", _numbers(meta.get("mean"), meta.get("in_channels")), "one number per input channel"),
-        ("std", _numbers(meta.get("std"), meta.get("in_channels")), "one number per input channel"),
-        ("pretrained_on", isinstance(meta.get("pretrained_on"), str), "a dataset name"),
-        ("sha256", isinstance(meta.get("sha256", ""), str), "the hex digest of the weights"),
-    ]  # fmt: skip
-    for key, ok, valid in checks:
-        if not ok:
-            shown = repr(meta[key]) if key in meta else "missing"
-            raise CheckpointError(f"{meta_file}: {key!r} is {shown}; expected {valid} (rewrite it with `byol export`)")
-    return meta
-
-
-def _integer(value: Any, most: int) -> bool:
-    """An int (not a bool) in [1, most]: a size an encoder can be built with, without exhausting memory."""
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most
-
-
-def _numbers(values: Any, count: Any) -> bool:
-    return isinstance(values, list) and len(values) == count and all(finite_number(v) for v in values)
-
-
 def load_encoder(path: str | Path) -> ResNet:
-    """The exported online encoder (a .safetensors file, or a hub folder), ready for inference (eval mode).
-    Its metadata is ``encoder.metadata``."""
+    """An encoder ready for inference (eval mode): a byol export (a .safetensors file, a hub folder, or a
+    torchvision-layout .pth / .safetensors with its .json), or any ResNet state dict in torchvision's layout
+    (a .pth read without unpickling code, or a .safetensors; its architecture is read off its tensors, its
+    classifier left out, ImageNet normalisation assumed). Its metadata is ``encoder.metadata``."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"encoder {path} does not exist")
-    meta = read_metadata(metadata_path(path))
+        raise CheckpointError(f"encoder {quoted(path)} does not exist")
     weights = path / HUB_WEIGHTS if path.is_dir() else path
+    try:
+        tensors = _read_weights(weights)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise CheckpointError(f"{quoted(weights)} cannot be read as encoder weights ({first_line(e)})") from None
+    foreign = is_torchvision_layout(tensors)
+    if metadata_path(path).exists() or not foreign:
+        meta = read_metadata(metadata_path(path))
+    else:  # weights from elsewhere: what they are is read off their tensors
+        meta = {**architecture(tensors), "image_size": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                "pretrained_on": "", "network": f"torchvision-layout ResNet from {path.name}"}  # fmt: skip
+    if foreign:
+        tensors = from_torchvision(tensors)
     encoder = ResNet(**{key: meta[key] for key in ARCHITECTURE_KEYS})
     try:
-        tensors = load_file(str(weights))
         encoder.load_state_dict(tensors)
-    except (SafetensorError, RuntimeError, OSError) as e:
+    except RuntimeError as e:
         raise CheckpointError(f"{path} does not hold the encoder its metadata describes ({first_line(e)})") from None
     if "sha256" in meta and weights_digest(tensors) != meta["sha256"]:  # exports before the digest have none
         raise CheckpointError(f"{weights} does not hold the weights {metadata_path(path).name} was written with "
                               "(its data changed since the export); export it again")  # fmt: skip
     encoder.metadata = meta  # type: ignore[assignment]
     return encoder.eval()
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file, or of a .pth state dict read with ``weights_only`` (a checkpoint that
+    holds it under ``state_dict`` or ``model``, or a DDP one whose keys start with ``module.``, too)."""
+    if path.suffix != ".pth":
+        return load_file(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a pickled or foreign file
+            raise CheckpointError(
+                f"{quoted(path)} is not a state dict of tensors that a safe load reads ({first_line(e)})"
+            ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{quoted(path)} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def embed(
@@ -250,12 +246,14 @@ def embed(
             f"--out {quoted(out)}: name a .npz file (features, labels and image paths travel in one file: "
             "numpy.load(path)['features'])"
         )
-    exported = source.suffix == ".safetensors" or (source.is_dir() and (source / HUB_WEIGHTS).is_file())
+    exported = source.suffix in (".safetensors", ".pth") or (source.is_dir() and (source / HUB_WEIGHTS).is_file())
     check_outputs([Output(out, "--out")], inputs=[source, metadata_path(source)] if exported else [source])
     if exported:
         encoder = load_encoder(source)
         meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
         name, image_size, run_data_dir, labels = dataset or meta["pretrained_on"], meta["image_size"], "", "auto"
+        if not name:
+            raise ConfigError(f"{quoted(source)} does not say what it was trained on; name the images with --dataset")
         in_channels = int(meta["in_channels"])
     else:
         pretrained = load_encoder_from_run(source)

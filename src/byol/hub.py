@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import PyTorchModelHubMixin
 
 from byol.errors import CheckpointError
+from byol.metadata import ARCHITECTURE_KEYS, check_metadata, weights_digest
 from byol.networks import ResNet
 
 
@@ -28,8 +29,6 @@ class HubEncoder(
     """The online encoder of a BYOL run, configured by its export metadata (``byol.export``)."""
 
     def __init__(self, **metadata: Any) -> None:
-        from byol.export import ARCHITECTURE_KEYS, check_metadata
-
         check_metadata(metadata, "config.json")
         super().__init__(**{key: metadata[key] for key in ARCHITECTURE_KEYS})
         self.metadata = metadata
@@ -39,8 +38,6 @@ class HubEncoder(
     def _from_pretrained(cls, *, strict: bool = True, **kwargs: Any) -> HubEncoder:
         """Every weight, and nothing else (a partial load would give a silently random encoder), and the weights
         the export's digest names (safetensors checks its header, not its data)."""
-        from byol.export import weights_digest
-
         model: HubEncoder = super()._from_pretrained(strict=True, **kwargs)
         expected = model.metadata.get("sha256")
         if expected is not None and weights_digest(model.state_dict()) != expected:

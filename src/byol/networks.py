@@ -15,28 +15,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from byol.config import ModelConfig
+from byol.config import BLOCKS_PER_STAGE, STEMS, ModelConfig
 
 # Paper / released code: BN decay 0.9 (PyTorch momentum 0.1), eps 1e-5.
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
-
-BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
-    10: (1, 1, 1, 1),  # not in the paper: the CPU demo's encoder (config.cpu_demo)
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-    200: (3, 24, 36, 3),
-}
-STEMS = ("imagenet", "cifar")
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:

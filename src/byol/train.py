@@ -42,11 +42,8 @@ from byol.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_resumable,
-    rng_state,
     run_config,
     save_checkpoint,
-    seed_everything,
-    set_rng_state,
 )
 from byol.config import Config
 from byol.data import Batch, Dataset, TrainBatches, labelled, load_split
@@ -59,6 +56,7 @@ from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_onlin
 from byol.optim import LARS, lars_param_groups
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
+from byol.seeding import rng_state, seed_everything, set_rng_state
 from byol.visualize import image_grid, view_samples
 
 log = logging.getLogger(__name__)

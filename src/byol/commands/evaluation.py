@@ -137,10 +137,16 @@ def add_export(sub: Any) -> None:
         "use. safetensors: <out>.safetensors + <out>.json (load with byol.load_encoder(path)); hub: a folder with "
         "config.json + model.safetensors + README.md (byol.load_encoder(folder), byol.hub.HubEncoder."
         "from_pretrained(folder), push_to_hub; needs byol[hub]); onnx: an ONNX graph with a dynamic batch axis "
-        "(needs byol[onnx]).",
+        "(needs byol[onnx]); torchvision: <out>.pth in torchvision's ResNet keys (conv1, layer1.0.conv1, ...) "
+        "for detectron2, mmdetection, timm, with the same tensors as <out>.safetensors beside it.",
     )
     p.add_argument("run", type=Path, help="run directory or checkpoint file")
-    p.add_argument("--out", type=Path, required=True, help="output: a .safetensors file, a folder (hub), a .onnx file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output: a .safetensors file, a folder (hub), a .onnx file, a .pth file (torchvision)",
+    )
     p.add_argument("--format", choices=FORMATS, default=FORMATS[0], help=f"(default: {FORMATS[0]})")
     p.set_defaults(handler=export)
 
