@@ -74,4 +74,4 @@ def test_export_torchvision_writes_a_state_dict_that_reads_without_pickle_and_lo
         assert (loaded(x) - expected).abs().max() < 1e-6
         assert loaded.metadata["depth"] == expected_encoder.depth
     features = tmp_path / "f.npz"
-    assert main(["embed", str(foreign), "--out", str(features), "--dataset", "synthetic", "--quiet"]) == 0
+    assert main(["embed", str(out), "--out", str(features), "--dataset", "synthetic", "--quiet"]) == 0
