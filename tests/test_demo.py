@@ -6,10 +6,10 @@ import types
 import pytest
 
 import byol.demo as demo
-import byol.train as train_module
 from byol.cli import main
 from byol.config import get_preset
 from byol.demo import EPOCH_QUANTUM, MAX_EPOCHS, MIN_EPOCHS, plan_epochs
+from byol.policies import Policies
 
 TINY_DEMO = ["demo", "--preset", "tiny", "--quiet"]
 
@@ -65,7 +65,7 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 4.2 s a step
     _fake_step_time(monkeypatch, 1.0)
     _stop_the_demos_clock(monkeypatch)
-    monkeypatch.setattr(train_module._Policies, "seconds_per_step", lambda self: 4.0)
+    monkeypatch.setattr(Policies, "seconds_per_step", lambda self: 4.0)
     run = tmp_path / "demo"
     # 3 minutes: the plan (8.0 epochs, 128 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
     summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)

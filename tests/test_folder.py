@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
+import byol.policies
 import byol.train
 from byol.augment import get_views
 from byol.cli import main
@@ -307,7 +308,7 @@ def test_the_loop_measures_its_wait_for_data_and_says_when_it_is_data_bound(
     tmp_path, monkeypatch, caplog, fetch_s, step_s
 ):
     now = [0.0]  # a clock of the test's own: fetching a batch takes fetch_s, a step step_s, nothing else time
-    monkeypatch.setattr(byol.train, "clock", lambda: now[0])
+    monkeypatch.setattr(byol.policies, "clock", lambda: now[0])
     real_epoch, real_step = byol.train.TrainBatches.epoch, byol.train.train_step
 
     def slow_epoch(self, epoch, start_step=0):
@@ -327,5 +328,5 @@ def test_the_loop_measures_its_wait_for_data_and_says_when_it_is_data_bound(
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # step 1 waits for its own batch and for the next (fetched while its backward pass runs); later steps for one
     assert [r["data_wait_s"] for r in records if "byol_loss" in r] == [2 * fetch_s, fetch_s, fetch_s]
-    data_bound = fetch_s / (fetch_s + step_s) > byol.train.DATA_BOUND_SHARE
+    data_bound = fetch_s / (fetch_s + step_s) > byol.policies.DATA_BOUND_SHARE
     assert caplog.text.count("data-bound") == int(data_bound)  # said once, not at every record

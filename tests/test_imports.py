@@ -1,5 +1,6 @@
-"""The package's own import graph has no circle: every ``import byol...`` counts, at module level, inside a
-function or under ``TYPE_CHECKING`` alike (a local import that dodges a circle at run time is still one)."""
+"""The house: no import circle in the package (every ``import byol...`` counts, at module level, inside a function
+or under ``TYPE_CHECKING`` alike: a local import that dodges a circle at run time is still one), no module over 700
+lines, no function over 90."""
 
 import ast
 from pathlib import Path
@@ -92,3 +93,15 @@ def test_the_circle_finder_finds_a_circle_and_reads_local_imports():
     graph = import_graph()
     assert "byol.augment" in graph["byol.config"]  # config's import inside validate() is an edge
     assert "byol.config" in graph["byol.networks"]
+
+
+def test_no_module_over_700_lines_and_no_function_over_90():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 700:
+            long.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 90:
+                long.append(f"{path.name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long

@@ -175,21 +175,9 @@ def _picture(make: Any, name: str, notes: list[str]) -> bool:
     return True
 
 
-def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool = False) -> Path:
-    """Writes RUN_DIR/report/report.md and its pictures; returns the Markdown file's path. ``embedding``: the
-    t-SNE map too (seconds on a CPU; needs the checkpoint, the test split and scikit-learn)."""
-    run_dir = Path(run_dir)
-    steps, knn = read_metrics(run_dir)
-    if not steps:
-        raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
-    config = rundir.read_config(run_dir)
-    embedding = embedding and bool(list_checkpoints(run_dir))
-    if embedding:  # refused before anything is written
-        require("sklearn", "the report's embedding map (or pass --no-embedding)")
-    d = config.model.projection_dim
-    out = run_dir / REPORT_DIR
-    out.mkdir(exist_ok=True)
-    remove_debris(out)  # what a killed report left (a live one's files are not touched)
+def _curves(out: Path, steps: list[dict[str, Any]], knn: list[dict[str, Any]], d: int) -> list[str]:
+    """The training curves' pictures in ``out``: loss, τ, lr, the collapse monitor, kNN and the probe where the run
+    has them; returns their names."""
     x = [r["step"] for r in steps]
 
     _plot(out / "loss.png", "BYOL loss (sum of both view orders, range 0–8)", "loss",
@@ -213,6 +201,25 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
         _plot(out / "probe.png", "online probe on stop-gradient y (training batches)", "accuracy (%)",
               [("online probe", [r["step"] for r in probe], accuracy)], smooth=True)  # fmt: skip
         plots.append("probe.png")
+    return plots
+
+
+def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool = False) -> Path:
+    """Writes RUN_DIR/report/report.md and its pictures; returns the Markdown file's path. ``embedding``: the
+    t-SNE map too (seconds on a CPU; needs the checkpoint, the test split and scikit-learn)."""
+    run_dir = Path(run_dir)
+    steps, knn = read_metrics(run_dir)
+    if not steps:
+        raise DataError(f"{run_dir / METRICS_FILE} holds no training records yet")
+    config = rundir.read_config(run_dir)
+    embedding = embedding and bool(list_checkpoints(run_dir))
+    if embedding:  # refused before anything is written
+        require("sklearn", "the report's embedding map (or pass --no-embedding)")
+    d = config.model.projection_dim
+    out = run_dir / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    remove_debris(out)  # what a killed report left (a live one's files are not touched)
+    plots = _curves(out, steps, knn, d)
 
     notes: list[str] = []
     if knn:

@@ -9,175 +9,51 @@ One step (:func:`train_step`):
   5. a non-finite loss stops the run before the optimizer touches the weights;
   6. LARS step on θ, then ξ ← τ_k·ξ + (1 − τ_k)·θ.
 
-The loop (:func:`pretrain`, :func:`resume`) feeds it batches and applies the run's policies (:class:`_Policies`):
-what a non-finite step does, what is logged, when the kNN monitor runs, when a checkpoint is written.
+The loop (:func:`pretrain`, :func:`resume`) feeds it batches and applies the run's policies
+(:class:`byol.policies.Policies`): what a non-finite step does, what is logged, when the kNN monitor runs, when a
+checkpoint is written. The state a step works on (:class:`TrainState`, its :class:`Schedule` and
+:class:`Objective`) is ``byol.state``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
-import math
 import operator
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from byol import distributed, length, rundir
+from byol import distributed, policies, rundir
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import (
-    CHECKPOINT_FORMAT,
     latest_checkpoint,
     list_checkpoints,
     load_resumable,
     run_config,
-    save_checkpoint,
 )
 from byol.config import Config
 from byol.data import Batch, Dataset, TrainBatches, labelled, load_split
-from byol.distributed import DistributedContext, all_reduce_mean, convert_batchnorm, current_context
+from byol.distributed import DistributedContext, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
-from byol.errors import CheckpointError, ConfigError, NonFiniteError, TrainingError, first_line, quoted
-from byol.evaluate.frozen import KnnMonitor
-from byol.loss import closed_form_predictor, collapse_floor, projection_std, unified_loss
-from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs, build_online_network, input_channels
+from byol.errors import CheckpointError, ConfigError, NonFiniteError, first_line, quoted
+from byol.loss import closed_form_predictor, projection_std, unified_loss
+from byol.networks import ViewOutputs, build_online_network, input_channels
 from byol.optim import LARS, lars_param_groups
+from byol.policies import Policies
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
-from byol.seeding import rng_state, seed_everything, set_rng_state
-from byol.visualize import image_grid, view_samples
+from byol.seeding import seed_everything, set_rng_state
+from byol.state import Objective, Schedule, SiameseForward, TrainState
 
 log = logging.getLogger(__name__)
-
-clock = time.perf_counter  # the loop's clock (a test runs the loop on a clock of its own)
-DATA_BOUND_SHARE = 0.1  # a step that waits longer than this share of its time for its batch is data-bound
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Everything the step needs from the config and the dataset size, counted in optimizer steps."""
-
-    max_steps: int
-    warmup_steps: int
-    steps_per_epoch: int
-    batch_size: int
-    base_lr: float
-    base_ema: float
-    tau_schedule: str = "cosine"
-
-    @classmethod
-    def create(cls, config: Config, steps_per_epoch: int) -> Schedule:
-        max_steps = config.train.max_steps or max(1, round(config.train.epochs * steps_per_epoch))
-        warmup = min(max_steps, round(config.optim.warmup_epochs * steps_per_epoch))
-        return cls(
-            max_steps=max_steps,
-            warmup_steps=warmup,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=config.optim.batch_size,
-            base_lr=config.optim.base_lr,
-            base_ema=config.target.base_ema,
-            tau_schedule=config.target.schedule,
-        )
-
-
-@dataclass(frozen=True)
-class Objective:
-    """What a step optimises. The defaults are BYOL; the rest are the paper's ablations.
-
-    target_network: ema | online-sg | online (section 5, appendix F.4); predictor: mlp | none | closed-form
-    (appendix I.2); beta, temperature: the unified objective's negative-pairs weight and temperature;
-    normalize: the ℓ2 normalisation of the regression loss (appendix F.6); accumulation_steps: micro-batches
-    per optimizer step (Table 16).
-    """
-
-    target_network: str = "ema"
-    predictor: str = "mlp"
-    beta: float = 0.0
-    temperature: float = 0.1
-    normalize: bool = True
-    accumulation_steps: int = 1
-
-    @classmethod
-    def from_config(cls, config: Config) -> Objective:
-        loss = config.loss
-        return cls(
-            target_network=config.target.network,
-            predictor=config.model.predictor,
-            beta=loss.beta,
-            temperature=loss.temperature,
-            normalize=loss.normalize,
-            accumulation_steps=config.optim.accumulation_steps,
-        )
-
-
-class SiameseForward(nn.Module):
-    """Both views through the online network (each its own BN batch) and the online probe on stop-gradient y,
-    in ONE forward call: DistributedDataParallel wraps this module and expects one forward per backward."""
-
-    def __init__(self, online: OnlineNetwork, probe: nn.Linear | None) -> None:
-        super().__init__()
-        self.online = online
-        self.probe = probe
-
-    def forward(self, view1: Tensor, view2: Tensor) -> tuple[ViewOutputs, ViewOutputs, Tensor | None]:
-        online1, online2 = self.online(view1), self.online(view2)
-        logits = self.probe(online1.y.detach()) if self.probe is not None else None
-        return online1, online2, logits
-
-
-@dataclass
-class TrainState:
-    """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
-    augmentation RNG, plus the run's constants: its schedules, its objective and its precision. ``forward``
-    runs :class:`SiameseForward` (under torchrun wrapped in DistributedDataParallel, compiled on request),
-    ``target_forward`` the target (compiled or not); both share their parameters with ``online`` / ``target``."""
-
-    online: OnlineNetwork
-    target: TargetNetwork | None
-    probe: nn.Linear | None
-    optimizer: LARS
-    generator: torch.Generator
-    schedule: Schedule
-    objective: Objective
-    precision: Precision
-    forward: nn.Module
-    target_forward: nn.Module | None
-    step: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "online": self.online.state_dict(),
-            "target": self.target.state_dict() if self.target is not None else {},
-            "probe": self.probe.state_dict() if self.probe is not None else {},
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "step": self.step,
-        }
-
-    def load_state_dict(self, payload: dict[str, Any]) -> None:
-        try:
-            self.online.load_state_dict(payload["online"])
-            if self.target is not None:
-                self.target.load_state_dict(payload["target"])
-            if self.probe is not None:
-                self.probe.load_state_dict(payload["probe"])
-            self.optimizer.load_state_dict(payload["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint does not match this architecture: {first_line(e)}") from None
-        self.generator.set_state(payload["generator"])
-        self.step = int(payload["step"])
 
 
 def create_state(
@@ -268,9 +144,9 @@ class ViewPrefetch:
         """Queues the views of the source's next batch unless they are queued already; False at its end."""
         if self.next is not None:
             return True
-        started = clock()
+        started = policies.clock()
         batch = next(self.source, None)
-        self.wait_s += clock() - started  # the loop waiting for its data (decode, workers)
+        self.wait_s += policies.clock() - started  # the loop waiting for its data (decode, workers)
         if batch is None:
             return False
         state = self.generator.get_state()
@@ -497,27 +373,27 @@ def _run(
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
     prefetch = ViewPrefetch(views, state.generator, device)
-    policies = _Policies(
+    policy = Policies(
         config, run_dir, state, dataset=dataset, device=device, context=context, resumed=payload is not None,
         progress=progress, prefetch=prefetch,
     )  # fmt: skip
-    policies.show_eta(step_seconds_hint)
-    with flush_denormals(device), contextlib.closing(policies):
-        policies.monitor(start=True)
+    policy.show_eta(step_seconds_hint)
+    with flush_denormals(device), contextlib.closing(policy):
+        policy.monitor(start=True)
         while state.step < state.schedule.max_steps:
             epoch, offset = divmod(state.step, state.schedule.steps_per_epoch)
             for batch, view_batch in prefetch.epoch(batches.epoch(epoch, offset)):
-                policies.skipped_files.update(batch.skipped)
+                policy.skipped_files.update(batch.skipped)
                 try:
                     metrics = train_step(state, view_batch, overlap=prefetch.prepare)
                 except NonFiniteError as e:
-                    policies.non_finite(e)
+                    policy.non_finite(e)
                     continue
-                policies.log(metrics)
+                policy.log(metrics)
                 if resize is not None and state.step == resize.at_step:
-                    policies.resize(resize(policies.seconds_per_step()))
-                policies.monitor()
-                policies.checkpoint()
+                    policy.resize(resize(policy.seconds_per_step()))
+                policy.monitor()
+                policy.checkpoint()
                 if state.step >= state.schedule.max_steps:
                     break
     return state, dataset
@@ -555,195 +431,3 @@ def _restore(state: TrainState, payload: dict[str, Any], context: DistributedCon
         state.generator.set_state(generators[context.rank])
     else:
         log.warning("the checkpoint was written by %d rank(s); augmentation RNGs are re-seeded", len(generators))
-
-
-def _generator_states(local: Tensor, context: DistributedContext) -> list[Tensor]:
-    """Every rank's augmentation RNG state (each rank draws its own views), gathered for rank 0's checkpoint."""
-    if not context.enabled:
-        return [local]
-    gathered: list[Any] = [None] * context.world_size
-    dist.all_gather_object(gathered, local)
-    return gathered
-
-
-class _Policies:
-    """The run directory's files and what the loop does around each step: skip or stop on a non-finite step,
-    log every ``log_every`` steps (and warn once of collapse), run the kNN monitor every ``knn_every`` epochs,
-    checkpoint every ``checkpoint_every`` steps and at the end. Rank 0 alone writes."""
-
-    def __init__(
-        self,
-        config: Config,
-        run_dir: Path,
-        state: TrainState,
-        *,
-        dataset: Dataset,
-        device: torch.device,
-        context: DistributedContext,
-        resumed: bool,
-        progress: bool,
-        prefetch: ViewPrefetch,
-    ) -> None:
-        self.config, self.run_dir, self.state, self.context, self.prefetch = config, run_dir, state, context, prefetch
-        self.elapsed_before, self.config_saved = 0.0, True
-        if context.is_main:
-            log.info("precision %s (%s)", state.precision.name, state.precision.reason)
-            if resumed:
-                self.elapsed_before = rundir.truncate_metrics(run_dir, state.step)
-            else:
-                rundir.remove_logs(run_dir)  # of an earlier start that wrote no checkpoint
-            config.save(run_dir / rundir.CONFIG_FILE)
-            precision = state.precision
-            rundir.record_environment(
-                run_dir, resumed, step=state.step, device=str(device), world_size=context.world_size,
-                precision=precision.name, precision_reason=precision.reason,
-            )  # fmt: skip
-        self.knn = (
-            KnnMonitor.create(config, dataset, device) if config.train.knn_every > 0 and context.is_main else None
-        )
-        self.floor = collapse_floor(config.model.projection_dim)
-        self.warned_collapse, self.warned_data, self.skipped_steps, self.skipped_files = False, False, 0, set[str]()
-        self.bar = tqdm(
-            total=self.state.schedule.max_steps, initial=state.step, desc="pretrain", unit="step",
-            disable=not (progress and context.is_main),
-        )  # fmt: skip
-        self.start_time = self.last_time = clock()
-        self.last_step = self.first_step = state.step
-        self.metrics = rundir.MetricsLog(
-            run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step
-        )
-        if not resumed and self.metrics.events is not None:  # what T and T' do to a few images, seeded
-            self.metrics.image("views", image_grid(view_samples(config, dataset)), 0)
-
-    def show_eta(self, step_seconds: float | None) -> None:
-        """An ETA on the progress bar from a measured step time, before the bar has a rate of its own."""
-        if step_seconds is not None:
-            eta = (self.state.schedule.max_steps - self.state.step) * step_seconds
-            self.bar.set_postfix_str(f"eta {self.bar.format_interval(eta)}")
-
-    def seconds_per_step(self) -> float:
-        """The loop's own seconds per step since it started (logging and checkpoints included)."""
-        return (clock() - self.start_time) / max(self.state.step - self.first_step, 1)
-
-    def resize(self, epochs: float) -> None:
-        """``train.epochs`` from now on (at least the steps done), the settings that follow it moved along: in the
-        schedules and the bar now, in config.json with the next checkpoint (which holds the same config)."""
-        if self.context.enabled:  # every rank takes rank 0's length: each timed itself, and the ranks' schedules
-            chosen = [epochs]  # and collectives must not part
-            dist.broadcast_object_list(chosen, src=0)
-            epochs = chosen[0]
-        state, steps_per_epoch = self.state, self.state.schedule.steps_per_epoch
-        # τ_base and the lr follow the new length (byol.length); the warm-up already run and the optimizer's
-        # weight decay stay as they are
-        self.config = length.follow(
-            self.config, max(epochs, state.step / steps_per_epoch), hold=("optim.warmup_epochs", "optim.weight_decay")
-        )[0]
-        state.schedule = Schedule.create(self.config, steps_per_epoch)
-        self.config_saved = False  # config.json follows with the next checkpoint (a resume compares the two)
-        log.info("run resized at step %d to %g epochs (%d steps)", state.step, self.config.train.epochs,
-                 state.schedule.max_steps)  # fmt: skip
-        self.bar.total = state.schedule.max_steps
-        self.bar.refresh()
-
-    def non_finite(self, error: NonFiniteError) -> None:
-        """Skips the batch (``train.on_nonfinite skip``, up to ``max_skipped_steps``) or stops the run."""
-        t = self.config.train
-        if t.on_nonfinite == "skip" and self.skipped_steps < t.max_skipped_steps:
-            self.skipped_steps += 1
-            log.warning("%s: batch skipped (%d of at most %d)", error, self.skipped_steps, t.max_skipped_steps)
-            return
-        checkpoints = list_checkpoints(self.run_dir)
-        last = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
-        raise TrainingError(f"{error}; the run stopped, {last}") from None
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        step = self.state.step
-        self.bar.update(1)
-        if step % self.config.train.log_every and step != self.state.schedule.max_steps:
-            return
-        tensors = all_reduce_mean({k: v for k, v in metrics.items() if isinstance(v, Tensor)})
-        record = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in tensors.items()}}
-        if math.isnan(record.get("probe_acc", 0.0)):  # no labelled image in the batch
-            del record["probe_acc"]
-        now = clock()
-        steps, seconds = max(step - self.last_step, 1), max(now - self.last_time, 1e-9)
-        images_per_s = (step - self.last_step) * self.state.schedule.batch_size / seconds
-        data_wait = self.prefetch.wait_s / steps  # per step, over the steps since the last record
-        self.prefetch.wait_s = 0.0
-        self.last_time, self.last_step = now, step
-        record.update(
-            step=step,
-            epoch=step / self.state.schedule.steps_per_epoch,
-            elapsed_s=round(self.elapsed_before + now - self.start_time, 3),
-            images_per_s=round(images_per_s, 1),
-            data_wait_s=round(data_wait, 6),
-        )
-        self.metrics.write(record)
-        postfix = {"loss": f"{record['byol_loss']:.3f}", "tau": f"{record['tau']:.4f}", "lr": f"{record['lr']:.3g}",
-                   "img_s": f"{images_per_s:.0f}"}  # fmt: skip
-        share = data_wait * steps / seconds
-        if share > DATA_BOUND_SHARE:
-            postfix["data_wait"] = f"{100 * share:.0f}%"
-            if not self.warned_data:
-                log.warning(
-                    "step %d: %.0f%% of each step waits for its batch (%.3f s of %.3f): the run is data-bound; "
-                    "more data.num_workers (now %d) or a smaller data.image_size would feed it faster "
-                    "(`byol bench data` says how many workers a step needs)",
-                    step, 100 * share, data_wait, seconds / steps, self.config.data.num_workers,
-                )  # fmt: skip
-                self.warned_data = True
-        self.bar.set_postfix(postfix)
-        if record["proj_std"] < self.floor and not self.warned_collapse:
-            log.warning(
-                "collapse warning at step %d: projection std %.4f < 0.1/sqrt(d) = %.4f",
-                step, record["proj_std"], self.floor,
-            )  # fmt: skip
-            self.warned_collapse = True
-
-    def monitor(self, start: bool = False) -> None:
-        """kNN of the online encoder at the end of every ``knn_every``-th epoch and of the run (``start``: before
-        step 0)."""
-        if self.knn is None:
-            return
-        if start:
-            if self.state.step == 0:  # the starting point: kNN of the initial encoder
-                self.metrics.write({"step": 0, "epoch": 0, "knn_top1": self.knn(self.state.online.encoder)})
-            return
-        epoch, within = divmod(self.state.step, self.state.schedule.steps_per_epoch)
-        if (
-            within == 0 and epoch % self.config.train.knn_every == 0
-        ) or self.state.step == self.state.schedule.max_steps:
-            top1 = self.knn(self.state.online.encoder)
-            epoch_now = self.state.step / self.state.schedule.steps_per_epoch
-            self.metrics.write({"step": self.state.step, "epoch": epoch_now, "knn_top1": top1})
-            log.info("epoch %g: kNN top-1 %.2f%%", round(epoch_now, 2), top1)
-
-    def checkpoint(self) -> None:
-        step = self.state.step
-        if step % self.config.train.checkpoint_every and step != self.state.schedule.max_steps:
-            return
-        generators = _generator_states(self.prefetch.generator_state(), self.context)  # every rank gathers
-        if self.context.is_main:
-            payload = {
-                "format": CHECKPOINT_FORMAT,
-                "config": json.dumps(self.config.to_dict()),
-                "state": self.state.state_dict(),
-                "data": {"epoch": step // self.state.schedule.steps_per_epoch},
-                "rng": rng_state(),
-                "generators": generators,
-            }
-            save_checkpoint(self.run_dir, step, payload, self.config.train.keep_checkpoints)
-            if not self.config_saved:
-                self.config.save(self.run_dir / rundir.CONFIG_FILE)
-                self.config_saved = True
-
-    def close(self) -> None:
-        self.metrics.close()
-        self.bar.close()
-        if self.skipped_steps:
-            log.warning("%d step(s) with a non-finite loss or gradient were skipped", self.skipped_steps)
-        if self.skipped_files:
-            log.warning(
-                "%d unreadable image file(s) were skipped during pretraining (see the warnings above)",
-                len(self.skipped_files),
-            )
