@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 import pickle
 
 import numpy as np
@@ -222,3 +223,31 @@ def test_the_frozen_evaluation_samples_labelled_images_with_the_runs_seed(run_di
     assert len(monitor.evaluation.train) == 412 and monitor(encoder) == pytest.approx(
         FrozenEvaluation.from_config(config, CPU, train=train, max_train=10_000, max_test=10_000).knn(encoder)["top1"]
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    logits=st.lists(st.floats(-1e4, 1e4), min_size=6, max_size=6),
+    label=st.integers(0, 2),
+    alpha=st.floats(0.5, 50),
+    beta=st.floats(0, 1),
+)
+def test_the_appendix_c_loss_is_cross_entropy_of_clipped_logits_plus_their_penalty(logits, label, alpha, beta):
+    from byol.evaluate.linear import regularized_loss
+
+    x = torch.tensor(logits, dtype=torch.float64).reshape(2, 3)
+    y = torch.tensor([label, (label + 1) % 3])
+    clipped = [[alpha * math.tanh(v / alpha) for v in row] for row in x.tolist()]
+    assert all(abs(v) <= alpha for row in clipped for v in row)
+    cross_entropy = sum(math.log(sum(math.exp(v - max(row)) for v in row)) + max(row) - row[int(t)]
+                        for row, t in zip(clipped, y, strict=True)) / 2  # fmt: skip
+    penalty = beta * sum(v * v for row in clipped for v in row) / 6
+    assert regularized_loss(x, y, alpha, beta).item() == pytest.approx(cross_entropy + penalty, rel=1e-9, abs=1e-9)
+
+
+def test_the_appendix_c_variant_runs_with_the_runs_pretraining_views(run_dir):
+    assert main(["linear", str(run_dir), "--quiet", "--mode", "appendix-c", "--epochs", "1", "--lrs", "0.1",
+                 "--batch-size", "64"]) == 0  # fmt: skip
+    result = json.loads((run_dir / "eval" / "linear-appendix-c_synthetic_pretrained.json").read_text())
+    assert result["protocol"] == "linear (appendix C.1: pretraining views, α = 20, β = 0.01)"
+    assert result["settings"]["augment_preset"] == get_preset("tiny").augment.preset and 0 <= result["top1"] <= 100

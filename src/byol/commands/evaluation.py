@@ -25,7 +25,7 @@ from byol.commands.common import (
 )
 from byol.evaluate.finetune import FinetuneConfig
 from byol.evaluate.knn import KnnConfig
-from byol.evaluate.linear import LinearConfig
+from byol.evaluate.linear import MODES, LinearConfig
 from byol.export import FORMATS
 
 
@@ -72,9 +72,15 @@ def add_linear(sub: Any) -> None:
         "split held out from the training set, then the test accuracy of the chosen one is reported.",
     )
     p.add_argument(
-        "--mode", choices=("augmented", "cached"), default=d.mode,
-        help="augmented: random crop + flip each epoch (the paper); cached: features once (fast)",
+        "--mode", choices=MODES, default=d.mode,
+        help="augmented: random crop + flip each epoch (the paper); cached: features once (fast); appendix-c: the "
+        "paper's variant (appendix C.1): the pretraining views, clipped logits and a logit penalty",
     )  # fmt: skip
+    p.add_argument("--clip-alpha", type=positive, default=d.clip_alpha,
+                   help=f"appendix-c: logits clipped to alpha*tanh(x/alpha) (default {d.clip_alpha:g})")  # fmt: skip
+    p.add_argument("--logit-penalty", type=nonnegative, default=d.logit_penalty,
+                   help=f"appendix-c: beta*mean(clipped logits^2) added (default {d.logit_penalty:g})")  # fmt: skip
+    p.set_defaults(augment_preset="")  # appendix-c: the run's own pretraining views
     p.add_argument(
         "--lrs", dest="base_lrs", type=floats, default=d.base_lrs,
         help="base learning rates to sweep, scaled by batch/256 (default: the paper's)",

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from byol.augment import LINEAR_EVAL_VIEW, ViewPipeline, evaluation_view
+from byol.augment import LINEAR_EVAL_VIEW, ViewConfig, ViewPipeline, evaluation_view
 from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
@@ -147,14 +147,21 @@ EpochBatches = Callable[[int], Iterator[tuple[Tensor, Tensor]]]
 
 
 def augmented_batches(
-    dataset: Dataset, *, image_size: int, batch_size: int, seed: int, device: torch.device
+    dataset: Dataset,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    view_config: ViewConfig = LINEAR_EVAL_VIEW,
 ) -> tuple[EpochBatches, int]:
-    """Shuffled full batches of random crop + flip views (appendix C.1), new every epoch; and the steps per
-    epoch. Batches hold at most the whole dataset."""
-    views = (LINEAR_EVAL_VIEW, LINEAR_EVAL_VIEW)
+    """Shuffled full batches of views new every epoch, random crop + flip by default (appendix C.1; the
+    appendix's variant passes the pretraining view T); and the steps per epoch. Batches hold at most the whole
+    dataset."""
+    views = (view_config, view_config)
     batch_size = min(batch_size, len(dataset))
     source = TrainBatches(dataset, batch_size=batch_size, seed=seed, device=device, views=views, image_size=image_size)
-    view = ViewPipeline(LINEAR_EVAL_VIEW, image_size=image_size, mean=dataset.mean, std=dataset.std)
+    view = ViewPipeline(view_config, image_size=image_size, mean=dataset.mean, std=dataset.std)
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def epoch_batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -165,19 +172,26 @@ def augmented_batches(
 
 
 def fit_classifier(
-    model: nn.Module, batches: EpochBatches, *, steps_per_epoch: int, epochs: int, lr: float, weight_decay: float = 0.0
+    model: nn.Module,
+    batches: EpochBatches,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> None:
-    """Cross-entropy with SGD, Nesterov momentum 0.9 and a per-step cosine schedule from ``lr`` to 0: the
-    paper's linear evaluation and fine-tuning optimizer (appendix C). The caller sets train or eval mode."""
+    """``loss`` (cross-entropy) with SGD, Nesterov momentum 0.9 and a per-step cosine schedule from ``lr`` to 0:
+    the paper's linear evaluation and fine-tuning optimizer (appendix C). The caller sets train or eval mode."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total, step = epochs * steps_per_epoch, 0
     for epoch in range(epochs):
         for x, y in batches(epoch):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_decay(step, total, lr)
-            loss = F.cross_entropy(model(x), y)
+            value = loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
             step += 1
 

@@ -5,6 +5,7 @@ Transfer is the same call with another dataset than the run was pretrained on (s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,10 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     if request.protocol == "knn":
         result = frozen.knn(encoder, request.knn, progress)
     elif request.protocol == "linear":
-        result = frozen.linear(encoder, request.linear, progress)
+        settings = request.linear
+        if settings.mode == "appendix-c" and not settings.augment_preset:  # the views the run pretrained on
+            settings = dataclasses.replace(settings, augment_preset=pretrained.config.augment.preset)
+        result = frozen.linear(encoder, settings, progress)
     else:
         result = finetune_evaluation(
             encoder, train=train, test=test, image_size=image_size, device=device, config=request.finetune,
