@@ -75,3 +75,25 @@ def test_export_torchvision_writes_a_state_dict_that_reads_without_pickle_and_lo
         assert loaded.metadata["depth"] == expected_encoder.depth
     features = tmp_path / "f.npz"
     assert main(["embed", str(out), "--out", str(features), "--dataset", "synthetic", "--quiet"]) == 0
+
+
+def test_pretraining_starts_from_a_torchvision_layout_encoder(finished_run, tmp_path, capsys):
+    from byol.checkpoint import latest_checkpoint, load_checkpoint
+
+    out = tmp_path / "start.pth"
+    assert main(["export", str(finished_run), "--out", str(out), "--format", "torchvision"]) == 0
+    start = torch.load(out, weights_only=True)
+    run = tmp_path / "run"
+    tiny = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.max_steps", "1",
+            "--optim.base_lr", "0"]  # fmt: skip  # lr 0: the weights stay where they started
+    assert main([*tiny, "--run-dir", str(run), "--model.init", str(out)]) == 0
+    state = load_checkpoint(latest_checkpoint(run))["state"]
+    for name in ("online", "target"):
+        encoder = {k.removeprefix("encoder."): v for k, v in state[name].items() if k.startswith("encoder.")}
+        assert torch.equal(to_torchvision(encoder)["conv1.weight"], start["conv1.weight"])
+        assert torch.equal(to_torchvision(encoder)["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
+    capsys.readouterr()
+    assert main([*tiny, "--run-dir", str(tmp_path / "other"), "--model.init", str(out), "--model.width", "0.25"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set --model.depth, --model.width and --model.stem to match it" in err[0], err
+    assert not (tmp_path / "other").exists()  # refused before anything was written

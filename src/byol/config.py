@@ -29,7 +29,9 @@ class ModelConfig:
     """Encoder and heads (paper section 3.3).
 
     ``predictor``: mlp (the paper), none (Table 5b), or closed-form (the optimal linear predictor solved by
-    least squares on each batch, appendix I.2). Depths count Linear layers (Table 14).
+    least squares on each batch, appendix I.2). Depths count Linear layers (Table 14). ``init``: a file the
+    encoder starts from instead of a random draw (a byol export, or any ResNet state dict in torchvision's
+    layout, ``byol.load_encoder``); its architecture must be the config's; the heads start at random.
     """
 
     depth: int = 50
@@ -42,6 +44,7 @@ class ModelConfig:
     predictor_hidden: int = 4096
     predictor_depth: int = 2
     zero_init_residual: bool = False
+    init: str = ""
 
 
 @dataclass(frozen=True)

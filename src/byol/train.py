@@ -369,6 +369,8 @@ def _run(
         config, in_channels=dataset.channels, num_classes=len(dataset.classes) if labelled(dataset) else 0,
         device=device, schedule=schedule,
     )  # fmt: skip
+    if payload is None and config.model.init:
+        _start_from(state, config)
     if payload is not None:
         _restore(state, payload, context)
         log.info("resuming %s at step %d of %d", run_dir, state.step, schedule.max_steps)
@@ -420,6 +422,29 @@ def _check_config(config: Config, context: DistributedContext) -> None:
             "add --target.schedule constant",
             config.target.base_ema,
         )
+
+
+def _start_from(state: TrainState, config: Config) -> None:
+    """The online encoder (and a target that starts as its copy) from ``model.init``'s weights."""
+    from byol.export import load_encoder  # local: export is a command's module, loaded only when asked for
+
+    m = config.model
+    encoder = load_encoder(m.init)
+    meta: dict[str, Any] = getattr(encoder, "metadata", {})
+    wanted = state.online.encoder
+    found = encoder.state_dict()
+    expected = wanted.state_dict()
+    if found.keys() != expected.keys() or any(found[k].shape != expected[k].shape for k in found):
+        raise ConfigError(
+            f"model.init {quoted(m.init)} holds a ResNet-{meta.get('depth')} of width {meta.get('width', 0):g} "
+            f"({meta.get('stem')} stem, {meta.get('in_channels')} input channels), not the config's "
+            f"ResNet-{m.depth} of width {m.width:g} ({m.stem} stem, {input_channels(state.online.state_dict())} "
+            "input channels); set --model.depth, --model.width and --model.stem to match it"
+        )
+    wanted.load_state_dict(found)
+    if state.target is not None and config.target.init == "copy":
+        state.target.encoder.load_state_dict(found)
+    log.info("online encoder initialised from %s", quoted(m.init))
 
 
 def _restore(state: TrainState, payload: dict[str, Any], context: DistributedContext) -> None:
