@@ -75,6 +75,13 @@ def test_export_torchvision_writes_a_state_dict_that_reads_without_pickle_and_lo
         assert loaded.metadata["depth"] == expected_encoder.depth
     features = tmp_path / "f.npz"
     assert main(["embed", str(out), "--out", str(features), "--dataset", "synthetic", "--quiet"]) == 0
+    # the evaluations take an export as they take a run (the result named with --out: an export has no run)
+    knn = tmp_path / "knn.json"
+    assert main(["knn", str(out), "--quiet", "--k", "5", "--out", str(knn)]) == 0
+    assert json.loads(knn.read_text())["dataset"] == "synthetic"  # what the export says it was pretrained on
+    assert main(["knn", str(foreign), "--quiet", "--k", "5", "--out", str(knn)]) == 2  # says nothing: --dataset
+    assert main(["knn", str(foreign), "--quiet", "--k", "5", "--out", str(knn), "--dataset", "synthetic",
+                 "--image-size", "16"]) == 0  # fmt: skip
 
 
 def test_pretraining_starts_from_a_torchvision_layout_encoder(finished_run, tmp_path, capsys):

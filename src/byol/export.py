@@ -27,11 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from byol.config import Config, DataConfig, ModelConfig
 from byol.data import ImageFolder, load_dataset, split_name
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
-from byol.evaluate.common import Pretrained, extract, load_encoder_from_run
+from byol.evaluate.common import Pretrained, extract, load_encoder_from_run, random_encoder
 from byol.extras import require
 from byol.files import atomic_write, replace_folder
 from byol.interop import architecture, from_torchvision, is_torchvision_layout, to_torchvision
@@ -205,6 +206,28 @@ def load_encoder(path: str | Path) -> ResNet:
     return encoder.eval()
 
 
+def is_export(path: Path) -> bool:
+    """Whether ``path`` names an exported encoder (or a torchvision-layout state dict) rather than a run or a
+    checkpoint of one."""
+    return path.suffix in (".safetensors", ".pth") or (path.is_dir() and (path / HUB_WEIGHTS).is_file())
+
+
+def pretrained_from_export(path: Path, init: str = "pretrained") -> Pretrained:
+    """An exported encoder as the evaluations take a run's: with a config made of what its metadata says
+    (architecture, image size, the dataset it was pretrained on, if it says); ``init="random"``: the same
+    architecture freshly initialised."""
+    encoder = load_encoder(path)
+    meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
+    model = ModelConfig(depth=meta["depth"], width=meta["width"], stem=meta["stem"],
+                        zero_init_residual=bool(meta.get("zero_init_residual", False)))  # fmt: skip
+    config = Config(
+        model=model, data=DataConfig(dataset=meta.get("pretrained_on") or "", image_size=meta["image_size"])
+    )
+    if init == "random":
+        encoder = random_encoder(config, int(meta["in_channels"]))
+    return Pretrained(encoder=encoder, config=config, in_channels=int(meta["in_channels"]), source=str(path))
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file, or of a .pth state dict read with ``weights_only`` (a checkpoint that
     holds it under ``state_dict`` or ``model``, or a DDP one whose keys start with ``module.``, too)."""
@@ -246,7 +269,7 @@ def embed(
             f"--out {quoted(out)}: name a .npz file (features, labels and image paths travel in one file: "
             "numpy.load(path)['features'])"
         )
-    exported = source.suffix in (".safetensors", ".pth") or (source.is_dir() and (source / HUB_WEIGHTS).is_file())
+    exported = is_export(source)
     check_outputs([Output(out, "--out")], inputs=[source, metadata_path(source)] if exported else [source])
     if exported:
         encoder = load_encoder(source)

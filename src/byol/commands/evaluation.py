@@ -32,7 +32,12 @@ from byol.export import FORMATS
 def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser:
     """A protocol's parser with the flags they share: the run, the dataset (transfer), the baseline, the device."""
     p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
-    p.add_argument("run", type=Path, help="run directory (its latest checkpoint) or a checkpoint file")
+    p.add_argument(
+        "run",
+        type=Path,
+        help="run directory (its latest checkpoint), a checkpoint file, or an exported encoder "
+        "(.safetensors, .pth, hub folder; any torchvision-layout ResNet)",
+    )
     p.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
     p.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
     p.add_argument("--image-size", type=image_size, default=0, help="input size (default: the run's view size)")

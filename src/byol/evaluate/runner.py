@@ -14,12 +14,13 @@ from typing import Any
 from byol.checkpoint import CHECKPOINT_DIR
 from byol.data import load_split, split_name
 from byol.distributed import resolve_device
-from byol.errors import ConfigError
-from byol.evaluate.common import check_compatible, load_encoder_from_run, result_path
+from byol.errors import ConfigError, quoted
+from byol.evaluate.common import INITS, check_compatible, load_encoder_from_run, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
+from byol.export import is_export, pretrained_from_export
 from byol.files import write_json
 from byol.outputs import Output, check_outputs
 from byol.precision import Precision
@@ -49,10 +50,17 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     """Runs the protocol and writes <run>/eval/<protocol>_<dataset>_<init>.json; returns the result and path."""
     if request.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {request.protocol!r}")
-    pretrained = load_encoder_from_run(request.run, request.init)
+    if request.init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {request.init!r}")
+    if is_export(request.run):  # an exported encoder, or any torchvision-layout ResNet state dict
+        pretrained = pretrained_from_export(request.run, request.init)
+    else:
+        pretrained = load_encoder_from_run(request.run, request.init)
     run_data = pretrained.config.data
     eval_name, eval_dir = run_data.evaluation()
     name = request.dataset or eval_name
+    if not name:
+        raise ConfigError(f"{quoted(request.run)} does not say what it was trained on; name the data with --dataset")
     out = request.out or _result_path(request, name)
     if request.out:  # the default is the run's own eval/ folder, where results belong
         if out.suffix != ".json":
