@@ -7,8 +7,8 @@ Four formats, none of which can carry code (the .pth holds tensors only, read ba
   written by huggingface_hub's ``PyTorchModelHubMixin`` (``byol.hub``): ``load_encoder(folder)`` and
   ``byol.hub.HubEncoder.from_pretrained(folder)`` both read it, and ``push_to_hub`` shares it.
 - ``torchvision``: <out>.pth, a plain state dict in torchvision's ResNet key layout (``byol.interop``) that
-  ``torchvision.models.resnet50()`` or ``timm.create_model("resnet50")`` load with ``strict=False`` missing only
-  the classifier, the same tensors as <out>.safetensors, and the JSON beside them; ``load_encoder`` reads these
+  ``torchvision.models.resnet50()`` loads with ``strict=False`` missing only the classifier (timm's ResNet uses
+  the same names), the same tensors as <out>.safetensors, and the JSON beside them; ``load_encoder`` reads these
   and any torchvision-layout ResNet state dict.
 - ``onnx``: the encoder as an ONNX graph with a dynamic batch axis (input ``images`` (N, C, S, S), normalised as
   the metadata says; output ``features`` (N, D)); the metadata rides in the model's ``metadata_props``.
