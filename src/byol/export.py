@@ -32,7 +32,7 @@ from byol.data import ImageFolder, load_dataset, split_name
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
-from byol.evaluate.common import Pretrained, extract, load_encoder_from_run, random_encoder
+from byol.evaluate.common import Pretrained, check_init, extract, load_encoder_from_run, random_encoder
 from byol.extras import require
 from byol.files import atomic_write, replace_folder
 from byol.interop import architecture, from_torchvision, is_torchvision_layout, to_torchvision
@@ -216,6 +216,7 @@ def pretrained_from_export(path: Path, init: str = "pretrained") -> Pretrained:
     """An exported encoder as the evaluations take a run's: with a config made of what its metadata says
     (architecture, image size, the dataset it was pretrained on, if it says); ``init="random"``: the same
     architecture freshly initialised."""
+    check_init(init)
     encoder = load_encoder(path)
     meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
     model = ModelConfig(depth=meta["depth"], width=meta["width"], stem=meta["stem"],
@@ -271,28 +272,26 @@ def embed(
         )
     exported = is_export(source)
     check_outputs([Output(out, "--out")], inputs=[source, metadata_path(source)] if exported else [source])
-    if exported:
-        encoder = load_encoder(source)
-        meta: dict[str, Any] = encoder.metadata  # type: ignore[assignment]
-        name, image_size, run_data_dir, labels = dataset or meta["pretrained_on"], meta["image_size"], "", "auto"
-        if not name:
-            raise ConfigError(f"{quoted(source)} does not say what it was trained on; name the images with --dataset")
-        in_channels = int(meta["in_channels"])
-    else:
-        pretrained = load_encoder_from_run(source)
-        encoder, data = pretrained.encoder, pretrained.config.data
-        name, image_size, run_data_dir, labels = dataset or data.dataset, data.image_size, data.data_dir, data.labels
-        in_channels = pretrained.in_channels
+    pretrained = pretrained_from_export(source) if exported else load_encoder_from_run(source)
+    data = pretrained.config.data
+    name = dataset or data.dataset
+    if not name:
+        raise ConfigError(f"{quoted(source)} does not say what it was trained on; name the data with --dataset")
     if data_dir is None:
-        data_dir = run_data_dir if not dataset else ""
-    images = load_dataset(name, split or split_name(name, "test"), data_dir, image_size, labels)
-    if images.channels != in_channels:
+        data_dir = data.data_dir if not dataset else ""
+    images = load_dataset(name, split or split_name(name, "test"), data_dir, data.image_size, data.labels)
+    if images.channels != pretrained.in_channels:
         raise ConfigError(
-            f"the encoder takes {in_channels}-channel images but {name} has {images.channels}; embed a dataset "
-            "with the encoder's channels"
+            f"the encoder takes {pretrained.in_channels}-channel images but {name} has {images.channels}; embed a "
+            "dataset with the encoder's channels"
         )
     found = extract(
-        encoder, images, image_size=image_size, device=resolve_device(device), desc="embedding", progress=progress
+        pretrained.encoder,
+        images,
+        image_size=data.image_size,
+        device=resolve_device(device),
+        desc="embedding",
+        progress=progress,
     )
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
     if isinstance(images, ImageFolder):

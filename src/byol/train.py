@@ -334,7 +334,7 @@ def _check_resumable(payload: dict[str, Any], path: Path) -> None:
         in_channels = input_channels(online)
         with torch.device("meta"):
             expected = build_online_network(config.model, in_channels).state_dict()
-        if expected.keys() != online.keys() or any(expected[k].shape != online[k].shape for k in expected):
+        if not _same_shapes(online, expected):
             raise ValueError("its online network does not fit the architecture of its config")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{path} is not a complete byol checkpoint ({first_line(e)})") from None
@@ -424,17 +424,20 @@ def _check_config(config: Config, context: DistributedContext) -> None:
         )
 
 
+def _same_shapes(found: dict[str, Tensor], expected: dict[str, Tensor]) -> bool:
+    """Whether a state dict has exactly the keys of ``expected``, each of the same shape."""
+    return found.keys() == expected.keys() and all(found[k].shape == expected[k].shape for k in expected)
+
+
 def _start_from(state: TrainState, config: Config) -> None:
     """The online encoder (and a target that starts as its copy) from ``model.init``'s weights."""
-    from byol.export import load_encoder  # local: export is a command's module, loaded only when asked for
+    from byol.export import load_encoder  # local: only a run that starts from a file needs the export readers
 
     m = config.model
     encoder = load_encoder(m.init)
     meta: dict[str, Any] = getattr(encoder, "metadata", {})
-    wanted = state.online.encoder
-    found = encoder.state_dict()
-    expected = wanted.state_dict()
-    if found.keys() != expected.keys() or any(found[k].shape != expected[k].shape for k in found):
+    wanted, found = state.online.encoder, encoder.state_dict()
+    if not _same_shapes(found, wanted.state_dict()):
         raise ConfigError(
             f"model.init {quoted(m.init)} holds a ResNet-{meta.get('depth')} of width {meta.get('width', 0):g} "
             f"({meta.get('stem')} stem, {meta.get('in_channels')} input channels), not the config's "

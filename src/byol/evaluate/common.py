@@ -23,7 +23,7 @@ from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config
 from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, DataError, first_line
-from byol.files import remove_debris, write_json
+from byol.files import write_json
 from byol.networks import ResNet, build_encoder, input_channels
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
@@ -50,13 +50,17 @@ def random_encoder(config: Config, in_channels: int) -> ResNet:
     return build_encoder(config.model, in_channels)
 
 
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+
+
 def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrained:
     """The online encoder of a run directory (its latest checkpoint) or of a checkpoint file.
 
     ``init="random"`` returns the same architecture, freshly initialised with the run's seed.
     """
-    if init not in INITS:
-        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+    check_init(init)
     path = Path(path)
     checkpoint = latest_checkpoint(path) if path.is_dir() else path
     payload = load_checkpoint(checkpoint)
@@ -242,6 +246,5 @@ def result_path(run_dir: str | Path, name: str) -> Path:
 def write_result(run_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """Writes an evaluation's numbers to :func:`result_path`."""
     path = result_path(run_dir, name)
-    remove_debris(path.parent)  # what killed evaluations left in eval/ (a live one's files are not touched)
     write_json(path, result)
     return path

@@ -15,7 +15,7 @@ from byol.checkpoint import CHECKPOINT_DIR
 from byol.data import load_split, split_name
 from byol.distributed import resolve_device
 from byol.errors import ConfigError, quoted
-from byol.evaluate.common import INITS, check_compatible, load_encoder_from_run, result_path
+from byol.evaluate.common import check_compatible, load_encoder_from_run, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
@@ -50,8 +50,6 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     """Runs the protocol and writes <run>/eval/<protocol>_<dataset>_<init>.json; returns the result and path."""
     if request.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {request.protocol!r}")
-    if request.init not in INITS:
-        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {request.init!r}")
     if is_export(request.run):  # an exported encoder, or any torchvision-layout ResNet state dict
         pretrained = pretrained_from_export(request.run, request.init)
     else:
