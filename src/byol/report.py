@@ -191,7 +191,7 @@ def _curves(out: Path, steps: list[dict[str, Any]], knn: list[dict[str, Any]], d
     plots = ["loss.png", "tau.png", "learning_rate.png", "collapse.png"]
     if knn:
         monitor = f"{MONITOR_IMAGES // 1000}k"
-        title = f"kNN monitor (k=200, T=0.1), online encoder: bank ≤ {monitor} train, ≤ {monitor} test images"
+        title = f"kNN monitor (k=200, T=0.1): bank ≤ {monitor} train, ≤ {monitor} test images"
         _plot(out / "knn.png", title, "test top-1 (%)",
               [("kNN top-1", [r["step"] for r in knn], [r["knn_top1"] for r in knn])])  # fmt: skip
         plots.append("knn.png")
