@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from byol.config import Config, DataConfig, ModelConfig
-from byol.data import ImageFolder, load_dataset, split_name
+from byol.data import Files, load_dataset, split_name
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
@@ -294,7 +294,7 @@ def embed(
         progress=progress,
     )
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
-    if isinstance(images, ImageFolder):
-        arrays["paths"] = np.array([images.paths[i] for i in found.indices.tolist()], dtype=str)
+    if isinstance(images, Files):  # the file of each row (prepared shards: shard and member)
+        arrays["paths"] = np.array([images.describe(i) for i in found.indices.tolist()], dtype=str)
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     return out, tuple(found.features.shape)

@@ -51,6 +51,22 @@ RUN_ENTRIES = frozenset(
 )  # fmt: skip
 
 
+_HELD: set[int] = set()  # the lock descriptors this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the copies of the parent's lock descriptors, so that a lock
+    dies with the process that took it, not with the last of its workers (a SIGKILLed run resumes at once)."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def _lock(fd: int) -> bool:
     """Takes an exclusive, non-blocking lock; False when another process holds it."""
     try:
@@ -63,6 +79,7 @@ def _lock(fd: int) -> bool:
         if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             return False
         raise
+    _HELD.add(fd)
     return True
 
 
@@ -126,6 +143,7 @@ def exclusive(run_dir: str | Path, what: str = "a run", *, create: bool = True) 
                     folder.rmdir()
         raise
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # closing the descriptor releases the lock
 
 

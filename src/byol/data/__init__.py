@@ -6,17 +6,25 @@ from collections.abc import Callable
 
 from byol.data.arrays import ArrayDataset, cifar10, cifar100, fashion_mnist, stl10, synthetic
 from byol.data.folder import ImageFolder
-from byol.data.loaders import Batch, Dataset, TrainBatches, epoch_permutation, eval_batches
+from byol.data.loaders import Batch, Dataset, Files, TrainBatches, epoch_permutation, eval_batches
+from byol.data.shards import ShardSet, is_prepared
 from byol.errors import ConfigError
 
-# name -> reader(split, data_dir, image_size, labels); labels (auto, folders, none) matters to image folders only.
+
+def image_folder(data_dir: str, split: str, labels: str) -> ImageFolder | ShardSet:
+    """A folder of image files, or a folder `byol prepare` wrote from one (read through its shards)."""
+    return ShardSet.open(data_dir, split) if is_prepared(data_dir) else ImageFolder.scan(data_dir, split, labels)
+
+
+# name -> reader(split, data_dir, image_size, labels); labels (auto, folders, none) matters to image folders only
+# (a prepared folder keeps the labels it was prepared with).
 DATASETS: dict[str, Callable[[str, str, int, str], Dataset]] = {
     "synthetic": lambda split, data_dir, size, labels: synthetic(split, image_size=size),
     "fashion-mnist": lambda split, data_dir, size, labels: fashion_mnist(split, data_dir),
     "cifar10": lambda split, data_dir, size, labels: cifar10(split, data_dir),
     "cifar100": lambda split, data_dir, size, labels: cifar100(split, data_dir),
     "stl10": lambda split, data_dir, size, labels: stl10(split, data_dir),
-    "imagefolder": lambda split, data_dir, size, labels: ImageFolder.scan(data_dir, split, labels),
+    "imagefolder": lambda split, data_dir, size, labels: image_folder(data_dir, split, labels),
 }
 # What each dataset pretrains on by default (STL-10: its 100k unlabelled images plus the labelled train set).
 PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
@@ -57,7 +65,9 @@ __all__ = [
     "ArrayDataset",
     "Batch",
     "Dataset",
+    "Files",
     "ImageFolder",
+    "ShardSet",
     "TrainBatches",
     "epoch_permutation",
     "eval_batches",

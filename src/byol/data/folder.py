@@ -113,6 +113,14 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def read(self, index: int) -> str:
+        """What Pillow opens for image ``index``: its path."""
+        return self.paths[index]
+
+    def describe(self, index: int) -> str:
+        """Image ``index`` in messages: its path."""
+        return self.paths[index]
+
     def subset(self, indices: Tensor) -> ImageFolder:
         chosen = indices.tolist()
         return dataclasses.replace(self, paths=tuple(self.paths[i] for i in chosen), labels=self.labels[indices])

@@ -1,8 +1,8 @@
 """Batches for training and evaluation, one interface over in-memory arrays and image folders.
 
 In-memory datasets live on the training device as uint8 and are gathered by index: cropping and the rest of
-the view pipeline then run batched on that device. Image folders go through a DataLoader whose workers
-decode and crop. Either way the order of an epoch is a seeded permutation of (seed, epoch), so a run
+the view pipeline then run batched on that device. Image folders and prepared shards go through a DataLoader
+whose workers decode and crop. Either way the order of an epoch is a seeded permutation of (seed, epoch), so a run
 resumed at step k sees exactly the batches it would have seen.
 """
 
@@ -19,9 +19,11 @@ from byol.data import decode
 from byol.data.arrays import ArrayDataset
 from byol.data.decode import FolderCrops, Item
 from byol.data.folder import ImageFolder
+from byol.data.shards import ShardSet
 from byol.errors import DataError
 
-Dataset = ArrayDataset | ImageFolder
+Files = (ImageFolder, ShardSet)  # datasets of image files, decoded and cropped by DataLoader workers
+Dataset = ArrayDataset | ImageFolder | ShardSet
 
 
 @dataclass
@@ -41,6 +43,20 @@ def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world_size: 
     """The shuffled order of an epoch, identical on every rank; each rank takes every world_size-th index."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)[rank::world_size]
+
+
+class BatchOrder:
+    """The batches of an epoch's order, (steps, batch) indices, as lists one batch at a time: a million-image
+    epoch is never a million Python ints."""
+
+    def __init__(self, order: Tensor) -> None:
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (row.tolist() for row in self.order)
 
 
 class TrainBatches:
@@ -76,11 +92,16 @@ class TrainBatches:
                 raise ValueError("image folders need the view configs to crop at decode time")
             self.crops = FolderCrops(dataset, size=image_size, views=views, seed=seed)
 
+    def order(self, epoch: int) -> Tensor:
+        """This rank's (steps_per_epoch, batch_size) dataset indices of ``epoch``. Step s of every rank together
+        is images [s·B, (s+1)·B) of the epoch's permutation (B the global batch) whatever the world size, so a
+        run resumed on another number of ranks trains on the same batches."""
+        order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
+        return order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from its ``start_step``-th on."""
-        order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
-        order = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
-        order = order[start_step:]
+        order = self.order(epoch)[start_step:]
         if isinstance(self.dataset, ArrayDataset):
             for indices in order.to(self.device):
                 yield Batch(self.images[indices], self.labels[indices])
@@ -88,15 +109,15 @@ class TrainBatches:
         self.crops.epoch = epoch
         loader = torch.utils.data.DataLoader(
             self.crops,
-            batch_sampler=order.tolist(),
+            batch_sampler=BatchOrder(order),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             collate_fn=_collate,
         )
-        for crop1, crop2, labels, skipped, _ in loader:
+        for crop1, crop2, labels, skipped, indices in loader:
             yield Batch(
                 crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
-                second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped,
+                second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped, indices=indices,
             )  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from byol.config import Config
-from byol.data import Dataset, ImageFolder, labelled, load_split
+from byol.data import Dataset, Files, ImageFolder, labelled, load_split
 from byol.errors import DataError, quoted
 from byol.evaluate.common import extract_features
 from byol.evaluate.knn import KnnConfig, knn_on_features
@@ -139,7 +139,7 @@ def _identity(path: str) -> tuple[int, int] | str:
 def require_labels(dataset: Dataset) -> None:
     """Refuses, in one line, to grade against a dataset without labels, and says how to name one."""
     if not labelled(dataset):
-        where = f" {quoted(dataset.root)}" if isinstance(dataset, ImageFolder) else ""
+        where = f" {quoted(dataset.root)}" if isinstance(dataset, Files) else ""
         raise DataError(
             f"{dataset.name}{where} has no labels to grade against; name a labelled set (with pretrain: "
             "--data.eval_dir DIR, a folder of <class>/<image> files, or --data.eval_dataset NAME; with an "

@@ -1,0 +1,358 @@
+"""`byol prepare`: an image folder, once, into the shards of :mod:`byol.data.shards`.
+
+The source is read as the folder reader reads it (flat, nested or by class; its train split and its val/ and
+test/ folders, or the held-out tenth of a labelled folder without them), so a prepared folder has the splits,
+labels and image order the folder path would have. Each image is stored once, upright (EXIF orientation
+applied), as a JPEG whose long side is at most ``max_side``: a JPEG that already is one (upright, RGB or grey,
+small enough) is stored byte for byte; anything else is decoded at the JPEG scale nearest above that size, resized
+(Lanczos) and encoded at ``quality``. A file that cannot be decoded is left out and named in ``unreadable.tsv``.
+
+Shard k of a split holds images [k·n, (k+1)·n) of its listing (n = ``shard_images``), so shards are written in
+parallel, one process each, and independently. A shard is done once its tar and its part file (its index rows,
+digest and unreadable files) are in place, both written atomically; a killed run resumes where it stopped with
+the same command, keeping finished shards. Nothing is written into the source; the output folder must be new,
+empty, or one this command started from the same source and settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from byol import __version__
+from byol.data.decode import DECODE_ERRORS, SCALES, load_oriented, orientation, oriented_size
+from byol.data.folder import ImageFolder
+from byol.data.shards import FORMAT, INDEX, MANIFEST, ROW, SHARD, key_name, read_manifest
+from byol.errors import ConfigError, DataError, quoted
+from byol.files import atomic_write, remove_debris
+
+log = logging.getLogger(__name__)
+
+PROGRESS = "prepare.json"  # the settings of a prepare under way: what makes an unfinished output folder ours
+PARTS = "parts"  # per split, one JSON per finished shard until the manifest is written
+UNREADABLE = "unreadable.tsv"
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How images are stored: long side at most ``max_side`` px, JPEG ``quality``, ``shard_images`` per shard;
+    ``labels`` as the folder reader takes it (auto, folders, none)."""
+
+    max_side: int = 512
+    quality: int = 90
+    shard_images: int = 2000
+    labels: str = "auto"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One shard to write: images ``first`` to ``first + len(paths)`` of ``split``'s listing."""
+
+    split: str
+    number: int
+    first: int
+    paths: tuple[str, ...]
+    relative: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    out: Path
+    images: dict[str, int]  # per split, stored
+    shards: int
+    bytes: int
+    unreadable: int
+    seconds: float
+    already: bool = False  # the folder was prepared before: nothing was done
+
+
+def source_splits(source: Path, labels: str) -> dict[str, ImageFolder]:
+    """The splits of ``source`` the folder reader sees: train, and val/test where the folder has them (a labelled
+    folder without them: val, its held-out tenth)."""
+    train = ImageFolder.scan(os.fspath(source), "train", labels)
+    present = [name for name in EVAL_SPLITS if (source / name).is_dir()]
+    splits = {"train": train, **{name: ImageFolder.scan(os.fspath(source), name, labels) for name in present}}
+    if train.classes and not present:
+        try:
+            splits["val"] = ImageFolder.scan(os.fspath(source), "val", labels)
+        except DataError:  # too few images for the held-out tenth to hold one
+            log.warning("prepare: %s is too small to hold images out for evaluation; only train is prepared", source)
+    return splits
+
+
+def plan(splits: dict[str, ImageFolder], settings: Settings) -> list[Job]:
+    jobs = []
+    for split, folder in splits.items():
+        n = settings.shard_images
+        for number, first in enumerate(range(0, len(folder), n)):
+            paths = folder.paths[first : first + n]
+            jobs.append(Job(
+                split, number, first, paths, tuple(os.path.relpath(p, folder.root) for p in paths),
+                tuple(folder.labels[first : first + n].tolist()), folder.classes,
+            ))  # fmt: skip
+    return jobs
+
+
+def listing_digest(splits: dict[str, ImageFolder]) -> str:
+    """A digest of what each split lists (paths and labels): a resume must see the same source."""
+    digest = hashlib.sha256()
+    for split, folder in splits.items():
+        digest.update(f"{split}\0{len(folder)}\0".encode())
+        for path, label in zip(folder.paths, folder.labels.tolist(), strict=True):
+            digest.update(os.fsencode(path) + f"\0{label}\0".encode())
+    return digest.hexdigest()
+
+
+def encode(path: str, settings: Settings) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
+    """The JPEG stored for the image at ``path``, its (width, height) and the source's (oriented) size."""
+    with Image.open(path) as image:
+        width, height = oriented_size(image)
+        if (image.format == "JPEG" and orientation(image) == 1 and image.mode in ("RGB", "L")
+                and max(width, height) <= settings.max_side):  # fmt: skip
+            image.load()  # a file that does not decode in full is not stored
+            return Path(path).read_bytes(), (width, height), (width, height)
+        is_jpeg = image.format == "JPEG"
+    long_side = max(width, height)
+    scale = next((s for s in SCALES if long_side / s >= settings.max_side), 1) if is_jpeg else 1
+    rgb = load_oriented(path, scale)
+    if max(rgb.size) > settings.max_side:
+        factor = settings.max_side / max(rgb.size)
+        size = (max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor)))
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=settings.quality)
+    return buffer.getvalue(), rgb.size, (width, height)
+
+
+_done: Any = None  # images finished, shared by the worker processes (for the progress bar)
+
+
+def _share(counter: Any) -> None:
+    global _done
+    _done = counter
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Adds a member; returns the offset of its data in the tar (a member's data is padded to 512-byte blocks)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644  # mtime 0, no owner: the same images give the same shard
+    tar.addfile(info, io.BytesIO(data))
+    return tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def write_shard(job: Job, out: Path, settings: Settings) -> dict[str, Any]:
+    """Writes shard ``job.number`` of ``job.split`` and then its part file; returns the part."""
+    rows: list[tuple[int, ...]] = []
+    unreadable: list[tuple[str, str]] = []
+    path = out / job.split / SHARD.format(job.number)
+
+    def write(file: Any) -> None:
+        with tarfile.open(fileobj=file, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for k, (source, relative, label) in enumerate(zip(job.paths, job.relative, job.labels, strict=True)):
+                key = key_name(job.first + k)
+                try:
+                    data, (width, height), original = encode(source, settings)
+                except DECODE_ERRORS as e:
+                    unreadable.append((relative, str(e).replace("\t", " ").replace("\n", " ")))
+                else:
+                    offset = _member(tar, f"{key}.jpg", data)
+                    rows.append((job.number, offset, len(data), label, width, height, job.first + k))
+                    if label >= 0:
+                        _member(tar, f"{key}.cls", str(label).encode())
+                    about = {"source": relative, "width": original[0], "height": original[1]}
+                    if label >= 0:
+                        about["class"] = job.classes[label]
+                    _member(tar, f"{key}.json", json.dumps(about, ensure_ascii=False).encode())
+                if _done is not None:
+                    with _done.get_lock():
+                        _done.value += 1
+
+    atomic_write(path, write)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    part = {
+        "name": path.name, "images": len(rows), "bytes": path.stat().st_size, "sha256": digest.hexdigest(),
+        "rows": rows, "unreadable": unreadable,
+    }  # fmt: skip
+    atomic_write(_part_path(out, job), lambda f: f.write(json.dumps(part).encode()))
+    return part
+
+
+def _part_path(out: Path, job: Job) -> Path:
+    return out / PARTS / job.split / f"{SHARD.format(job.number)}.json"
+
+
+def _finished(out: Path, job: Job) -> dict[str, Any] | None:
+    """The part of a shard an earlier run finished (its tar still the size it recorded), else None."""
+    try:
+        part = json.loads(_part_path(out, job).read_text())
+        if (out / job.split / part["name"]).stat().st_size == part["bytes"]:
+            return dict(part)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _check_paths(source: Path, out: Path) -> None:
+    if not source.is_dir():
+        raise DataError(f"prepare: source {quoted(source)} is not a directory of images")
+    src, dst = source.resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise ConfigError(
+            f"prepare: --out {quoted(out)} is inside the source {quoted(source)}; name a folder outside it"
+        )
+    if dst in src.parents:
+        raise ConfigError(f"prepare: the source {quoted(source)} is inside --out {quoted(out)}; name another --out")
+    if dst.exists() and not dst.is_dir():
+        raise ConfigError(f"prepare: --out {quoted(out)} is a file; name a new or empty folder")
+
+
+def _start(out: Path, identity: dict[str, Any]) -> bool:
+    """Makes ``out`` ours for this prepare; True when it is already prepared from the same source and settings.
+    Refuses a folder holding anything else, or a prepare of another source or with other settings."""
+    manifest = read_manifest(out)
+    if manifest is not None:
+        if {key: manifest.get(key) for key in identity} == identity:
+            return True
+        raise ConfigError(
+            f"prepare: {quoted(out)} holds a folder prepared from another source or with other settings; "
+            "name another --out"
+        )
+    progress = out / PROGRESS
+    if progress.is_file():
+        try:
+            earlier = json.loads(progress.read_text())
+        except ValueError:
+            earlier = None
+        if earlier != identity:
+            raise ConfigError(
+                f"prepare: {quoted(out)} holds an unfinished prepare of another source or with other settings "
+                f"(or the source changed since); name another --out, or run it with its own source and settings"
+            )
+        return False
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"prepare: --out {quoted(out)} exists and is not empty; name a new or empty folder")
+    atomic_write(progress, lambda f: f.write(json.dumps(identity, indent=1).encode()))
+    return False
+
+
+def prepare(
+    source: Path, out: Path, settings: Settings = Settings(), *, workers: int = 0, progress: bool = True
+) -> Summary:
+    """Prepares ``source`` into ``out`` (see the module's docstring); ``workers``: processes (0: one per core)."""
+    started = time.perf_counter()
+    _check_paths(source, out)
+    splits = source_splits(source, settings.labels)
+    identity = {
+        "format": FORMAT, "source": os.fspath(source.resolve()), "settings": dataclasses.asdict(settings),
+        "listing": listing_digest(splits),
+    }  # fmt: skip
+    if _start(out, identity):
+        return Summary(out, {n: s["images"] for n, s in read_manifest(out)["splits"].items()}, 0, 0, 0, 0.0, True)  # type: ignore[index]
+    jobs = plan(splits, settings)
+    parts: dict[tuple[str, int], dict[str, Any]] = {}
+    for job in jobs:
+        remove_debris(out / job.split)
+        if (part := _finished(out, job)) is not None:
+            parts[job.split, job.number] = part
+    todo = [job for job in jobs if (job.split, job.number) not in parts]
+    if parts:
+        log.info("prepare: resuming, %d of %d shards already written", len(parts), len(jobs))
+    total = sum(len(job.paths) for job in todo)
+    for job, part in _run(todo, out, settings, workers or _cores(), total, progress):
+        parts[job.split, job.number] = part
+    return _finish(out, identity, splits, jobs, parts, time.perf_counter() - started)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _run(
+    jobs: list[Job], out: Path, settings: Settings, workers: int, total: int, progress: bool
+) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Each job's part as its shard is finished, over ``workers`` processes (one: in this process)."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", desc="preparing", disable=not progress, dynamic_ncols=True) as bar:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                part = write_shard(job, out, settings)
+                bar.update(len(job.paths))
+                yield job, part
+            return
+        counter = multiprocessing.get_context("fork").Value("q", 0)
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=_share, initargs=(counter,)) as pool:
+            pending: dict[Future, Job] = {pool.submit(write_shard, job, out, settings): job for job in jobs}
+            try:
+                while pending:
+                    done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    bar.update(counter.value - bar.n)
+                    for future in done:
+                        yield pending.pop(future), future.result()
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, array))
+
+
+def _finish(
+    out: Path, identity: dict[str, Any], splits: dict[str, ImageFolder], jobs: list[Job],
+    parts: dict[tuple[str, int], dict[str, Any]], seconds: float,
+) -> Summary:  # fmt: skip
+    """The index of each split, the unreadable files, then the manifest (which marks the folder prepared)."""
+    train = splits["train"]
+    entries: dict[str, Any] = {}
+    unreadable: list[str] = []
+    for split, folder in splits.items():
+        mine = [parts[job.split, job.number] for job in jobs if job.split == split]
+        rows = np.array([tuple(row) for part in mine for row in part["rows"]], dtype=ROW)
+        unreadable += [f"{split}/{path}\t{why}" for part in mine for path, why in part["unreadable"]]
+        if not len(rows):
+            raise DataError(f"prepare: no image of the {split} split of {quoted(folder.root)} could be read")
+        _save(out / split / INDEX, rows)
+        entries[split] = {
+            "images": len(rows), "note": folder.split_note, "bytes": sum(p["bytes"] for p in mine),
+            "shards": [{key: p[key] for key in ("name", "images", "bytes", "sha256")} for p in mine],
+        }  # fmt: skip
+    if unreadable:
+        atomic_write(out / UNREADABLE, lambda f: f.write(("\n".join(["file\treason", *unreadable]) + "\n").encode()))
+    manifest = {
+        **identity, "byol": __version__, "layout": train.layout, "classes": list(train.classes),
+        "unreadable": len(unreadable), "seconds": round(seconds, 1), "splits": entries,
+    }  # fmt: skip
+    atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, ensure_ascii=False).encode()))
+    with contextlib.suppress(OSError):
+        shutil.rmtree(out / PARTS)
+        (out / PROGRESS).unlink()
+    return Summary(
+        out, {split: entry["images"] for split, entry in entries.items()}, len(jobs),
+        sum(entry["bytes"] for entry in entries.values()), len(unreadable), seconds,
+    )  # fmt: skip
