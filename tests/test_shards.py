@@ -24,7 +24,7 @@ from byol.augment import get_views
 from byol.checkpoint import latest_checkpoint, load_checkpoint
 from byol.cli import main
 from byol.data import ShardSet, TrainBatches, load_dataset
-from byol.data.decode import FolderCrops, random_box
+from byol.data.decode import FolderCrops, pixel_box, random_box
 from byol.data.shards import INDEX, MANIFEST
 from byol.errors import DataError
 from byol.prepare import PARTS, PROGRESS, Settings, prepare
@@ -342,3 +342,21 @@ def test_a_run_on_shards_killed_and_resumed_is_bit_identical(tmp_path, workers):
     logs = [[{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
              for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (reference, run)]  # fmt: skip
     assert logs[0] == logs[1]  # every logged loss, bit for bit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([1, 2, 4, 8]), st.data())
+def test_a_box_is_cut_at_whole_decoded_pixels_within_half_a_pixel_of_where_it_was_drawn(width, height, scale, data):
+    wide, high = -(-width // scale), -(-height // scale)  # what a decode at 1/scale gives
+    left = data.draw(st.floats(0, width - 1e-3))
+    top = data.draw(st.floats(0, height - 1e-3))
+    right = data.draw(st.floats(left + 1e-3, width))
+    bottom = data.draw(st.floats(top + 1e-3, height))
+    cut = pixel_box((left, top, right, bottom), scale, wide, high)
+    assert all(isinstance(c, int) for c in cut)
+    assert 0 <= cut[0] < cut[2] <= wide and 0 <= cut[1] < cut[3] <= high  # inside, at least one pixel each way
+    if (right - left) / scale < 2 or (bottom - top) / scale < 2:
+        return  # a box under two decoded pixels may be widened to the one-pixel minimum
+    for got, wanted, limit in zip(cut, (left, top, right, bottom), (wide, high, wide, high), strict=True):
+        if wanted / scale <= limit:
+            assert abs(got - wanted / scale) <= 0.5 + 1e-9

@@ -2,8 +2,9 @@
 
 ``bench_augment`` times the view pipeline alone (256 images at 32, 96 and 224 px) and its share of a full
 training step of a preset. ``bench_step`` (issue 7) splits a step into network work and everything else.
-``bench_data`` times what a DataLoader worker does for an image folder (decode and both views' crops) on one
-core, and says how many workers a step of a given length needs.
+``bench_data`` times what a DataLoader worker does for an image folder or a prepared one (decode and both
+views' crops) on one core, and says how many workers a step of a given length needs; ``bench_pass`` reads a whole
+epoch of one through the training DataLoader (no training) and reports its rate and its processes' memory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import torch
 
 from byol.augment import TwoViews, get_views
 from byol.config import Config, apply_overrides
-from byol.data import Batch, ImageFolder, load_split
+from byol.data import Batch, Files, ImageFolder, ShardSet, TrainBatches, load_split
 from byol.data.decode import FolderCrops
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -172,7 +174,7 @@ def format_step(config: Config, preset: str, r: StepTiming) -> str:
 
 @dataclass
 class DataTiming:
-    folder: ImageFolder
+    folder: ImageFolder | ShardSet
     scan_s: float  # the folder scan (walking the tree, sorting, labels)
     images: int  # images timed
     reduced_s: float  # seconds for them, decoded at the size the views need
@@ -189,7 +191,7 @@ def bench_data(config: Config, images: int = 200, full: bool = True) -> DataTimi
     start = time.perf_counter()
     folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
     scan_s = time.perf_counter() - start
-    if not isinstance(folder, ImageFolder):
+    if not isinstance(folder, Files):
         raise ConfigError(f"bench data times image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
     chosen = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:images].tolist()
     views = get_views(config.augment.preset, config.augment.crop_min_scale)
@@ -218,8 +220,7 @@ def format_data(config: Config, t: DataTiming, step_ms: tuple[float, ...], world
     d, batch = config.data, config.optim.batch_size // world_size
     rate = t.per_core(t.reduced_s)
     lines = [
-        f"image folder {t.folder.root} ({t.folder.layout}, {len(t.folder)} images{_classes(t.folder)}): "
-        f"scanned in {t.scan_s:.2f} s",
+        f"{_what(t.folder)}: opened in {t.scan_s:.2f} s",
         f"decode + both views' crops at {d.image_size} px (augment preset {config.augment.preset!r}), one process, "
         f"one thread, {t.images} images:",
         f"  decoded at the size the views need: {rate:8.1f} images/s per core ({1e3 / rate:.1f} ms an image)",
@@ -232,5 +233,82 @@ def format_data(config: Config, t: DataTiming, step_ms: tuple[float, ...], world
     return "\n".join(lines)
 
 
-def _classes(folder: ImageFolder) -> str:
+@dataclass
+class PassTiming:
+    folder: ImageFolder | ShardSet
+    open_s: float  # reading the folder's listing or index
+    images: int  # images read and cropped (the epoch's full batches)
+    seconds: float
+    skipped: int  # unreadable files passed over
+    workers: int
+    memory: dict[str, tuple[float, float]]  # process -> (PSS, USS) in MB, as the epoch's last batch arrived
+
+
+def memory_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(PSS, USS) of a process in MB from /proc/PID/smaps_rollup (Linux); NaNs where that cannot be read."""
+    try:
+        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    kb = {key: int(value.split()[0]) for key, value in fields.items()}
+    return kb["Pss"] / 1024, (kb["Private_Clean"] + kb["Private_Dirty"]) / 1024
+
+
+def children() -> list[int]:
+    """The process ids of this process's children (its DataLoader workers), Linux; empty elsewhere."""
+    found: list[int] = []
+    for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ():
+        try:
+            found += [int(pid) for pid in open(f"/proc/self/task/{task}/children").read().split()]
+        except OSError:
+            continue
+    return found
+
+
+def bench_pass(config: Config, progress: bool = True) -> PassTiming:
+    """One epoch of the pretraining split through the training DataLoader (``data.num_workers`` workers, both
+    views' crops, no training), on the CPU; the memory of this process and of each worker as its last batch
+    arrives."""
+    from tqdm import tqdm
+
+    d = config.data
+    start = time.perf_counter()
+    folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
+    open_s = time.perf_counter() - start
+    if not isinstance(folder, Files):
+        raise ConfigError(f"bench data reads image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
+    batches = TrainBatches(
+        folder, batch_size=config.optim.batch_size, seed=config.train.seed, device=torch.device("cpu"),
+        views=get_views(config.augment.preset, config.augment.crop_min_scale), image_size=d.image_size,
+        num_workers=d.num_workers,
+    )  # fmt: skip
+    images = skipped = 0
+    memory: dict[str, tuple[float, float]] = {}
+    start = time.perf_counter()
+    with tqdm(total=batches.steps_per_epoch, unit="batch", desc="reading", disable=not progress) as bar:
+        for step, batch in enumerate(batches.epoch(0)):
+            images, skipped = images + len(batch.images), skipped + len(batch.skipped)
+            if step == batches.steps_per_epoch - 1:
+                memory["main"] = memory_mb()
+                memory.update({f"worker {i}": memory_mb(pid) for i, pid in enumerate(children())})
+            bar.update()
+    return PassTiming(folder, open_s, images, time.perf_counter() - start, skipped, d.num_workers, memory)
+
+
+def format_pass(config: Config, t: PassTiming) -> str:
+    lines = [
+        f"{_what(t.folder)}: opened in {t.open_s:.2f} s",
+        f"one epoch, {t.images} images (full batches of {config.optim.batch_size}), both views' crops at "
+        f"{config.data.image_size} px, {t.workers} worker(s), no training: {t.seconds:.1f} s, "
+        f"{t.images / t.seconds:.1f} images/s" + (f"; {t.skipped} unreadable file(s) passed over" if t.skipped else ""),
+    ]
+    lines += [f"  memory of {name}: PSS {pss:.1f} MB, USS {uss:.1f} MB" for name, (pss, uss) in t.memory.items()]
+    return "\n".join(lines)
+
+
+def _what(folder: ImageFolder | ShardSet) -> str:
+    return f"image folder {folder.root} ({folder.layout}, {len(folder)} images{_classes(folder)})"
+
+
+def _classes(folder: ImageFolder | ShardSet) -> str:
     return f", {len(folder.classes)} classes" if folder.classes else ", unlabelled"

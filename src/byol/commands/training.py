@@ -156,6 +156,10 @@ def add_bench(sub: Any) -> None:
         help="step times in ms to size the workers for (comma-separated; default 100,250,500,1000)",
     )  # fmt: skip
     p.add_argument("--no-full", dest="full", action="store_false", help="do not time full-size decoding too")
+    p.add_argument("--pass", dest="full_pass", action="store_true",
+                   help="instead, read one whole epoch through the training DataLoader (data.num_workers workers, "
+                   "no training): images/s and the memory of each process")  # fmt: skip
+    quiet_flag(p)
     p.set_defaults(handler=bench_data)
 
 
@@ -168,10 +172,13 @@ def bench_augment(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from byol.bench import bench_data, format_data
+    from byol.bench import bench_data, bench_pass, format_data, format_pass
 
     config = build_config(args, extra)
-    print(format_data(config, bench_data(config, args.images, args.full), args.step_ms))
+    if args.full_pass:
+        print(format_pass(config, bench_pass(config, progress=not args.quiet)))
+    else:
+        print(format_data(config, bench_data(config, args.images, args.full), args.step_ms))
     return 0
 
 
