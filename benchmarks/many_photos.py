@@ -6,7 +6,9 @@ Each file is a random crop (50-100% of the area, aspect 3:4 to 3:2) of one of th
 benchmarks/photos.py uses (scikit-learn's and scikit-image's), resized to a long side drawn from 300-500 px and
 saved at a JPEG quality drawn from 85-95: real pixels, no two files alike, ImageNet-sized. They go 1,000 to a
 folder (``/tmp/many/000/…``), as a camera roll synced by day would be: a nested, unlabelled folder. Written by
-one process per core; files already there are kept, so an interrupted run continues.
+one process per core; files already there are kept, so an interrupted run continues. With `--labels auto`
+(the default) the 100 folders read as 100 classes (the layout rule of docs/data.md); `--labels none` reads them as
+one unlabelled camera roll.
 """
 
 from __future__ import annotations

@@ -360,3 +360,17 @@ def test_a_box_is_cut_at_whole_decoded_pixels_within_half_a_pixel_of_where_it_wa
     for got, wanted, limit in zip(cut, (left, top, right, bottom), (wide, high, wide, high), strict=True):
         if wanted / scale <= limit:
             assert abs(got - wanted / scale) <= 0.5 + 1e-9
+
+
+def test_bench_data_reads_a_prepared_folder_per_core_and_for_a_whole_epoch(tmp_path, capsys):
+    out = tmp_path / "prepared"
+    prepare(_by_class(tmp_path / "src", per_class=8), out, Settings(shard_images=5), workers=1, progress=False)
+    common = ["bench", "data", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", str(out),
+              "--data.image_size", "16"]  # fmt: skip
+    assert main([*common, "--images", "5"]) == 0
+    assert "prepared, by class" in capsys.readouterr().out
+    assert main([*common, "--pass", "--optim.batch_size", "4", "--data.num_workers", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    train = len(ShardSet.open(str(out), "train"))
+    assert f"one epoch, {train // 4 * 4} images (full batches of 4)" in printed
+    assert "memory of main" in printed and "memory of worker 1" in printed

@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -247,7 +248,8 @@ class PassTiming:
 def memory_mb(pid: int | str = "self") -> tuple[float, float]:
     """(PSS, USS) of a process in MB from /proc/PID/smaps_rollup (Linux); NaNs where that cannot be read."""
     try:
-        fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/smaps_rollup").read().splitlines()[1:])
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        fields = dict(line.split(":", 1) for line in text.splitlines()[1:])
     except (OSError, ValueError):
         return math.nan, math.nan
     kb = {key: int(value.split()[0]) for key, value in fields.items()}
@@ -259,7 +261,7 @@ def children() -> list[int]:
     found: list[int] = []
     for task in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ():
         try:
-            found += [int(pid) for pid in open(f"/proc/self/task/{task}/children").read().split()]
+            found += [int(pid) for pid in Path(f"/proc/self/task/{task}/children").read_text().split()]
         except OSError:
             continue
     return found
