@@ -185,15 +185,21 @@ class DataTiming:
         return self.images / seconds
 
 
+def _open_files(config: Config) -> tuple[ImageFolder | ShardSet, float]:
+    """The config's pretraining split, an image folder or a prepared one, and the seconds it took to open."""
+    d = config.data
+    start = time.perf_counter()
+    folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
+    if not isinstance(folder, Files):
+        raise ConfigError(f"bench data reads image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
+    return folder, time.perf_counter() - start
+
+
 def bench_data(config: Config, images: int = 200, full: bool = True) -> DataTiming:
     """A worker's decode + both views' crops for ``images`` files of the config's image folder (seeded sample),
     on one thread, after one warm-up image; ``full``: the same files decoded in full too."""
     d = config.data
-    start = time.perf_counter()
-    folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
-    scan_s = time.perf_counter() - start
-    if not isinstance(folder, Files):
-        raise ConfigError(f"bench data times image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
+    folder, scan_s = _open_files(config)
     chosen = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:images].tolist()
     views = get_views(config.augment.preset, config.augment.crop_min_scale)
     threads = torch.get_num_threads()
@@ -274,11 +280,7 @@ def bench_pass(config: Config, progress: bool = True) -> PassTiming:
     from tqdm import tqdm
 
     d = config.data
-    start = time.perf_counter()
-    folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
-    open_s = time.perf_counter() - start
-    if not isinstance(folder, Files):
-        raise ConfigError(f"bench data reads image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
+    folder, open_s = _open_files(config)
     batches = TrainBatches(
         folder, batch_size=config.optim.batch_size, seed=config.train.seed, device=torch.device("cpu"),
         views=get_views(config.augment.preset, config.augment.crop_min_scale), image_size=d.image_size,

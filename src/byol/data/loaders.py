@@ -9,8 +9,8 @@ resumed at step k sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
