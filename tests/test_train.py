@@ -163,6 +163,33 @@ def test_compiled_step_matches_the_eager_step():
         assert abs(a["byol_loss"].item() - b["byol_loss"].item()) < 1e-4
 
 
+def test_a_compile_that_fails_says_so_in_one_line_and_the_run_goes_on_eager(monkeypatch, caplog):
+    """No C compiler, an unsupported op, an old torch: torch.compile fails at the first call. The step then runs
+    eager and computes exactly what the eager step computes."""
+
+    def broken_compile(module, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\ncommand not found: g++")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiled_config = apply_overrides(get_preset("tiny"), {"train.compile": "true"})
+    eager, compiled = _state(), tiny_state(SCHEDULE, compiled_config)
+    batch = _views()
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            a = train_step(eager, ViewBatch(*batch))
+            b = train_step(compiled, ViewBatch(*batch))
+            assert a["byol_loss"].item() == b["byol_loss"].item()
+    failures = [r.getMessage() for r in caplog.records if "continuing eager" in r.getMessage()]
+    assert len(failures) == 2 and all("\n" not in m and "C++ compile error" in m for m in failures)  # once each
+    assert {"online network", "target network"} == {m.split("torch.compile of the ")[1].split(" failed")[0]
+                                                     for m in failures}  # fmt: skip
+    for name, tensor in eager.online.state_dict().items():
+        assert torch.equal(tensor, compiled.online.state_dict()[name]), name
+
+
 def test_accumulation_updates_the_target_once_every_n_micro_steps(monkeypatch):
     config = apply_overrides(get_preset("tiny"), {"optim.accumulation_steps": "4", "optim.batch_size": "16"})
     state = tiny_state(SCHEDULE16, validate(config))

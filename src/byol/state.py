@@ -5,6 +5,7 @@ stores :meth:`TrainState.state_dict`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from byol.errors import CheckpointError, first_line
 from byol.networks import OnlineNetwork, TargetNetwork, ViewOutputs
 from byol.optim import LARS
 from byol.precision import Precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,27 @@ class Objective:
             normalize=loss.normalize,
             accumulation_steps=config.optim.accumulation_steps,
         )
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile(module)`` that falls back to ``module`` itself when compiling fails (no C compiler, an op
+    the compiler does not support, a torch too old): the run says so in one line and goes on eager. Compiling
+    happens at the first call, before anything of it runs, so the eager call that replaces it computes what the
+    step would have computed. An error of the model itself fails eager too, and surfaces from there."""
+
+    def __init__(self, module: nn.Module, what: str) -> None:
+        super().__init__()
+        self.eager, self.what, self.failed = module, what, False
+        self.compiled = torch.compile(module)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # torch raises several kinds (BackendCompilerFailed, InductorError, ...)
+                self.failed = True
+                log.warning("torch.compile of the %s failed (%s); continuing eager", self.what, first_line(e))
+        return self.eager(*args, **kwargs)
 
 
 class SiameseForward(nn.Module):

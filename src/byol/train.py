@@ -51,7 +51,7 @@ from byol.policies import Policies
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
 from byol.seeding import seed_everything, set_rng_state
-from byol.state import Objective, Schedule, SiameseForward, TrainState
+from byol.state import CompiledOrEager, Objective, Schedule, SiameseForward, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def create_state(
         generator.manual_seed(config.train.seed + 1_000_003 * context.rank)  # per-rank augmentations
     target_forward = target
     if config.train.compile:  # the wrappers share parameters with online / target: checkpoints are unchanged
-        forward = torch.compile(forward)  # type: ignore[assignment]
-        target_forward = torch.compile(target) if target is not None else None  # type: ignore[assignment]
+        forward = CompiledOrEager(forward, "online network")
+        target_forward = CompiledOrEager(target, "target network") if target is not None else None  # type: ignore[assignment]
     objective = Objective.from_config(config)
     return TrainState(
         online=online, target=target, probe=probe, optimizer=optimizer, generator=generator, schedule=schedule,
