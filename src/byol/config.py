@@ -141,7 +141,8 @@ class TrainConfig:
     computes it natively: CUDA with bf16, a CPU with AVX512_BF16 or AMX; fp32 everywhere else, see
     ``byol.precision``). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when
     bf16 is used: the fast pair on both GPUs and bf16-capable CPUs). ``compile``: ``torch.compile`` the
-    two-view forward and the target (off by default: compilation costs minutes up front). ``deterministic``:
+    two-view forward and the target (off by default: compilation costs minutes up front; a compile that fails
+    says so in one line and the run goes on eager, ``byol.state.CompiledOrEager``). ``deterministic``:
     deterministic kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
     skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times. ``tensorboard``:
     TensorBoard event files beside metrics.jsonl (``<run>/tensorboard/``) where the ``tensorboard`` package is
