@@ -71,7 +71,7 @@ def write_json(path: Path, data: Any, sort_keys: bool = False) -> None:
 def exchange(first: Path, second: Path) -> bool:
     """Swaps two existing paths in one step (Linux's ``renameat2(RENAME_EXCHANGE)``); False where the system or
     the filesystem cannot, having changed nothing."""
-    renameat2 = getattr(_libc(), "renameat2", None)
+    renameat2 = getattr(libc(), "renameat2", None)
     if renameat2 is None:
         return False
     done = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
@@ -83,7 +83,8 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
-def _libc() -> Any:
+def libc() -> Any:
+    """The process's C library (for the calls Python does not wrap: renameat2, mallopt); None where there is none."""
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:  # no C library to open (not a POSIX system)

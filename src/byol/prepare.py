@@ -41,7 +41,8 @@ from byol.data.decode import DECODE_ERRORS, SCALES, load_oriented, orientation, 
 from byol.data.folder import ImageFolder
 from byol.data.shards import FORMAT, INDEX, MANIFEST, ROW, SHARD, key_name, read_manifest
 from byol.errors import ConfigError, DataError, quoted
-from byol.files import atomic_write, remove_debris
+from byol.files import atomic_write, remove_debris, write_json
+from byol.outputs import Output, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +178,9 @@ def write_shard(job: Job, out: Path, settings: Settings) -> dict[str, Any]:
                 else:
                     offset = _member(tar, f"{key}.jpg", data)
                     rows.append((job.number, offset, len(data), label, width, height, job.first + k))
-                    if label >= 0:
-                        _member(tar, f"{key}.cls", str(label).encode())
                     about = {"source": relative, "width": original[0], "height": original[1]}
-                    if label >= 0:
+                    if label >= 0:  # a labelled set: the class index as WebDataset's .cls, its name in .json
+                        _member(tar, f"{key}.cls", str(label).encode())
                         about["class"] = job.classes[label]
                     _member(tar, f"{key}.json", json.dumps(about, ensure_ascii=False).encode())
                 if _done is not None:
@@ -196,7 +196,7 @@ def write_shard(job: Job, out: Path, settings: Settings) -> dict[str, Any]:
         "name": path.name, "images": len(rows), "bytes": path.stat().st_size, "sha256": digest.hexdigest(),
         "rows": rows, "unreadable": unreadable,
     }  # fmt: skip
-    atomic_write(_part_path(out, job), lambda f: f.write(json.dumps(part).encode()))
+    write_json(_part_path(out, job), part)
     return part
 
 
@@ -216,28 +216,24 @@ def _finished(out: Path, job: Job) -> dict[str, Any] | None:
 
 
 def _check_paths(source: Path, out: Path) -> None:
+    """The output rules every command follows (``byol.outputs``: not the source, not around it, not a file, not a
+    run's files), and one of its own: nothing goes inside the source."""
     if not source.is_dir():
-        raise DataError(f"prepare: source {quoted(source)} is not a directory of images")
-    src, dst = source.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise ConfigError(
-            f"prepare: --out {quoted(out)} is inside the source {quoted(source)}; name a folder outside it"
-        )
-    if dst in src.parents:
-        raise ConfigError(f"prepare: the source {quoted(source)} is inside --out {quoted(out)}; name another --out")
-    if dst.exists() and not dst.is_dir():
-        raise ConfigError(f"prepare: --out {quoted(out)} is a file; name a new or empty folder")
+        raise DataError(f"source {quoted(source)} is not a directory of images")
+    check_outputs([Output(out, "--out", folder=True)], [source])
+    if source.resolve() in out.resolve().parents:
+        raise ConfigError(f"--out {quoted(out)} is inside the source {quoted(source)}; name a folder outside it")
 
 
-def _start(out: Path, identity: dict[str, Any]) -> bool:
-    """Makes ``out`` ours for this prepare; True when it is already prepared from the same source and settings.
-    Refuses a folder holding anything else, or a prepare of another source or with other settings."""
+def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Makes ``out`` ours for this prepare; its manifest when it is already prepared from the same source and
+    settings. Refuses a folder holding anything else, or a prepare of another source or with other settings."""
     manifest = read_manifest(out)
     if manifest is not None:
         if {key: manifest.get(key) for key in identity} == identity:
-            return True
+            return manifest
         raise ConfigError(
-            f"prepare: {quoted(out)} holds a folder prepared from another source or with other settings; "
+            f"--out {quoted(out)} holds a folder prepared from another source or with other settings; "
             "name another --out"
         )
     progress = out / PROGRESS
@@ -248,14 +244,14 @@ def _start(out: Path, identity: dict[str, Any]) -> bool:
             earlier = None
         if earlier != identity:
             raise ConfigError(
-                f"prepare: {quoted(out)} holds an unfinished prepare of another source or with other settings "
+                f"--out {quoted(out)} holds an unfinished prepare of another source or with other settings "
                 f"(or the source changed since); name another --out, or run it with its own source and settings"
             )
-        return False
+        return None
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"prepare: --out {quoted(out)} exists and is not empty; name a new or empty folder")
-    atomic_write(progress, lambda f: f.write(json.dumps(identity, indent=1).encode()))
-    return False
+        raise ConfigError(f"--out {quoted(out)} exists and is not empty; name a new or empty folder")
+    write_json(progress, identity)
+    return None
 
 
 def prepare(
@@ -269,12 +265,13 @@ def prepare(
         "format": FORMAT, "source": os.fspath(source.resolve()), "settings": dataclasses.asdict(settings),
         "listing": listing_digest(splits),
     }  # fmt: skip
-    if _start(out, identity):
-        return Summary(out, {n: s["images"] for n, s in read_manifest(out)["splits"].items()}, 0, 0, 0, 0.0, True)  # type: ignore[index]
+    if (done := _start(out, identity)) is not None:
+        return Summary(out, {n: s["images"] for n, s in done["splits"].items()}, 0, 0, 0, 0.0, True)
+    for split in splits:  # what killed writers left (their processes gone)
+        remove_debris(out / split)
     jobs = plan(splits, settings)
     parts: dict[tuple[str, int], dict[str, Any]] = {}
     for job in jobs:
-        remove_debris(out / job.split)
         if (part := _finished(out, job)) is not None:
             parts[job.split, job.number] = part
     todo = [job for job in jobs if (job.split, job.number) not in parts]
@@ -303,8 +300,8 @@ def _run(
                 bar.update(len(job.paths))
                 yield job, part
             return
-        counter = multiprocessing.get_context("fork").Value("q", 0)
         context = multiprocessing.get_context("fork")
+        counter = context.Value("q", 0)
         with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=_share, initargs=(counter,)) as pool:
             pending: dict[Future, Job] = {pool.submit(write_shard, job, out, settings): job for job in jobs}
             try:
@@ -336,7 +333,7 @@ def _finish(
         rows = np.array([tuple(row) for part in mine for row in part["rows"]], dtype=ROW)
         unreadable += [f"{split}/{path}\t{why}" for part in mine for path, why in part["unreadable"]]
         if not len(rows):
-            raise DataError(f"prepare: no image of the {split} split of {quoted(folder.root)} could be read")
+            raise DataError(f"no image of the {split} split of {quoted(folder.root)} could be read")
         _save(out / split / INDEX, rows)
         entries[split] = {
             "images": len(rows), "note": folder.split_note, "bytes": sum(p["bytes"] for p in mine),
@@ -348,7 +345,7 @@ def _finish(
         **identity, "byol": __version__, "layout": train.layout, "classes": list(train.classes),
         "unreadable": len(unreadable), "seconds": round(seconds, 1), "splits": entries,
     }  # fmt: skip
-    atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, ensure_ascii=False).encode()))
+    write_json(out / MANIFEST, manifest)
     with contextlib.suppress(OSError):
         shutil.rmtree(out / PARTS)
         (out / PROGRESS).unlink()

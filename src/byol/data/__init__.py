@@ -7,13 +7,14 @@ from collections.abc import Callable
 from byol.data.arrays import ArrayDataset, cifar10, cifar100, fashion_mnist, stl10, synthetic
 from byol.data.folder import ImageFolder
 from byol.data.loaders import Batch, Dataset, Files, TrainBatches, epoch_permutation, eval_batches
-from byol.data.shards import ShardSet, is_prepared
+from byol.data.shards import ShardSet, read_manifest
 from byol.errors import ConfigError
 
 
 def image_folder(data_dir: str, split: str, labels: str) -> ImageFolder | ShardSet:
     """A folder of image files, or a folder `byol prepare` wrote from one (read through its shards)."""
-    return ShardSet.open(data_dir, split) if is_prepared(data_dir) else ImageFolder.scan(data_dir, split, labels)
+    manifest = read_manifest(data_dir) if data_dir else None
+    return ShardSet.open(data_dir, split, manifest) if manifest else ImageFolder.scan(data_dir, split, labels)
 
 
 # name -> reader(split, data_dir, image_size, labels); labels (auto, folders, none) matters to image folders only

@@ -8,11 +8,10 @@ resumed at step k sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +23,7 @@ from byol.data.decode import FolderCrops, Item
 from byol.data.folder import ImageFolder
 from byol.data.shards import ShardSet
 from byol.errors import DataError
+from byol.files import libc
 
 Files = (ImageFolder, ShardSet)  # datasets of image files, decoded and cropped by DataLoader workers
 Dataset = ArrayDataset | ImageFolder | ShardSet
@@ -56,25 +56,28 @@ def steady_heap(worker_id: int = 0) -> None:
     free, and from then on the decode buffers (a few hundred KB each) come from the heap, which fragments: a worker
     grew by 55 MB of heap over 1,500 batches. Fixed at 128 KB, its memory stays flat (docs/data.md). A no-op
     where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:
         return
     mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (malloc.h); setting it also turns off the dynamic adjustment
     mallopt(-1, MMAP_THRESHOLD)  # M_TRIM_THRESHOLD: give freed heap tops back too
 
 
-def forked(loader: torch.utils.data.DataLoader) -> Iterator:
-    """The loader's iterator, its workers forked with every object that exists now frozen out of the garbage
-    collector (``gc.freeze``). A worker's full collections would otherwise write to the header of every object it
-    inherited, copying each page that holds one: measured, 45 MB more per worker by the end of a million-image
-    epoch under the command line (docs/data.md). The parent unfreezes at once; the workers keep them frozen."""
-    if not loader.num_workers:
+def crops_loader(crops: FolderCrops, num_workers: int, **sampling: Any) -> Iterator:
+    """The batches of ``crops`` (``sampling``: the DataLoader's batch_size or batch_sampler, pin_memory) from
+    ``num_workers`` workers, each with :func:`steady_heap`, forked with every object that exists now frozen out
+    of the garbage collector (``gc.freeze``). A worker's full collections would otherwise write to the header of
+    every object it inherited, copying each page that holds one: measured, 45 MB more per worker by the end of a
+    million-image epoch under the command line (docs/data.md). The parent unfreezes at once; the workers keep
+    them frozen."""
+    loader = torch.utils.data.DataLoader(
+        crops, num_workers=num_workers, collate_fn=_collate, worker_init_fn=steady_heap, **sampling
+    )
+    if not num_workers:
         return iter(loader)
     gc.freeze()
     try:
-        return iter(loader)
+        return iter(loader)  # forks the workers
     finally:
         gc.unfreeze()
 
@@ -141,15 +144,10 @@ class TrainBatches:
                 yield Batch(self.images[indices], self.labels[indices])
             return
         self.crops.epoch = epoch
-        loader = torch.utils.data.DataLoader(
-            self.crops,
-            batch_sampler=BatchOrder(order),
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            collate_fn=_collate,
-            worker_init_fn=steady_heap,
+        loader = crops_loader(
+            self.crops, self.num_workers, batch_sampler=BatchOrder(order), pin_memory=self.device.type == "cuda"
         )
-        for crop1, crop2, labels, skipped, indices in forked(loader):
+        for crop1, crop2, labels, skipped, indices in loader:
             yield Batch(
                 crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
                 second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped, indices=indices,
@@ -179,15 +177,9 @@ def eval_batches(
                 dataset.labels[start : start + batch_size].to(device),
             )
         return
-    loader = torch.utils.data.DataLoader(
-        FolderCrops(dataset, size=image_size, views=None),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        worker_init_fn=steady_heap,
-    )
+    loader = crops_loader(FolderCrops(dataset, size=image_size, views=None), num_workers, batch_size=batch_size)
     failures = 0
-    for crop, _, labels, skipped, indices in forked(loader):
+    for crop, _, labels, skipped, indices in loader:
         failures = failures + len(skipped) if not len(indices) else len(skipped)
         if failures >= decode.MAX_CONSECUTIVE_FAILURES:
             raise DataError(f"{failures} unreadable images in a row in {dataset.name}: the dataset looks broken")

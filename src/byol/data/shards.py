@@ -62,10 +62,6 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
 
-def is_prepared(data_dir: str | Path) -> bool:
-    return bool(data_dir) and read_manifest(data_dir) is not None
-
-
 class _Files:
     """The shard files this process has open, by path; a forked worker opens its own."""
 
@@ -127,11 +123,11 @@ class ShardSet:
         return dataclasses.replace(self, index=np.asarray(self.index[chosen]), labels=self.labels[indices])
 
     @classmethod
-    def open(cls, data_dir: str, split: str) -> ShardSet:
-        """The images of ``split`` of the prepared folder ``data_dir``. An evaluation split the folder lacks is
-        its other evaluation split (val for test, or the reverse); an unlabelled folder trains and embeds on
-        its one split."""
-        manifest = read_manifest(data_dir)
+    def open(cls, data_dir: str, split: str, manifest: dict[str, Any] | None = None) -> ShardSet:
+        """The images of ``split`` of the prepared folder ``data_dir`` (``manifest``: its manifest, when already
+        read). An evaluation split the folder lacks is its other evaluation split (val for test, or the reverse);
+        an unlabelled folder trains and embeds on its one split."""
+        manifest = manifest if manifest is not None else read_manifest(data_dir)
         if manifest is None:
             raise DataError(f"{quoted(data_dir)} is not a folder `byol prepare` wrote (no {MANIFEST} in it)")
         if split not in SPLITS:
