@@ -23,13 +23,14 @@ from typing import Any
 import torch
 
 from byol.augment import TwoViews, get_views
+from byol.compiling import CompiledOrEager
 from byol.config import Config, apply_overrides
 from byol.data import Batch, Files, ImageFolder, ShardSet, TrainBatches, load_split
 from byol.data.decode import FolderCrops
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
 from byol.precision import flush_denormals
-from byol.train import Schedule, ViewPrefetch, create_state, train_step
+from byol.train import Schedule, ViewPrefetch, compile_networks, create_state, train_step
 
 # (channels, native size) of the in-memory datasets, so benchmarks need no files: inputs are random bytes.
 NATIVE_SHAPE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32), "stl10": (3, 96)}
@@ -63,42 +64,84 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int 
 
 
 @dataclass
+class Timed:
+    """Median seconds eager, and compiled with the seconds its compiling took (None: not compiled)."""
+
+    eager_s: float
+    compiled_s: float | None = None
+    compile_s: float | None = None
+
+
+def compiled_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median seconds, compile seconds) of a compiled ``fn``: its first call compiles; the compile seconds are
+    that call's less a compiled call's."""
+    with flush_denormals(device):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        first = time.perf_counter() - start
+    seconds = median_seconds(fn, device, repeats, warmup=1)
+    return seconds, max(first - seconds, 0.0)
+
+
+def _compile_views(views: TwoViews) -> TwoViews:
+    torch._dynamo.reset()  # each size its own graphs: the shared function's recompile limit counts every size
+    views.compile(lambda function: CompiledOrEager(function, "views"))
+    return views
+
+
+@dataclass
 class AugmentTiming:
     image_size: int
-    pairs_per_s: float
+    pairs: Timed
+
+    @property
+    def pairs_per_s(self) -> float:
+        return 256 / self.pairs.eager_s
 
 
-def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming], float, float]:
-    """Pairs/s of the T/T' pipeline on 256 RGB images per size; then, for the preset's own batch, the
-    seconds of the views and of a whole training step (views included)."""
+def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming], Timed, Timed]:
+    """Pairs/s of the T/T' pipeline on 256 RGB images per size, eager and (unless ``train.compile false``)
+    compiled; then, for the preset's own batch, the seconds of the views and of a whole training step (views
+    included), the same two ways."""
     device = resolve_device(config.train.device)
     generator = torch.Generator(device=device).manual_seed(0)
+    compiled = config.train.compile != "false"
     timings = []
     for size in AUGMENT_SIZES:
-        views = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
         images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
-        seconds = median_seconds(functools.partial(views, images, generator), device, repeats)
-        timings.append(AugmentTiming(image_size=size, pairs_per_s=256 / seconds))
+        views = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
+        timed = Timed(median_seconds(functools.partial(views, images, generator), device, repeats))
+        if compiled:
+            fn = functools.partial(_compile_views(views), images, generator)
+            timed.compiled_s, timed.compile_s = compiled_seconds(fn, device, repeats)
+        timings.append(AugmentTiming(image_size=size, pairs=timed))
 
     f = StepFixture(config, device, generator)
-    view_seconds = median_seconds(f.views_only, device, repeats)
-    step_seconds = median_seconds(f.step, device, repeats)
-    return timings, view_seconds, step_seconds
+    view, step = Timed(median_seconds(f.views_only, device, repeats)), Timed(median_seconds(f.step, device, repeats))
+    if compiled:
+        c = StepFixture(config, device, generator, compiled=True)
+        view.compiled_s, view.compile_s = compiled_seconds(c.views_only, device, repeats)
+        step.compiled_s, step.compile_s = compiled_seconds(c.step, device, repeats)
+    return timings, view, step
 
 
 @dataclass
 class StepTiming:
     device: str
     precision: str
-    step_s: float
+    step: Timed
     network_s: float
-    views_s: float
+    views: Timed
 
 
 class StepFixture:
-    """A preset's training state and one batch of random images of its dataset's shape."""
+    """A preset's training state and one batch of random images of its dataset's shape; ``compiled``: its networks
+    and views compiled."""
 
-    def __init__(self, config: Config, device: torch.device, generator: torch.Generator) -> None:
+    def __init__(
+        self, config: Config, device: torch.device, generator: torch.Generator, compiled: bool = False
+    ) -> None:
         channels, native = NATIVE_SHAPE.get(config.data.dataset, (3, config.data.image_size))
         batch = config.optim.batch_size
         self.images = torch.randint(0, 256, (batch, channels, native, native), dtype=torch.uint8, device=device)
@@ -111,6 +154,9 @@ class StepFixture:
         endless = apply_overrides(config, {"train.max_steps": 1_000_000, "optim.warmup_epochs": 0})
         schedule = Schedule.create(endless, steps_per_epoch=1000)
         self.state = create_state(config, in_channels=channels, num_classes=10, device=device, schedule=schedule)
+        if compiled:
+            compile_networks(self.state)
+            _compile_views(self.views)
         self.prefetch = ViewPrefetch(self.views, generator, device)
         self.batches = self.prefetch.epoch(itertools.repeat(Batch(self.images, self.labels)))
 
@@ -124,9 +170,11 @@ class StepFixture:
 
 
 def bench_step(config: Config, repeats: int = 10) -> StepTiming:
-    """Median seconds of the full step, of the bare network work inside it, and of the view pipeline."""
+    """Median seconds of the full step and of the view pipeline, eager and (unless ``train.compile false``)
+    compiled, and of the bare eager network work inside the step."""
     device = resolve_device(config.train.device)
-    f = StepFixture(config, device, torch.Generator(device=device).manual_seed(0))
+    eager = apply_overrides(config, {"train.compile": "false"})
+    f = StepFixture(eager, device, torch.Generator(device=device).manual_seed(0))
     state = f.state
     v1, v2 = (state.precision.input(v) for v in f.views_only())
     target = state.target if state.target is not None else state.online
@@ -138,39 +186,52 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
                 target(v1), target(v2)
         (out1.p.float().sum() + out2.p.float().sum()).backward()
 
-    step_s = median_seconds(f.step, device, repeats)
+    step = Timed(median_seconds(f.step, device, repeats))
     network_s = median_seconds(network, device, repeats)
-    views_s = median_seconds(f.views_only, device, repeats)
-    return StepTiming(
-        device=str(device), precision=state.precision.name, step_s=step_s, network_s=network_s, views_s=views_s
-    )
+    views = Timed(median_seconds(f.views_only, device, repeats))
+    if config.train.compile != "false":
+        c = StepFixture(eager, device, torch.Generator(device=device).manual_seed(0), compiled=True)
+        step.compiled_s, step.compile_s = compiled_seconds(c.step, device, repeats)
+        views.compiled_s, views.compile_s = compiled_seconds(c.views_only, device, repeats)
+    return StepTiming(device=str(device), precision=state.precision.name, step=step, network_s=network_s, views=views)
 
 
-def format_augment(config: Config, preset: str, timings: list[AugmentTiming], view_s: float, step_s: float) -> str:
+def _side_by_side(t: Timed, per: int, unit: str) -> str:
+    text = f"{t.eager_s * 1e3:8.1f} ms {per / t.eager_s:9.0f} {unit} eager"
+    if t.compiled_s is not None:
+        text += (f" | {t.compiled_s * 1e3:8.1f} ms {per / t.compiled_s:9.0f} {unit} compiled "
+                 f"({t.eager_s / t.compiled_s:.2f}x, compiled in {t.compile_s:.1f} s)")  # fmt: skip
+    return text
+
+
+def format_augment(config: Config, preset: str, timings: list[AugmentTiming], view: Timed, step: Timed) -> str:
     batch = config.optim.batch_size
     lines = [
         f"view pipeline (T and T', preset {config.augment.preset!r}), 256 RGB images, "
         f"device {resolve_device(config.train.device)}:",
-        *(f"  {t.image_size:>4} px: {t.pairs_per_s:10.0f} view pairs/s ({2 * t.pairs_per_s:.0f} views/s)"
-          for t in timings),
+        *(f"  {t.image_size:>4} px: {_side_by_side(t.pairs, 256, 'view pairs/s')}" for t in timings),
         f"preset {preset!r} ({config.data.dataset}, {config.data.image_size} px, batch {batch}):",
-        f"  views {view_s * 1e3:.1f} ms, whole step {step_s * 1e3:.1f} ms, {batch / step_s:.0f} images/s",
-        f"  view pipeline share of the step: {100 * view_s / step_s:.1f}%",
+        f"  views:      {_side_by_side(view, batch, 'images/s')}",
+        f"  whole step: {_side_by_side(step, batch, 'images/s')}",
+        f"  view pipeline share of the step: {100 * view.eager_s / step.eager_s:.1f}% eager"
+        + (f", {100 * view.compiled_s / step.compiled_s:.1f}% compiled" if view.compiled_s and step.compiled_s
+           else ""),
     ]  # fmt: skip
     return "\n".join(lines)
 
 
 def format_step(config: Config, preset: str, r: StepTiming) -> str:
     batch = config.optim.batch_size
-    return "\n".join([
+    lines = [
         f"training step, preset {preset!r}, batch {batch}, {config.data.image_size} px, device {r.device}, "
         f"precision {r.precision}:",
-        f"  full step (views + step):  {r.step_s * 1e3:8.1f} ms  {batch / r.step_s:9.0f} images/s",
-        f"  bare network work:         {r.network_s * 1e3:8.1f} ms  {batch / r.network_s:9.0f} images/s",
-        f"  view pipeline:             {r.views_s * 1e3:8.1f} ms  {batch / r.views_s:9.0f} images/s",
-        f"  overhead ratio step / bare network: {r.step_s / r.network_s:.3f}",
-        f"  the full step runs at {r.network_s / r.step_s:.3f} of the bare network's images/s",
-    ])  # fmt: skip
+        f"  full step (views + step): {_side_by_side(r.step, batch, 'images/s')}",
+        f"  bare network work:        {r.network_s * 1e3:8.1f} ms {batch / r.network_s:9.0f} images/s eager",
+        f"  view pipeline:            {_side_by_side(r.views, batch, 'images/s')}",
+        f"  full step / bare eager network: {r.step.eager_s / r.network_s:.3f} eager"
+        + (f", {r.step.compiled_s / r.network_s:.3f} compiled" if r.step.compiled_s else ""),
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 @dataclass

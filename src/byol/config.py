@@ -141,8 +141,10 @@ class TrainConfig:
     computes it natively: CUDA with bf16, a CPU with AVX512_BF16 or AMX; fp32 everywhere else, see
     ``byol.precision``). ``memory_format``: channels_last, contiguous or auto (channels_last exactly when
     bf16 is used: the fast pair on both GPUs and bf16-capable CPUs). ``compile``: ``torch.compile`` the
-    two-view forward and the target (off by default: compilation costs minutes up front; a compile that fails
-    says so in one line and the run goes on eager, ``byol.state.CompiledOrEager``). ``deterministic``:
+    networks (the two-view forward and the target) and the views: auto (the default) times the first steps eager
+    and compiles each part whose saving over the rest of the run exceeds its compile time (``byol.compiling``
+    states the rule and prints the decision), true or false always or never; a compile that fails says so in one
+    line and the run goes on eager. ``deterministic``:
     deterministic kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
     skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times. ``tensorboard``:
     TensorBoard event files beside metrics.jsonl (``<run>/tensorboard/``) where the ``tensorboard`` package is
@@ -164,7 +166,7 @@ class TrainConfig:
     precision: str = "auto"
     memory_format: str = "auto"
     deterministic: bool = False
-    compile: bool = False
+    compile: str = "auto"
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
     tensorboard: bool = True
@@ -261,6 +263,8 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
             return number
         if annotation is float:
             return float(value)
+        if isinstance(value, bool):  # a switch that became a choice (train.compile): config.json files of before
+            return str(value).lower()
         return str(value)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
@@ -438,6 +442,7 @@ def validate(config: Config) -> Config:
         ("train.precision", tr.precision, ("auto", "fp32", "bf16")),
         ("train.memory_format", tr.memory_format, ("auto", "channels_last", "contiguous")),
         ("train.on_nonfinite", tr.on_nonfinite, ("stop", "skip")),
+        ("train.compile", tr.compile, ("auto", "true", "false")),
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("data.eval_dataset", d.eval_dataset, ("", *DATASETS)),
         ("data.labels", d.labels, ("auto", "folders", "none")),

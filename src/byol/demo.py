@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from byol import length
+from byol import compiling, length
 from byol.bench import StepFixture, step_times
 from byol.checkpoint import list_checkpoints
 from byol.config import Config, apply_overrides, cpu_demo, validate
@@ -39,7 +39,7 @@ from byol.files import write_json
 from byol.precision import Precision
 from byol.report import write_report
 from byol.rundir import check_run_dir
-from byol.train import pretrain
+from byol.train import compile_keys, pretrain
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Plan:
     steps_per_epoch: int
     pretrain_budget_s: float
     sized: bool  # False: --epochs forced the length
+    compile_s: float = 0.0  # the expected compile time the plan took off the budget (train.compile auto)
 
     @property
     def steps(self) -> int:
@@ -89,14 +90,15 @@ class Plan:
             return (
                 f"pretraining {self.epochs:g} epochs ({self.steps} steps, forced by --epochs): about {minutes:.1f} min"
             )
+        compiled = f", after about {self.compile_s:.0f} s of compiling" if self.compile_s else ""
         text = (
-            f"pretraining {self.epochs:g} epochs ({self.steps} steps at {self.step_seconds:.3f} s/step measured here, "
-            f"+{LOOP_OVERHEAD - 1:.0%} for the loop): about {minutes:.1f} min, "
-            f"sized to the {budget_minutes:g}-min budget"
+            f"pretraining {self.epochs:g} epochs ({self.steps} steps at {self.step_seconds:.3f} s/step "
+            f"{'expected compiled' if self.compile_s else 'measured here'}, +{LOOP_OVERHEAD - 1:.0%} for the loop)"
+            f"{compiled}: about {minutes:.1f} min, sized to the {budget_minutes:g}-min budget"
         )
         if self.epochs >= MAX_EPOCHS:
             text += f" (capped at {MAX_EPOCHS:g} epochs)"
-        elif self.steps * self.step_seconds * LOOP_OVERHEAD > self.pretrain_budget_s:
+        elif self.steps * self.step_seconds * LOOP_OVERHEAD + self.compile_s > self.pretrain_budget_s:
             text += f" (the minimum of {MIN_EPOCHS:g} epoch: this machine is too slow for the budget)"
         return text
 
@@ -109,6 +111,27 @@ def measure_step_seconds(config: Config, device: torch.device, repeats: int = 5)
     :data:`LOOP_OVERHEAD`."""
     fixture = StepFixture(config, device, torch.Generator(device=device).manual_seed(config.train.seed))
     return min(step_times(fixture.step, device, repeats, warmup=2))
+
+
+def measure_views_seconds(config: Config, device: torch.device, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` calls of the view pipeline on a batch of ``config`` (:func:`measure_step_seconds`)."""
+    fixture = StepFixture(config, device, torch.Generator(device=device).manual_seed(config.train.seed))
+    return min(step_times(fixture.views_only, device, repeats, warmup=1))
+
+
+def planned_compile(config: Config, device: torch.device, step_seconds: float, steps: int) -> tuple[float, float]:
+    """What ``train.compile auto`` will compile in a run of about ``steps`` steps (the loop's own rule,
+    :mod:`byol.compiling`, on the seconds measured here): the expected seconds a step and to compile."""
+    if config.train.compile != "auto":  # true: the timed step was compiled (and the cache warmed); false: eager
+        return step_seconds, 0.0
+    views_s = measure_views_seconds(config, device)
+    seconds = {"networks": compiling.networks_seconds(step_seconds, views_s, device), "views": views_s}
+    keys = compile_keys(config, Precision.for_run(config.train, device).name, device)
+    decisions = compiling.expected(keys, steps, seconds, compiling.History())
+    for decision in decisions:
+        log.info("planned: %s", decision.line())
+    compiled = [d for d in decisions if d.compile]
+    return step_seconds - sum(d.eager_s * (1 - d.ratio) for d in compiled), sum(d.compile_s for d in compiled)
 
 
 def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]:
@@ -158,6 +181,19 @@ def plan_epochs(step_seconds: float, steps_per_epoch: int, pretrain_budget_s: fl
     return min(MAX_EPOCHS, max(MIN_EPOCHS, round(quanta * EPOCH_QUANTUM, 6)))
 
 
+def _plan(
+    config: Config, device: torch.device, step_seconds: float, steps_per_epoch: int, budget_s: float, sized: bool
+) -> Plan:
+    """The run's length: as many epochs as ``budget_s`` holds at the step time ``train.compile`` will give, its
+    compile time taken off first (``sized=False``: the config's own epochs)."""
+    eager_steps = round(budget_s / (step_seconds * LOOP_OVERHEAD))
+    step_seconds, compile_s = planned_compile(config, device, step_seconds, eager_steps)
+    fitted = plan_epochs(step_seconds * LOOP_OVERHEAD, steps_per_epoch, budget_s - compile_s)
+    epochs = fitted if sized else config.train.epochs
+    return Plan(epochs=epochs, step_seconds=step_seconds, steps_per_epoch=steps_per_epoch, pretrain_budget_s=budget_s,
+                sized=sized, compile_s=compile_s)  # fmt: skip
+
+
 def _evaluate(frozen: FrozenEvaluation, encoder: torch.nn.Module, *, dataset: str, init: str, progress: bool) -> list:
     results = frozen.knn_and_linear(encoder, progress, desc=f"{init} ")
     for result in results:
@@ -200,15 +236,8 @@ def run_demo(
     steps_per_epoch = len(frozen.train) // config.optim.batch_size
     after_training = eval_seconds + (KNN_POINTS + 2) * monitor_seconds + REPORT_SECONDS
     pretrain_budget = budget_minutes * 60 * (1 - RESERVE) - (time.perf_counter() - start) - after_training
-    epochs = (
-        plan_epochs(step_seconds * LOOP_OVERHEAD, steps_per_epoch, pretrain_budget)
-        if size_to_budget
-        else config.train.epochs
-    )
-    plan = Plan(
-        epochs=epochs, step_seconds=step_seconds, steps_per_epoch=steps_per_epoch, pretrain_budget_s=pretrain_budget,
-        sized=size_to_budget,
-    )  # fmt: skip
+    plan = _plan(config, device, step_seconds, steps_per_epoch, pretrain_budget, size_to_budget)
+    epochs, step_seconds, compile_s = plan.epochs, plan.step_seconds, plan.compile_s
     log.info("%s; precision %s", plan.describe(budget_minutes), frozen.precision.name)
     config = length.follow(config, epochs)[0]  # the settings that follow the length move with the plan
     config = apply_overrides(config, {"train.knn_every": max(1, math.ceil(epochs / KNN_POINTS))})
@@ -241,6 +270,7 @@ def run_demo(
         "epochs": epochs,
         "planned_epochs": plan.epochs,
         "step_seconds_measured": step_seconds,
+        "planned_compile_s": compile_s,
         "loop_seconds_per_step": replan.seconds_per_step,
         "evaluation_seconds": eval_seconds,
         "pretrain_budget_s": pretrain_budget,

@@ -95,7 +95,8 @@ class Policies:
             disable=not (progress and context.is_main),
         )  # fmt: skip
         self.start_time = self.last_time = clock()
-        self.last_step = self.first_step = state.step
+        self.last_step = state.step
+        self.rate_since = self.start_time, state.step  # (time, step) that seconds_per_step counts from
         self.metrics = rundir.MetricsLog(
             run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step
         )
@@ -109,8 +110,18 @@ class Policies:
             self.bar.set_postfix_str(f"eta {self.bar.format_interval(eta)}")
 
     def seconds_per_step(self) -> float:
-        """The loop's own seconds per step since it started (logging and checkpoints included)."""
-        return (clock() - self.start_time) / max(self.state.step - self.first_step, 1)
+        """The loop's own seconds per step since it started or since :meth:`restart_clock` (logging and checkpoints
+        included)."""
+        return (clock() - self.rate_since[0]) / max(self.state.step - self.rate_since[1], 1)
+
+    def restart_clock(self) -> None:
+        """The loop's speed changed (the run compiled): :meth:`seconds_per_step` counts from here."""
+        self.rate_since = clock(), self.state.step
+
+    def note_environment(self, **record: Any) -> None:
+        """Adds ``record`` to this start's entry of environment.json (rank 0)."""
+        if self.context.is_main:
+            rundir.note_environment(self.run_dir, **record)
 
     def resize(self, epochs: float) -> None:
         """``train.epochs`` from now on (at least the steps done), the settings that follow it moved along: in the

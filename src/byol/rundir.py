@@ -224,6 +224,10 @@ def earlier_history(run_dir: Path) -> list[str]:
     return found
 
 
+# Keys that change how fast a run goes, not what it learns: a resume may set them anew (`--resume --train.compile`).
+SPEED_SWITCHES = ("train.compile",)
+
+
 def check_unchanged(run_dir: Path, config: Config) -> None:
     """Refuses a resume whose config.json the user changed since the checkpoint it resumes from, whose config is
     ``config`` (the run goes on as the checkpoint holds it, so an edit would be silently undone): one line naming
@@ -238,7 +242,7 @@ def check_unchanged(run_dir: Path, config: Config) -> None:
         return
     wanted = flatten(config.to_dict())
     changed = [f"{key}: {wanted[key]!r} in the checkpoint, {saved.get(key)!r} in config.json" for key in wanted
-               if saved.get(key) != wanted[key]]  # fmt: skip
+               if saved.get(key) != wanted[key] and key not in SPEED_SWITCHES]  # fmt: skip
     if changed:
         raise ConfigError(
             f"{quoted(run_dir / CONFIG_FILE)} was changed since the checkpoint the run resumes from "
@@ -282,6 +286,15 @@ def record_environment(run_dir: Path, resume: bool, **record: Any) -> None:
     machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
     starts.append({**record, **machine, "torch": torch.__version__})
     write_json(path, starts)
+
+
+def note_environment(run_dir: Path, **record: Any) -> None:
+    """Adds ``record`` to the last start's entry of environment.json (what the run decided once started)."""
+    path = run_dir / ENVIRONMENT_FILE
+    starts = read_json(path, missing=[])
+    if isinstance(starts, list) and starts and isinstance(starts[-1], dict):
+        starts[-1].update(record)
+        write_json(path, starts)
 
 
 class MetricsLog:

@@ -78,27 +78,6 @@ class Objective:
         )
 
 
-class CompiledOrEager(nn.Module):
-    """``torch.compile(module)`` that falls back to ``module`` itself when compiling fails (no C compiler, an op
-    the compiler does not support, a torch too old): the run says so in one line and goes on eager. Compiling
-    happens at the first call, before anything of it runs, so the eager call that replaces it computes what the
-    step would have computed. An error of the model itself fails eager too, and surfaces from there."""
-
-    def __init__(self, module: nn.Module, what: str) -> None:
-        super().__init__()
-        self.eager, self.what, self.failed = module, what, False
-        self.compiled = torch.compile(module)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.failed:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as e:  # torch raises several kinds (BackendCompilerFailed, InductorError, ...)
-                self.failed = True
-                log.warning("torch.compile of the %s failed (%s); continuing eager", self.what, first_line(e))
-        return self.eager(*args, **kwargs)
-
-
 class SiameseForward(nn.Module):
     """Both views through the online network (each its own BN batch) and the online probe on stop-gradient y,
     in ONE forward call: DistributedDataParallel wraps this module and expects one forward per backward."""
@@ -118,7 +97,8 @@ class SiameseForward(nn.Module):
 class TrainState:
     """Online θ (with the online probe), target ξ (None without a target network), optimizer, step and the
     augmentation RNG, plus the run's constants: its schedules, its objective and its precision. ``forward``
-    runs :class:`SiameseForward` (under torchrun wrapped in DistributedDataParallel, compiled on request),
+    runs :class:`SiameseForward` (under torchrun wrapped in DistributedDataParallel, compiled or not:
+    ``byol.compiling``),
     ``target_forward`` the target (compiled or not); both share their parameters with ``online`` / ``target``."""
 
     online: OnlineNetwork

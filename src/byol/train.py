@@ -18,9 +18,11 @@ checkpoint is written. The state a step works on (:class:`TrainState`, its :clas
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import operator
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from byol import distributed, policies, rundir
+from byol import compiling, distributed, policies, rundir
 from byol.augment import TwoViews, get_views
 from byol.checkpoint import (
     latest_checkpoint,
@@ -39,7 +41,7 @@ from byol.checkpoint import (
     load_resumable,
     run_config,
 )
-from byol.config import Config
+from byol.config import Config, apply_overrides, validate
 from byol.data import Batch, Dataset, TrainBatches, labelled, load_split
 from byol.distributed import DistributedContext, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
@@ -51,7 +53,7 @@ from byol.policies import Policies
 from byol.precision import Precision, flush_denormals
 from byol.schedules import learning_rate
 from byol.seeding import seed_everything, set_rng_state
-from byol.state import CompiledOrEager, Objective, Schedule, SiameseForward, TrainState
+from byol.state import Objective, Schedule, SiameseForward, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,36 @@ def create_state(
                 forward, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
             )
         generator.manual_seed(config.train.seed + 1_000_003 * context.rank)  # per-rank augmentations
-    target_forward = target
-    if config.train.compile:  # the wrappers share parameters with online / target: checkpoints are unchanged
-        forward = CompiledOrEager(forward, "online network")
-        target_forward = CompiledOrEager(target, "target network") if target is not None else None  # type: ignore[assignment]
     objective = Objective.from_config(config)
-    return TrainState(
+    state = TrainState(
         online=online, target=target, probe=probe, optimizer=optimizer, generator=generator, schedule=schedule,
-        objective=objective, precision=precision, forward=forward, target_forward=target_forward,
+        objective=objective, precision=precision, forward=forward, target_forward=target,
     )  # fmt: skip
+    if config.train.compile == "true":  # "auto" is the loop's to decide (byol.compiling.RunCompiler)
+        compile_networks(state)
+    return state
+
+
+def compile_networks(state: TrainState) -> None:
+    """The two-view forward and the target compiled (:class:`byol.compiling.CompiledOrEager`); the wrappers share
+    their parameters with ``online`` / ``target``, so checkpoints are unchanged. Idempotent."""
+    if not isinstance(state.forward, compiling.CompiledOrEager):
+        state.forward = compiling.CompiledOrEager(state.forward, "online network")
+    if state.target is not None and not isinstance(state.target_forward, compiling.CompiledOrEager):
+        state.target_forward = compiling.CompiledOrEager(state.target, "target network")
+
+
+def eager_networks(state: TrainState) -> None:
+    """Undoes :func:`compile_networks`."""
+    if isinstance(state.forward, compiling.CompiledOrEager):
+        state.forward = typing.cast(nn.Module, state.forward.eager)
+    state.target_forward = state.target
+
+
+def _ddp(state: TrainState) -> DistributedDataParallel | None:
+    """The run's DistributedDataParallel module (under torchrun), compiled or not; None otherwise."""
+    forward = state.forward.eager if isinstance(state.forward, compiling.CompiledOrEager) else state.forward
+    return forward if isinstance(forward, DistributedDataParallel) else None
 
 
 class ViewBatch(NamedTuple):
@@ -223,11 +246,12 @@ def train_step(state: TrainState, batch: ViewBatch, overlap: Callable[[], object
     n = state.objective.accumulation_steps
     totals: dict[str, Tensor] = {}
     loss_finite = torch.ones((), dtype=torch.bool, device=view1.device)
-    distributed = isinstance(state.forward, DistributedDataParallel)
+    ddp = _ddp(state)
+    distributed = ddp is not None
     state.optimizer.zero_grad(set_to_none=True)
     for i, (v1, v2, y) in enumerate(zip(view1.chunk(n), view2.chunk(n), labels.chunk(n), strict=True)):
         # gradients are averaged across ranks once per optimizer step, on the last micro-batch
-        sync = contextlib.nullcontext() if not distributed or i == n - 1 else state.forward.no_sync()  # type: ignore[operator]
+        sync = contextlib.nullcontext() if ddp is None or i == n - 1 else ddp.no_sync()
         with sync:
             loss, online1, logits = _loss(state, v1, v2)
             parts, total = {"byol_loss": loss}, loss
@@ -304,14 +328,17 @@ def pretrain(
         return _run(config, run_dir, progress=progress, step_seconds_hint=step_seconds_hint, resize=resize)
 
 
-def resume(run_dir: str | Path, progress: bool = True) -> tuple[TrainState, Dataset]:
-    """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it."""
+def resume(run_dir: str | Path, progress: bool = True, compile: str | None = None) -> tuple[TrainState, Dataset]:
+    """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it;
+    ``compile``: another ``train.compile`` (a speed switch: compiled and eager checkpoints resume into each other)."""
     run_dir = Path(run_dir)
     latest_checkpoint(run_dir)  # refused before anything is written: no such directory, or no checkpoint in it
     with rundir.writer_lock(run_dir, create=False):
         payload = load_resumable(run_dir, check=_check_resumable)
         config = run_config(payload, run_dir)
         rundir.check_unchanged(run_dir, config)
+        if compile is not None:
+            config = validate(apply_overrides(config, {"train.compile": compile}))
         return _run(config, run_dir, payload=payload, progress=progress)
 
 
@@ -380,17 +407,22 @@ def _run(
         progress=progress, prefetch=prefetch,
     )  # fmt: skip
     policy.show_eta(step_seconds_hint)
+    last: list[Batch] = []  # the batch of the step just taken: what the compiler times the views on
+    compiler = _run_compiler(config, state, views, device, context, policy, lambda: last[0])
     with flush_denormals(device), contextlib.closing(policy):
         policy.monitor(start=True)
         while state.step < state.schedule.max_steps:
             epoch, offset = divmod(state.step, state.schedule.steps_per_epoch)
             for batch, view_batch in prefetch.epoch(batches.epoch(epoch, offset)):
                 policy.skipped_files.update(batch.skipped)
+                started = policies.clock()
                 try:
                     metrics = train_step(state, view_batch, overlap=prefetch.prepare)
                 except NonFiniteError as e:
                     policy.non_finite(e)
                     continue
+                last[:] = [batch]
+                compiler.after_step(policies.clock() - started, state.schedule.max_steps - state.step)
                 policy.log(metrics)
                 if resize is not None and state.step == resize.at_step:
                     policy.resize(resize(policy.seconds_per_step()))
@@ -399,6 +431,56 @@ def _run(
                 if state.step >= state.schedule.max_steps:
                     break
     return state, dataset
+
+
+def _run_compiler(
+    config: Config, state: TrainState, views: TwoViews, device: torch.device, context: DistributedContext,
+    policy: Policies, batch: Callable[[], Batch],
+) -> compiling.RunCompiler:  # fmt: skip
+    """What the run compiles (``train.compile``; ``byol.compiling`` has the rule), for the loop to step."""
+
+    def views_seconds() -> float:  # one batch's views on a copy of the run's generator: its draws stay the run's
+        generator = torch.Generator(device=device)
+        generator.set_state(state.generator.get_state())
+        synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        synchronize()
+        started = policies.clock()
+        make_views(views, batch(), generator)
+        synchronize()
+        return policies.clock() - started
+
+    def agree(decisions: Any) -> Any:  # every rank compiles what rank 0 decided: their graphs and speeds match
+        if context.enabled:
+            chosen = [decisions]
+            torch.distributed.broadcast_object_list(chosen, src=0)
+            return chosen[0]
+        return decisions
+
+    parts = {
+        "networks": compiling.Part("networks", lambda: compile_networks(state), lambda: eager_networks(state)),
+        "views": compiling.Part("views", lambda: views.compile(_compile_views), views.eager),
+    }
+    return compiling.RunCompiler(
+        config.train.compile, parts, compile_keys(config, state.precision.name, device, context.world_size),
+        device=device, views_seconds=views_seconds, agree=agree,
+        report=lambda records: policy.note_environment(compile=records), settled=policy.restart_clock,
+        keeps_history=context.is_main,
+    )  # fmt: skip
+
+
+def compile_keys(config: Config, precision: str, device: torch.device, world_size: int = 1) -> dict[str, str]:
+    """The :func:`byol.compiling.fingerprint` of each part's graphs: what the compile history is kept under."""
+    d = config.data
+    shape = [config.optim.batch_size // world_size, d.image_size, device.type]
+    networks = [dataclasses.asdict(config.model), precision, Objective.from_config(config), world_size]
+    return {
+        "networks": compiling.fingerprint("networks", networks, shape),
+        "views": compiling.fingerprint("views", config.augment.preset, d.dataset, shape),
+    }
+
+
+def _compile_views(function: Callable[..., None]) -> Callable[..., None]:
+    return compiling.CompiledOrEager(function, "views")
 
 
 def _describe(dataset: Dataset) -> str:

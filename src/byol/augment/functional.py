@@ -42,12 +42,13 @@ def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
 
 
 def _hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Hue, saturation and value of an (N, 3, H, W) RGB batch, each (N, 1, H, W). The hue's three branches
-    ((g − b)/c, (b − r)/c + 2 or (r − g)/c + 4 in sixths, as r, g or b holds the maximum) are one gather."""
-    value, argmax = x.max(dim=1, keepdim=True)
-    chroma = value - x.amin(dim=1, keepdim=True)
-    differences = x.roll(-1, dims=1) - x.roll(-2, dims=1)  # (g − b, b − r, r − g)
-    sixths = differences.gather(1, argmax) / chroma.clamp_min(1e-12) + 2.0 * argmax
+    """Hue, saturation and value of an (N, 3, H, W) RGB batch, each (N, 1, H, W). The hue is (g − b)/c,
+    (b − r)/c + 2 or (r − g)/c + 4 in sixths, as r, g or b holds the maximum (the first of them on a tie)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    value = torch.maximum(torch.maximum(r, g), b)
+    chroma = value - torch.minimum(torch.minimum(r, g), b)
+    c = chroma.clamp_min(1e-12)
+    sixths = torch.where(r == value, (g - b) / c, torch.where(g == value, (b - r) / c + 2.0, (r - g) / c + 4.0))
     hue = torch.where(chroma > 0, torch.remainder(sixths, 6.0) / 6.0, 0.0)
     return hue, torch.where(value > 0, chroma / value.clamp_min(1e-12), 0.0), value
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from byol.augment import functional as AF
+from byol.augment import fused
 from byol.errors import ConfigError
 
 
@@ -122,9 +123,9 @@ def _apply_to(x: Tensor, mask: Tensor, op: Callable[..., Tensor], *params: Tenso
     if index.numel() == 0:
         return x
     if index.numel() == x.shape[0]:
-        return op(x, *params).clamp(0.0, 1.0)
-    selected = op(x.index_select(0, index), *(p.index_select(0, index) for p in params)).clamp(0.0, 1.0)
-    return x.index_copy(0, index, selected)
+        return op(x, *params).clamp_(0.0, 1.0)
+    selected = op(x.index_select(0, index), *(p.index_select(0, index) for p in params)).clamp_(0.0, 1.0)
+    return x.index_copy_(0, index, selected)  # x is the pipeline's own tensor (see ViewPipeline.apply)
 
 
 @dataclass
@@ -144,12 +145,31 @@ class ViewParams:
     blur_sigma: Tensor
     solarize: Tensor
 
+    def part(self, start: int, stop: int) -> ViewParams:
+        """The parameters of images [start, stop)."""
+        return ViewParams(**{f.name: getattr(self, f.name)[start:stop] for f in dataclasses.fields(self)})
+
+
+# A CPU makes the views of a batch in parts of at most this many bytes of float pixels, so that the passes over
+# them run in the cores' caches rather than in memory: 2.5x the pairs/s at 224 px (docs/benchmarks.md).
+CPU_PART_BYTES = 4 << 20
+
+
+def _part_size(pixels: int) -> int:
+    """Images per part: a power of two, so that a batch of a power of two falls into parts of one shape (one
+    compiled graph)."""
+    return 1 << max(0, (CPU_PART_BYTES // (4 * pixels)).bit_length() - 1)
+
 
 class ViewPipeline:
     """Samples one view of each image of a batch: float (N, C, H, W) in [0, 1] → normalised (N, C, S, S).
 
     ``sync_free``: how an op reaches the images it selects (see :func:`_apply_to`); None, the default, chooses
     by the batch's device. Both ways give the same views.
+
+    ``compiled``: the ops after the crop run as one compiled function (:mod:`byol.augment.fused`, fewer passes
+    over the pixels) rather than op by op; the same views up to float rounding. The crop stays eager (ATen's
+    bicubic ``grid_sample`` is faster than its compiled decomposition).
     """
 
     sync_free: bool | None = None
@@ -157,9 +177,15 @@ class ViewPipeline:
     def __init__(self, view: ViewConfig, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.view = view
         self.image_size = image_size
+        self.normalization = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.kernel_size = AF.blur_kernel_size(image_size)
+        self.compiled: Callable[..., None] | None = None
+
+    def compile(self, compiler: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
+        """Runs the ops after the crop as ``compiler(fused.view)`` (``torch.compile`` or a wrapper of it)."""
+        self.compiled = compiler(fused.view)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
         """Draws every parameter of n views, in a fixed order, from ``generator`` (on the batch's device)."""
@@ -181,13 +207,27 @@ class ViewPipeline:
 
     def apply(self, images: Tensor, params: ViewParams, crop: bool = True) -> Tensor:
         """The view of each image under its parameters; ``crop=False`` skips the crop (already done)."""
+        if not crop and (images.shape[-1] != self.image_size or images.shape[-2] != self.image_size):
+            raise ValueError(f"uncropped batch must be {self.image_size} px, got {tuple(images.shape[-2:])}")
+        sync_free = images.device.type != "cpu" if self.sync_free is None else self.sync_free
+        n, channels = images.shape[:2]
+        part = n if sync_free else _part_size(channels * self.image_size**2)
+        if part >= n and self.compiled is None:
+            return self._apply(images, params, crop, sync_free)
+        out = torch.empty(n, channels, self.image_size, self.image_size, device=images.device)
+        for start in range(0, n, part):
+            stop = min(n, start + part)
+            if self.compiled is not None:
+                self._apply_compiled(images[start:stop], params.part(start, stop), crop, out[start:stop])
+            else:
+                out[start:stop] = self._apply(images[start:stop], params.part(start, stop), crop, sync_free)
+        return out
+
+    def _apply(self, images: Tensor, params: ViewParams, crop: bool, sync_free: bool) -> Tensor:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if crop:
             x = AF.resized_crop(x, params.boxes, self.image_size).clamp_(0.0, 1.0)
-        elif x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ValueError(f"uncropped batch must be {self.image_size} px, got {tuple(x.shape[-2:])}")
-        x, view = AF.hflip(x, params.flip), self.view
-        sync_free = x.device.type != "cpu" if self.sync_free is None else self.sync_free
+        x, view = AF.hflip(x, params.flip), self.view  # a new tensor: the ops below may work in place
         if view.jitter_prob > 0:  # an op whose probability is 0 costs nothing, on a GPU too
             x = _jitter(x, params, sync_free)
         if view.grayscale_prob > 0:
@@ -200,7 +240,24 @@ class ViewPipeline:
             x = _apply_to(x, params.solarize, solarize, sync_free=sync_free)
         if self.mean.device != x.device:  # moved once, not at every batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - self.mean) / self.std
+        return x.sub_(self.mean).div_(self.std)
+
+    def _apply_compiled(self, images: Tensor, params: ViewParams, crop: bool, out: Tensor) -> None:
+        x = images.float()  # the scale to [0, 1] is fused with what follows the crop
+        if crop:
+            x = AF.resized_crop(x, params.boxes, self.image_size)
+        v, p = self.view, params
+        static = fused.Static(
+            jitter=v.jitter_prob > 0, grayscale=v.grayscale_prob > 0, blur=v.blur_prob > 0,
+            solarize=v.solarize_prob > 0, scale=1 / 255 if images.dtype == torch.uint8 else 1.0,
+            kernel_size=self.kernel_size, threshold=v.solarize_threshold,
+            mean=self.normalization[0], std=self.normalization[1],
+        )  # fmt: skip
+        assert self.compiled is not None
+        self.compiled(
+            x, p.flip, p.jitter, p.jitter_order, p.brightness, p.contrast, p.saturation, p.hue, p.grayscale, p.blur,
+            p.blur_sigma, p.solarize, static, out,
+        )  # fmt: skip
 
     def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> Tensor:
         """``crop=False`` for batches already cropped to image_size at decode time (image folders)."""
@@ -236,6 +293,15 @@ class TwoViews:
         t, t_prime = get_views(preset, crop_min_scale)
         self.t = ViewPipeline(t, image_size, mean, std)
         self.t_prime = ViewPipeline(t_prime, image_size, mean, std)
+
+    def compile(self, compiler: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
+        """Both pipelines' ops after the crop compiled (:meth:`ViewPipeline.compile`)."""
+        self.t.compile(compiler)
+        self.t_prime.compile(compiler)
+
+    def eager(self) -> None:
+        """Undoes :meth:`compile`."""
+        self.t.compiled = self.t_prime.compiled = None
 
     def __call__(self, images: Tensor, generator: torch.Generator, crop: bool = True) -> tuple[Tensor, Tensor]:
         return self.t(images, generator, crop), self.t_prime(images, generator, crop)

@@ -42,14 +42,30 @@ def pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.train import pretrain, resume
 
     if args.resume:
-        if extra or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
-            raise ConfigError("--resume continues a run with its saved config; drop the other config flags")
-        resume(args.run_dir, progress=not args.quiet)
+        compile_setting = _resume_compile(extra)
+        if compile_setting is None or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
+            raise ConfigError(
+                "--resume continues a run with its saved config; drop the other config flags (only --train.compile, "
+                "a speed switch, may change on a resume)"
+            )
+        resume(args.run_dir, progress=not args.quiet, compile=compile_setting or None)
     else:
         pretrain(build_config(args, extra), args.run_dir, progress=not args.quiet)
     if current_context().is_main:
         print(f"run directory: {args.run_dir}")
     return 0
+
+
+def _resume_compile(extra: Sequence[str]) -> str | None:
+    """The --train.compile VALUE of a resume's flags: "" without it, None if anything else is there."""
+    flags = list(extra)
+    if not flags:
+        return ""
+    if len(flags) == 2 and flags[0] == "--train.compile":
+        return flags[1]
+    if len(flags) == 1 and flags[0].startswith("--train.compile="):
+        return flags[0].split("=", 1)[1]
+    return None
 
 
 def add_demo(sub: Any) -> None:
