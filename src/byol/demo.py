@@ -7,7 +7,8 @@
    because the BYOL encoder's evaluation will take as long: the demo knows its cost before it plans.
 3. Plan the run: as many epochs as the budget leaves after both evaluations, the kNN monitor's points (timed
    once on the random-init encoder) and the report (a multiple of a tenth of an epoch; ``--epochs`` forces a
-   length). CPUs differ by 10x or more (native bf16 or not, cores), GPUs by more; a
+   length; with ``train.compile auto`` at the step time compiling will give, its compile time taken off first:
+   :func:`planned_compile`). CPUs differ by 10x or more (native bf16 or not, cores), GPUs by more; a
    fixed number of epochs cannot fit them all in the same minutes, a budget can.
 4. Pretrain with the ``cpu-demo`` preset (its docstring gives the choices and why). At the end of warm-up the
    run is re-planned once from the loop's own seconds per step (:class:`Replan`): a shared machine may run
