@@ -334,3 +334,19 @@ def test_a_damaged_cache_is_compiled_again_without_it(tmp_path):
 def test_decisions_are_plain_data():
     d = Decision("views", True, "rule", 10, 0.1, 0.5, 1.0, "prior")
     assert dataclasses.asdict(d)["part"] == "views" and d.saving_s == pytest.approx(0.5)
+
+
+def test_a_resume_may_change_train_compile_and_nothing_else(finished_run, tmp_path, monkeypatch):
+    import shutil
+
+    from byol.cli import main
+
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main(["pretrain", "--run-dir", str(run), "--resume", "--train.compile", "false"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["compile"] == "false"
+    assert main(["pretrain", "--run-dir", str(run), "--resume"]) == 0  # config.json's compile differs: a speed switch
+    refused = (["--train.compile", "maybe"], ["--train.seed", "3"], ["--train.compile", "true", "--train.seed", "3"])
+    for flags in refused:
+        assert main(["pretrain", "--run-dir", str(run), "--resume", *flags]) == 2
