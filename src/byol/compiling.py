@@ -238,8 +238,8 @@ class RunCompiler:
     has left. ``views_seconds()``: the seconds of one batch's views on a copy of the run's generator,
     synchronised. ``agree``: every rank's decisions made rank 0's (under torchrun). ``report``: called with the
     decisions as they are taken and measured (the log, environment.json); ``keeps_history``: this process writes
-    the history (rank 0). ``settled``: called once the run's speed
-    is final (the loop's clock for its own seconds per step restarts there)."""
+    the history (rank 0). ``settled``: called once the run's speed is final (the loop's clock for its own seconds
+    per step restarts there). A run that ends before its timed steps do stays eager and decides nothing."""
 
     def __init__(
         self,
