@@ -100,6 +100,19 @@ def test_a_run_too_short_to_pay_for_compiling_stays_eager_and_says_why(tmp_path,
     assert len(lines) == 2 and all(": off (100 steps x" in line and "from the prior" in line for line in lines)
 
 
+@pytest.mark.parametrize("steps", range(1, compiling.TIMED_STEPS + 1))
+def test_a_run_that_ends_before_its_steps_are_timed_says_it_stayed_eager(tmp_path, caplog, steps):
+    calls, records, settled = [], [], []
+    c = _compiler("auto", tmp_path, lambda: 0.001, calls, records, settled)
+    with caplog.at_level("INFO", logger="byol.train"):
+        for remaining in reversed(range(steps)):
+            c.after_step(0.05, remaining=remaining)
+    assert calls == [] and c.phase == "done" and not (tmp_path / "history.json").exists()
+    assert [(r["part"], r["compile"], r["by"]) for r in records[-1]] == [(p, False, "length") for p in compiling.PARTS]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compile ")]
+    assert len(lines) == 2 and all("off (the run ended within its first" in line for line in lines)
+
+
 @pytest.mark.parametrize("setting", ["true", "false"])
 def test_the_users_setting_wins_over_the_rule(tmp_path, setting):
     calls, records, settled = [], [], []

@@ -129,7 +129,8 @@ class CompiledOrEager(nn.Module):
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a part is compiled, and the numbers behind it (``by``: "train.compile" or "rule")."""
+    """Whether a part is compiled, and the numbers behind it (``by``: "train.compile", "rule", or "length": the run
+    ended before its steps were timed)."""
 
     part: str
     compile: bool
@@ -145,6 +146,11 @@ class Decision:
         return self.steps * self.eager_s * (1.0 - self.ratio)
 
     def line(self) -> str:
+        if self.by == "length":
+            return (
+                f"compile {self.part}: off (the run ended within its first {TIMED_STEPS + 1} steps, "
+                "before they could be timed)"
+            )
         if self.by != "rule":
             return f"compile {self.part}: {'on' if self.compile else 'off'} ({self.by})"
         verdict = "on" if self.compile else "off"
@@ -239,7 +245,7 @@ class RunCompiler:
     synchronised. ``agree``: every rank's decisions made rank 0's (under torchrun). ``report``: called with the
     decisions as they are taken and measured (the log, environment.json); ``keeps_history``: this process writes
     the history (rank 0). ``settled``: called once the run's speed is final (the loop's clock for its own seconds
-    per step restarts there). A run that ends before its timed steps do stays eager and decides nothing."""
+    per step restarts there). A run that ends before its steps are timed stays eager and says so."""
 
     def __init__(
         self,
@@ -277,6 +283,8 @@ class RunCompiler:
             self.eager_steps.append(seconds)
             if len(self.eager_steps) > TIMED_STEPS:  # the first step warms up
                 self._decide(remaining)
+            elif remaining <= 0:
+                self._too_short()
         elif self.phase == "compiling":  # the networks' first compiled step compiled them
             self.compile_step_s = seconds
             self.phase = "timing"
@@ -306,6 +314,14 @@ class RunCompiler:
         self.report(list(self.records.values()))
         if self.phase == "done":
             self.settled()
+
+    def _too_short(self) -> None:
+        for name in self.parts:
+            decision = Decision(name, False, "length")
+            log.info(decision.line())
+            self.records[name] = asdict(decision)
+        self.phase = "done"
+        self.report(list(self.records.values()))
 
     def _compile_views(self) -> None:
         views = self.parts["views"]
