@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,6 +90,32 @@ def logged_steps(run_dir: Path) -> int:
         return -1
     lines = [line for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
     return max((json.loads(line)["step"] for line in lines), default=-1)
+
+
+def run_killed_and_resumed(args, tmp_path, kill_at_step, resume=("--resume",)):
+    """``byol ARGS`` run twice: uninterrupted into tmp_path/reference, and SIGKILLed once metrics.jsonl shows
+    ``kill_at_step`` into tmp_path/killed, then resumed there with ``resume``. Returns (reference, killed, the
+    resume's stderr)."""
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    proc = start_byol([*args, "--run-dir", str(reference)])
+    assert proc.wait() == 0, proc.stderr.read()
+    proc = start_byol([*args, "--run-dir", str(run)])
+    reached = wait_until(lambda: logged_steps(run) >= kill_at_step, proc, f"step {kill_at_step} in metrics.jsonl")
+    assert reached, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = start_byol(["pretrain", "--run-dir", str(run), *resume])
+    stderr = proc.communicate()[1]
+    assert proc.returncode == 0, stderr
+    return reference, run, stderr
+
+
+def assert_same_networks(a, b):
+    """Two checkpoints' states hold the same step and the same online and target weights, bit for bit."""
+    assert a["step"] == b["step"]
+    for network in ("online", "target"):
+        for name, tensor in a[network].items():
+            assert torch.equal(b[network][name], tensor), (network, name)
 
 
 def tiny_state(schedule, config=None):

@@ -4,14 +4,13 @@ run is the eager run up to float rounding. Only the tests marked slow compile fo
 import dataclasses
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import logged_steps, start_byol, wait_until
+from conftest import assert_same_networks, run_killed_and_resumed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,23 +259,11 @@ RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--t
 
 @pytest.mark.slow
 def test_a_compiled_run_killed_and_resumed_is_the_uninterrupted_compiled_run(compile_cache, tmp_path):
-    reference = tmp_path / "reference"
-    proc = start_byol([*RUN, "--run-dir", str(reference)])
-    assert proc.wait() == 0, proc.stderr.read()
-    run = tmp_path / "killed"
-    proc = start_byol([*RUN, "--run-dir", str(run)])
-    assert wait_until(lambda: logged_steps(run) >= 5, proc, "step 5 in metrics.jsonl"), proc.stderr.read()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc = start_byol(["pretrain", "--run-dir", str(run), "--resume"])
-    stderr = proc.communicate()[1]
-    assert proc.returncode == 0, stderr
+    reference, run, stderr = run_killed_and_resumed(RUN, tmp_path, kill_at_step=5)
     assert "resuming" in stderr and "compile networks: on (train.compile)" in stderr
     ref, got = (load_checkpoint(latest_checkpoint(r))["state"] for r in (reference, run))
-    assert got["step"] == ref["step"] == 16
-    for network in ("online", "target"):
-        for name, tensor in ref[network].items():
-            assert torch.equal(got[network][name], tensor), (network, name)
+    assert ref["step"] == 16
+    assert_same_networks(ref, got)
 
 
 def _free_port():

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import logged_steps, start_byol, wait_until
+from conftest import assert_same_networks, run_killed_and_resumed, start_byol, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -325,20 +325,10 @@ def test_a_run_on_shards_killed_and_resumed_is_bit_identical(tmp_path, workers):
     args = ["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", str(out), "--data.image_size",
             "16", "--optim.batch_size", "8", "--epochs", "3", "--train.checkpoint_every", "1", "--quiet",
             "--train.deterministic", "true", "--data.num_workers", str(workers)]  # fmt: skip
-    reference = tmp_path / "reference"
-    proc = start_byol([*args, "--run-dir", str(reference)])
-    assert proc.wait() == 0, proc.stderr.read()
-    run = tmp_path / "killed"
-    proc = start_byol([*args, "--run-dir", str(run)])
-    assert wait_until(lambda: logged_steps(run) >= 4, proc, "step 4"), proc.stderr.read()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc = start_byol(["pretrain", "--run-dir", str(run), "--resume", "--quiet"])
-    assert proc.wait() == 0, proc.stderr.read()
+    reference, run, _ = run_killed_and_resumed(args, tmp_path, kill_at_step=4, resume=("--resume", "--quiet"))
     a, b = load_checkpoint(latest_checkpoint(reference))["state"], load_checkpoint(latest_checkpoint(run))["state"]
-    assert a["step"] == b["step"] == 9
-    for network in ("online", "target"):
-        assert all(torch.equal(a[network][k], b[network][k]) for k in a[network])
+    assert a["step"] == 9
+    assert_same_networks(a, b)
     logs = [[{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
              for line in (r / "metrics.jsonl").read_text().splitlines()] for r in (reference, run)]  # fmt: skip
     assert logs[0] == logs[1]  # every logged loss, bit for bit
