@@ -2,6 +2,7 @@
 run is the eager run up to float rounding. Only the tests marked slow compile for real (on `tiny`)."""
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -140,6 +141,21 @@ def test_the_cache_is_the_users_cache_directory_and_a_users_own_choice_wins(tmp_
     assert compiling.use_cache() == tmp_path / "mine"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert compiling.cache_dir() == compiling.Path.home() / ".cache" / "byol" / "torch-compile"
+
+
+def test_torchs_own_default_is_replaced_but_a_user_who_chose_it_keeps_it(tmp_path):
+    """torch sets TORCHINDUCTOR_CACHE_DIR itself, to /tmp/torchinductor_<user>, the first time torch._dynamo is
+    imported (an optimizer imports it: the demo's random-init evaluation did, before the run compiled)."""
+    script = (
+        "import os, torch, byol.compiling as c\n"
+        "torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)\n"  # imports torch._dynamo
+        "print(os.environ.get(c.CACHE_ENV) == c._torch_default(), c.use_cache())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != compiling.CACHE_ENV} | {"XDG_CACHE_HOME": str(tmp_path)}
+    run = functools.partial(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run(env=env).stdout.split() == ["True", str(tmp_path / "byol" / "torch-compile")]
+    default = compiling._torch_default()  # the same path, chosen by the user before byol was loaded: kept
+    assert run(env=env | {compiling.CACHE_ENV: default}).stdout.split() == ["True", default]
 
 
 def test_a_run_records_its_compile_decisions_in_environment_json(tmp_path, monkeypatch):

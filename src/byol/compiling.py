@@ -69,9 +69,23 @@ def cache_dir() -> Path:
     return Path(root) / "byol" / "torch-compile"
 
 
+# The variable as the user set it before byol was loaded. torch sets it too, to its own default under /tmp, the
+# first time anything imports torch._dynamo (a torch.optim optimizer does: the demo's random-init evaluation).
+_USER_SETTING = os.environ.get(CACHE_ENV)
+
+
+def _torch_default() -> str:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(default_cache_dir())
+
+
 def use_cache() -> Path:
-    """Points torch's inductor cache at :func:`cache_dir` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``)."""
-    os.environ.setdefault(CACHE_ENV, str(cache_dir()))
+    """Points torch's inductor cache at :func:`cache_dir` unless the user chose one (``TORCHINDUCTOR_CACHE_DIR``);
+    torch's own default, where torch set it and not the user, is not a choice and is replaced."""
+    current = os.environ.get(CACHE_ENV)
+    if current is None or (current != _USER_SETTING and os.path.abspath(current) == _torch_default()):
+        os.environ[CACHE_ENV] = str(cache_dir())
     return Path(os.environ[CACHE_ENV])
 
 
