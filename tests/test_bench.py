@@ -27,13 +27,27 @@ def test_the_printed_ratios_follow_from_the_timings():
     config = get_preset("tiny")
     batch = config.optim.batch_size
     step, views = Timed(0.2, compiled_s=0.16, compile_s=30.0), Timed(0.05)
-    text = format_step(config, "tiny", StepTiming("cpu", "fp32", step=step, network_s=0.1, views=views))
-    assert "full step / bare eager network: 2.000 eager, 1.600 compiled" in text
+    timing = StepTiming("cpu", "fp32", step=step, network_s=0.1, views=views, ratio=2.0, compiled_ratio=1.6, rounds=7)
+    text = format_step(config, "tiny", timing)
+    assert "full step / bare eager network: 2.000 eager, 1.600 compiled (the median of 7 rounds' ratios" in text
     assert f"{batch / 0.2:9.0f} images/s eager" in text and "(1.25x, compiled in 30.0 s)" in text
     pairs = AugmentTiming(32, Timed(0.256, compiled_s=0.064, compile_s=12.5))
     text = format_augment(config, "tiny", [pairs], view=Timed(0.01, 0.005, 1.0), step=Timed(0.04, 0.02, 2.0))
     assert "32 px:    256.0 ms      1000 view pairs/s eager |     64.0 ms      4000 view pairs/s compiled" in text
     assert "(4.00x, compiled in 12.5 s)" in text and "share of the step: 25.0% eager, 25.0% compiled" in text
+
+
+def test_interleaved_timing_calls_each_function_in_turn_and_pairs_rounds():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = bench.interleaved(fns, torch.device("cpu"), rounds=4, warmup=1)
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] * 4  # warm-up, then one call each per round
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    # per-round ratios, not a ratio of medians: a machine that slows down 10x in round 3 changes nothing
+    assert bench.paired_ratio([1.0, 1.0, 10.0], [2.0, 2.0, 20.0]) == 0.5
+    assert bench.paired_ratio([1.0, 3.0, 2.0, 9.0], [1.0, 1.0, 1.0, 1.0]) == 2.5
+    with pytest.raises(ValueError):
+        bench.paired_ratio([1.0], [1.0, 2.0])
 
 
 def test_bench_commands_print_their_tables(capsys, monkeypatch):

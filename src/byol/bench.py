@@ -1,4 +1,5 @@
-"""Benchmarks: they print numbers and assert nothing. Timings are medians over repeats, after warm-up.
+"""Benchmarks: they print numbers and assert nothing. Timings are medians over rounds, after warm-up; what is
+compared (eager and compiled, a step and its bare network) is timed in turn within each round (:func:`interleaved`).
 
 ``bench_augment`` times the view pipeline alone (256 images at 32, 96 and 224 px) and its share of a full
 training step of a preset. ``bench_step`` (issue 7) splits a step into network work and everything else.
@@ -58,11 +59,6 @@ def step_times(fn: Callable[[], object], device: torch.device, repeats: int = 10
     return times
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> float:
-    """Median of :func:`step_times`."""
-    return statistics.median(step_times(fn, device, repeats, warmup))
-
-
 @dataclass
 class Timed:
     """Median seconds eager, and compiled with the seconds its compiling took (None: not compiled)."""
@@ -72,16 +68,51 @@ class Timed:
     compile_s: float | None = None
 
 
-def compiled_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median seconds, compile seconds) of a compiled ``fn``: its first call compiles; the compile seconds are
-    that call's less a compiled call's."""
+def first_call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, synchronised: for a compiled ``fn`` its first call, which compiles."""
     with flush_denormals(device):
         start = time.perf_counter()
         fn()
         _sync(device)
-        first = time.perf_counter() - start
-    seconds = median_seconds(fn, device, repeats, warmup=1)
-    return seconds, max(first - seconds, 0.0)
+    return time.perf_counter() - start
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall seconds of each of ``fns``, called in turn, one call each per round, after ``warmup`` calls each.
+
+    On a machine whose speed drifts (a shared VM: one command measured the same step at 65 and at 100 ms a
+    minute apart), timing one function after the other compares them on different machines; in turn, every
+    round compares them on the same one, and :func:`paired_ratio` keeps that."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    with flush_denormals(device):
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of one function's seconds over another's in the same round (:func:`interleaved`)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def timed(times: dict[str, list[float]], name: str, first_s: dict[str, float]) -> Timed:
+    """``name``'s medians from :func:`interleaved`, eager and, where ``compiled name`` was timed, compiled (its
+    compile seconds: its first call's less a compiled call's)."""
+    result = Timed(statistics.median(times[name]))
+    if f"compiled {name}" in times:
+        result.compiled_s = statistics.median(times[f"compiled {name}"])
+        result.compile_s = max(first_s[f"compiled {name}"] - result.compiled_s, 0.0)
+    return result
 
 
 def _compile_views(views: TwoViews) -> TwoViews:
@@ -111,18 +142,22 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
     for size in AUGMENT_SIZES:
         images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
         views = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
-        timed = Timed(median_seconds(functools.partial(views, images, generator), device, repeats))
-        if compiled:
-            fn = functools.partial(_compile_views(views), images, generator)
-            timed.compiled_s, timed.compile_s = compiled_seconds(fn, device, repeats)
-        timings.append(AugmentTiming(image_size=size, pairs=timed))
+        fns: dict[str, Callable[[], object]] = {"views": functools.partial(views, images, generator)}
+        first_s = {}
+        if compiled:  # a copy of the pipeline, compiled
+            copy = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
+            fns["compiled views"] = functools.partial(_compile_views(copy), images, generator)
+            first_s["compiled views"] = first_call_seconds(fns["compiled views"], device)
+        timings.append(AugmentTiming(size, timed(interleaved(fns, device, repeats), "views", first_s)))
 
     f = StepFixture(config, device, generator)
-    view, step = Timed(median_seconds(f.views_only, device, repeats)), Timed(median_seconds(f.step, device, repeats))
+    fns, first_s = {"views": f.views_only, "step": f.step}, {}
     if compiled:
         c = StepFixture(config, device, generator, compiled=True)
-        view.compiled_s, view.compile_s = compiled_seconds(c.views_only, device, repeats)
-        step.compiled_s, step.compile_s = compiled_seconds(c.step, device, repeats)
+        fns.update({"compiled views": c.views_only, "compiled step": c.step})
+        first_s = {name: first_call_seconds(fns[name], device) for name in ("compiled views", "compiled step")}
+    times = interleaved(fns, device, repeats)
+    view, step = timed(times, "views", first_s), timed(times, "step", first_s)
     return timings, view, step
 
 
@@ -133,6 +168,9 @@ class StepTiming:
     step: Timed
     network_s: float
     views: Timed
+    ratio: float  # full step / bare network, the median of per-round ratios (:func:`paired_ratio`)
+    compiled_ratio: float | None = None  # compiled full step / bare eager network, the same way
+    rounds: int = 0
 
 
 class StepFixture:
@@ -169,7 +207,7 @@ class StepFixture:
         return train_step(self.state, view_batch, overlap=self.prefetch.prepare)
 
 
-def bench_step(config: Config, repeats: int = 10) -> StepTiming:
+def bench_step(config: Config, repeats: int = 30) -> StepTiming:
     """Median seconds of the full step and of the view pipeline, eager and (unless ``train.compile false``)
     compiled, and of the bare eager network work inside the step."""
     device = resolve_device(config.train.device)
@@ -186,14 +224,25 @@ def bench_step(config: Config, repeats: int = 10) -> StepTiming:
                 target(v1), target(v2)
         (out1.p.float().sum() + out2.p.float().sum()).backward()
 
-    step = Timed(median_seconds(f.step, device, repeats))
-    network_s = median_seconds(network, device, repeats)
-    views = Timed(median_seconds(f.views_only, device, repeats))
+    fns: dict[str, Callable[[], object]] = {"step": f.step, "network": network, "views": f.views_only}
+    first_s = {}
     if config.train.compile != "false":
         c = StepFixture(eager, device, torch.Generator(device=device).manual_seed(0), compiled=True)
-        step.compiled_s, step.compile_s = compiled_seconds(c.step, device, repeats)
-        views.compiled_s, views.compile_s = compiled_seconds(c.views_only, device, repeats)
-    return StepTiming(device=str(device), precision=state.precision.name, step=step, network_s=network_s, views=views)
+        for name, fn in (("compiled views", c.views_only), ("compiled step", c.step)):  # views, then networks
+            fns[name], first_s[name] = fn, first_call_seconds(fn, device)
+    times = interleaved(fns, device, repeats)
+    step, views = timed(times, "step", first_s), timed(times, "views", first_s)
+    ratios = {name: paired_ratio(times[name], times["network"]) for name in ("step", "compiled step") if name in times}
+    return StepTiming(
+        device=str(device),
+        precision=state.precision.name,
+        step=step,
+        network_s=statistics.median(times["network"]),
+        views=views,
+        ratio=ratios["step"],
+        compiled_ratio=ratios.get("compiled step"),
+        rounds=repeats,
+    )
 
 
 def _side_by_side(t: Timed, per: int, unit: str) -> str:
@@ -228,8 +277,9 @@ def format_step(config: Config, preset: str, r: StepTiming) -> str:
         f"  full step (views + step): {_side_by_side(r.step, batch, 'images/s')}",
         f"  bare network work:        {r.network_s * 1e3:8.1f} ms {batch / r.network_s:9.0f} images/s eager",
         f"  view pipeline:            {_side_by_side(r.views, batch, 'images/s')}",
-        f"  full step / bare eager network: {r.step.eager_s / r.network_s:.3f} eager"
-        + (f", {r.step.compiled_s / r.network_s:.3f} compiled" if r.step.compiled_s else ""),
+        f"  full step / bare eager network: {r.ratio:.3f} eager"
+        + (f", {r.compiled_ratio:.3f} compiled" if r.compiled_ratio is not None else "")
+        + f" (the median of {r.rounds} rounds' ratios: each round times every line once, in turn)",
     ]  # fmt: skip
     return "\n".join(lines)
 

@@ -149,14 +149,21 @@ def add_bench(sub: Any) -> None:
         ),
         (
             "step", bench_step, "full training step vs the bare network work it contains",
-            "Times (median after warm-up) the full training step including the views, the bare network work "
+            "Times (medians after warm-up, in turn round after round) the full training step including the views, "
+            "the bare network work "
             "(online forward+backward on both views and target forward on both views, same shapes) and the view "
             "pipeline; prints images/s and the ratio step / bare network. Inputs are random images.",
         ),
     ):  # fmt: skip
+        rounds = 30 if name == "step" else 10
         p = what.add_parser(name, help=summary, description=description)
         add_config_flags(p, "cpu-demo")
-        p.add_argument("--repeats", type=positive_int, default=10, help="timed repeats (median reported)")
+        p.add_argument(
+            "--repeats",
+            type=positive_int,
+            default=rounds,
+            help=f"timed rounds, each timing every line once, in turn (medians reported; default {rounds})",
+        )
         p.set_defaults(handler=handler)
     p = what.add_parser(
         "data", help="per-core images/s of an image folder's decode + crops, and the workers a step needs",
