@@ -65,9 +65,13 @@ def test_auto_times_the_eager_steps_compiles_what_pays_measures_it_and_keeps_it(
     assert calls == [("compile", "views"), ("compile", "networks")] and c.phase == "compiling"
     assert records[-1][0]["eager_s"] == pytest.approx(0.08) and records[-1][1]["measured"]["ratio"] == 0.5
     c.after_step(30.0, remaining=9_996)  # the step that compiled the networks
+    assert calls[-1] == ("eager", "networks") and c.phase == "timing"  # then eager and compiled in turn
     for _ in range(compiling.TIMED_STEPS):
-        c.after_step(0.07, remaining=9_996)  # networks 0.06 s + views 0.01 s
-    assert c.phase == "done" and settled == [True] and calls == [("compile", "views"), ("compile", "networks")]
+        c.after_step(0.09, remaining=9_996)  # eager: networks 0.08 s + views 0.01 s
+        c.after_step(0.07, remaining=9_996)  # compiled: networks 0.06 s + views 0.01 s
+    assert c.phase == "done" and settled == [True]
+    turns = [("eager", "networks"), ("compile", "networks")] * compiling.TIMED_STEPS
+    assert calls == [("compile", "views"), ("compile", "networks"), *turns]  # it ends compiled
     networks = records[-1][0]
     assert networks["compile"] and networks["measured"] == {"ratio": 0.75, "compile_s": 29.93}
     history = json.loads((tmp_path / "history.json").read_text())
@@ -82,11 +86,25 @@ def test_auto_goes_back_to_eager_when_the_compiled_part_is_slower(tmp_path):
     history = tmp_path / "history.json"
     history.write_text(json.dumps({"net-key": {"ratio": 0.5, "compile_s": 1.0}}))
     c = _compiler("auto", tmp_path, lambda: 0.001, calls, records, settled)
-    for seconds in [1.0] * (compiling.TIMED_STEPS + 1) + [2.0] + [1.5] * compiling.TIMED_STEPS:
+    for seconds in [1.0] * (compiling.TIMED_STEPS + 1) + [2.0] + [1.0, 1.5] * compiling.TIMED_STEPS:
         c.after_step(seconds, remaining=1000)
-    assert calls == [("compile", "networks"), ("eager", "networks")] and settled == [True]
+    turns = [("eager", "networks"), ("compile", "networks")] * compiling.TIMED_STEPS
+    assert calls == [("compile", "networks"), *turns, ("eager", "networks")] and settled == [True]
     assert not records[-1][0]["compile"] and records[-1][0]["measured"]["ratio"] > 1
     assert json.loads(history.read_text())["net-key"]["ratio"] > 1  # the next run will not compile it
+
+
+def test_the_compiled_networks_are_timed_against_eager_steps_beside_them_on_a_drifting_machine(tmp_path):
+    """The machine slows down 2.5x after the decision: pairs of steps still give the compiled ratio (0.8)."""
+    calls, records, settled = [], [], []
+    c = _compiler("auto", tmp_path, lambda: 0.0, calls, records, settled)
+    for _ in range(compiling.TIMED_STEPS + 1):
+        c.after_step(1.0, remaining=10_000)  # networks: 10,000 x 1 s x 0.2 > 60 s: compiled
+    c.after_step(40.0, remaining=10_000)
+    for eager_s in [1.0, 2.5, 2.5]:
+        c.after_step(eager_s, remaining=10_000)
+        c.after_step(0.8 * eager_s, remaining=10_000)
+    assert records[-1][0]["measured"]["ratio"] == pytest.approx(0.8) and calls[-1] == ("compile", "networks")
 
 
 def test_a_run_too_short_to_pay_for_compiling_stays_eager_and_says_why(tmp_path, caplog):

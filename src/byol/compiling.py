@@ -10,8 +10,9 @@ The run times its first steps eager (:data:`TIMED_STEPS` after one warm-up step)
 copy of the generator: the run's randomness is untouched), so the seconds are this run's on this machine. The
 compiled/eager ratio and the compile seconds come from the last run that compiled the same graphs on this machine
 (``compile-history.json`` in the cache directory below), or where none has, from :data:`PRIORS` (measured,
-docs/benchmarks.md). After compiling, the run times its compiled steps: a part that did not get faster goes back
-to eager, and the history keeps what was measured, so the next run decides on it.
+docs/benchmarks.md). After compiling, the run times its networks eager and compiled in turn, step after step (a
+shared machine's speed drifts: each pair is timed on the same machine), and its views compiled: a part that did not
+get faster goes back to eager, and the history keeps what was measured, so the next run decides on it.
 
 Compiled artefacts are cached in ``$XDG_CACHE_HOME/byol/torch-compile`` (``~/.cache/byol/torch-compile``): torch's
 inductor cache, never in the run directory or the repository, so a second run or a resume starts in seconds. A
@@ -42,7 +43,8 @@ log = logging.getLogger("byol.train")
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 HISTORY_FILE = "compile-history.json"
-TIMED_STEPS = 3  # eager steps timed after the first (which warms up), and compiled steps after the compiling one
+TIMED_STEPS = 3  # eager steps timed after the first (which warms up); pairs of eager and compiled steps after the
+# compiling one
 PARTS = ("networks", "views")
 
 
@@ -279,7 +281,7 @@ class RunCompiler:
         self.agree, self.report, self.settled = agree, report, settled
         self.history, self.keeps_history = history or History(), keeps_history
         self.eager_steps: list[float] = []
-        self.compiled_steps: list[float] = []
+        self.paired: dict[bool, list[float]] = {False: [], True: []}  # the timing steps, eager and compiled
         self.records: dict[str, dict[str, Any]] = {}
         self.phase = "eager" if setting == "auto" else "done"
         if setting != "auto":
@@ -301,11 +303,17 @@ class RunCompiler:
                 self._too_short()
         elif self.phase == "compiling":  # the networks' first compiled step compiled them
             self.compile_step_s = seconds
+            self.parts["networks"].eager()  # then eager and compiled in turn
             self.phase = "timing"
         elif self.phase == "timing":
-            self.compiled_steps.append(seconds)
-            if len(self.compiled_steps) == TIMED_STEPS:
+            networks = self.parts["networks"]
+            self.paired[networks.compiled].append(seconds)
+            if len(self.paired[True]) == TIMED_STEPS:
                 self._measure_networks()
+            elif networks.compiled:
+                networks.eager()
+            else:
+                networks.compile()
 
     def _decide(self, remaining: int) -> None:
         step_s = median(self.eager_steps[1:])
@@ -346,11 +354,13 @@ class RunCompiler:
         self.views_now_s = compiled_s
 
     def _measure_networks(self) -> None:
+        """The median over pairs of steps (eager, then compiled) of the compiled networks' seconds over the eager
+        ones', each less the views the step made."""
         views_s = getattr(self, "views_now_s", self.views_eager_s)
-        compiled_s = median(self.compiled_steps)
-        networks_s = compiled_s - views_s if self.device.type == "cpu" else compiled_s
-        ratio = networks_s / self.networks_eager_s
-        self._measured("networks", ratio, max(self.compile_step_s - compiled_s, 0.0))
+        pairs = zip(self.paired[False], self.paired[True], strict=True)
+        ratio = median([networks_seconds(c, views_s, self.device) / networks_seconds(e, views_s, self.device)
+                        for e, c in pairs])  # fmt: skip
+        self._measured("networks", ratio, max(self.compile_step_s - median(self.paired[True]), 0.0))
         self.phase = "done"
         self.report(list(self.records.values()))
         self.settled()

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import logging
 import operator
-import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -106,13 +105,6 @@ def compile_networks(state: TrainState) -> None:
         state.forward = compiling.CompiledOrEager(state.forward, "online network")
     if state.target is not None and not isinstance(state.target_forward, compiling.CompiledOrEager):
         state.target_forward = compiling.CompiledOrEager(state.target, "target network")
-
-
-def eager_networks(state: TrainState) -> None:
-    """Undoes :func:`compile_networks`."""
-    if isinstance(state.forward, compiling.CompiledOrEager):
-        state.forward = typing.cast(nn.Module, state.forward.eager)
-    state.target_forward = state.target
 
 
 def _ddp(state: TrainState) -> DistributedDataParallel | None:
@@ -457,7 +449,7 @@ def _run_compiler(
         return decisions
 
     parts = {
-        "networks": compiling.Part("networks", lambda: compile_networks(state), lambda: eager_networks(state)),
+        "networks": _networks_part(state),
         "views": compiling.Part("views", lambda: views.compile(_compile_views), views.eager),
     }
     return compiling.RunCompiler(
@@ -466,6 +458,24 @@ def _run_compiler(
         report=lambda records: policy.note_environment(compile=records), settled=policy.restart_clock,
         keeps_history=context.is_main,
     )  # fmt: skip
+
+
+def _networks_part(state: TrainState) -> compiling.Part:
+    """The networks as a part the run switches (eager and compiled in turn while it times them): the compiled
+    wrappers, and so their graphs, are made once and kept."""
+    eager = (state.forward, state.target_forward)
+    compiled: list[tuple[nn.Module, nn.Module | None]] = []
+
+    def use_compiled() -> None:
+        if not compiled:
+            compile_networks(state)
+            compiled.append((state.forward, state.target_forward))
+        state.forward, state.target_forward = compiled[0]
+
+    def use_eager() -> None:
+        state.forward, state.target_forward = eager
+
+    return compiling.Part("networks", use_compiled, use_eager)
 
 
 def compile_keys(config: Config, precision: str, device: torch.device, world_size: int = 1) -> dict[str, str]:
