@@ -314,15 +314,19 @@ def test_torchrun_with_two_gloo_processes_runs_compiled(compile_cache, tmp_path)
         command = [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "-m", "byol", "pretrain", "--preset", "tiny", "--quiet", "--train.max_steps", "8", "--train.compile",
-            setting, "--run-dir", str(runs[setting]),
-        ]  # fmt: skip
+            setting, "--run-dir", str(runs[setting]), "--train.precision", "fp32",  # the same on every CPU (auto:
+        ]  # fmt: skip  # bf16 on AVX512_BF16 ones, whose rounding is 1e3 times fp32's)
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr[-3000:]
         if setting == "true":
             assert "compile networks: on (train.compile)" in done.stderr and "failed" not in done.stderr
     eager, compiled = _losses(runs["false"]), _losses(runs["true"])
     assert len(eager) == len(compiled) == 8
-    assert max(abs(a - b) for a, b in zip(eager[:4], compiled[:4], strict=True)) < 1e-3
+    # step 1's loss follows step 0's all-reduced update: a compiled graph that lost the gradient sync or the BN
+    # statistics differs there by far more than rounding; later steps drift apart as any two runs' do (AVX512: 0.0015
+    # at step 3)
+    assert max(abs(a - b) for a, b in zip(eager[:2], compiled[:2], strict=True)) < 1e-4, (eager, compiled)
+    assert abs(sum(eager) - sum(compiled)) / 8 < 0.01, (eager, compiled)
     assert json.loads((runs["true"] / "environment.json").read_text())[-1]["world_size"] == 2
 
 
