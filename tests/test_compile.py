@@ -315,7 +315,7 @@ def test_torchrun_with_two_gloo_processes_runs_compiled(compile_cache, tmp_path)
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "-m", "byol", "pretrain", "--preset", "tiny", "--quiet", "--train.max_steps", "8", "--train.compile",
             setting, "--run-dir", str(runs[setting]), "--train.precision", "fp32",  # the same on every CPU (auto:
-        ]  # fmt: skip  # bf16 on AVX512_BF16 ones, whose rounding is 1e3 times fp32's)
+        ]  # fmt: skip  # bf16 on AVX512_BF16 ones, whose rounding is far coarser)
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr[-3000:]
         if setting == "true":
