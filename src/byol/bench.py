@@ -43,22 +43,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_times(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> list[float]:
-    """Wall times of ``fn()`` over ``repeats`` runs after ``warmup`` runs, synchronising the device; with
-    denormals flushed on a CPU, as the training loop runs (:func:`byol.precision.flush_denormals`)."""
-    times = []
-    with flush_denormals(device):
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    return times
-
-
 @dataclass
 class Timed:
     """Median seconds eager, and compiled with the seconds its compiling took (None: not compiled)."""
@@ -68,19 +52,12 @@ class Timed:
     compile_s: float | None = None
 
 
-def first_call_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn``, synchronised: for a compiled ``fn`` its first call, which compiles."""
-    with flush_denormals(device):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-    return time.perf_counter() - start
-
-
 def interleaved(
     fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, warmup: int = 2
 ) -> dict[str, list[float]]:
-    """Wall seconds of each of ``fns``, called in turn, one call each per round, after ``warmup`` calls each.
+    """Wall seconds of each of ``fns``, called in turn, one call each per round, after ``warmup`` calls each;
+    synchronising the device, with denormals flushed on a CPU, as the training loop runs
+    (:func:`byol.precision.flush_denormals`).
 
     On a machine whose speed drifts (a shared VM: one command measured the same step at 65 and at 100 ms a
     minute apart), timing one function after the other compares them on different machines; in turn, every
@@ -98,6 +75,16 @@ def interleaved(
                 _sync(device)
                 times[name].append(time.perf_counter() - start)
     return times
+
+
+def step_times(fn: Callable[[], object], device: torch.device, repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Wall seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls (:func:`interleaved`, alone)."""
+    return interleaved({"fn": fn}, device, repeats, warmup)["fn"]
+
+
+def first_call_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``: for a compiled ``fn`` its first call, which compiles."""
+    return step_times(fn, device, repeats=1, warmup=0)[0]
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
@@ -141,12 +128,11 @@ def bench_augment(config: Config, repeats: int = 10) -> tuple[list[AugmentTiming
     timings = []
     for size in AUGMENT_SIZES:
         images = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, device=device)
-        views = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
-        fns: dict[str, Callable[[], object]] = {"views": functools.partial(views, images, generator)}
+        pipeline = functools.partial(TwoViews, config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
+        fns: dict[str, Callable[[], object]] = {"views": functools.partial(pipeline(), images, generator)}
         first_s = {}
-        if compiled:  # a copy of the pipeline, compiled
-            copy = TwoViews(config.augment.preset, size, mean=[0.5] * 3, std=[0.25] * 3)
-            fns["compiled views"] = functools.partial(_compile_views(copy), images, generator)
+        if compiled:  # a second pipeline, compiled
+            fns["compiled views"] = functools.partial(_compile_views(pipeline()), images, generator)
             first_s["compiled views"] = first_call_seconds(fns["compiled views"], device)
         timings.append(AugmentTiming(size, timed(interleaved(fns, device, repeats), "views", first_s)))
 

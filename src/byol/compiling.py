@@ -319,9 +319,7 @@ class RunCompiler:
         step_s = median(self.eager_steps[1:])
         views_s = min(self.views_seconds() for _ in range(2))
         self.views_eager_s = views_s
-        self.networks_eager_s = networks_seconds(step_s, views_s, self.device)
-        self.step_eager_s = step_s
-        seconds = {"networks": self.networks_eager_s, "views": views_s}
+        seconds = {"networks": networks_seconds(step_s, views_s, self.device), "views": views_s}
         decisions = self.agree(expected(self.keys, remaining, seconds, self.history))
         for decision in decisions:
             log.info(decision.line())
