@@ -76,9 +76,11 @@ def test_auto_times_the_eager_steps_compiles_what_pays_measures_it_and_keeps_it(
     assert networks["compile"] and networks["measured"] == {"ratio": 0.75, "compile_s": 29.93}
     history = json.loads((tmp_path / "history.json").read_text())
     assert history == {"net-key": {"ratio": 0.75, "compile_s": 29.93}, "views-key": {"ratio": 0.5, "compile_s": 0.99}}
-    # the next run decides on what this one measured
-    estimate, source = History(tmp_path / "history.json").estimate("net-key", "networks")
-    assert estimate == Estimate(0.75, 29.93) and source == "history"
+    # the next run decides on what this one measured, its graphs now in the cache: seconds to compile, not the first's
+    estimate, source = History(tmp_path / "history.json").estimate("net-key", compiling.PRIORS["networks"])
+    assert estimate == Estimate(0.75, compiling.CACHED_COMPILE_S) and source == "history, its graphs in the cache"
+    assert History(tmp_path / "history.json").estimate("views-key", compiling.PRIORS["views"]) == (
+        Estimate(0.5, 0.99), "history")  # fmt: skip
 
 
 def test_auto_goes_back_to_eager_when_the_compiled_part_is_slower(tmp_path):
@@ -92,6 +94,37 @@ def test_auto_goes_back_to_eager_when_the_compiled_part_is_slower(tmp_path):
     assert calls == [("compile", "networks"), *turns, ("eager", "networks")] and settled == [True]
     assert not records[-1][0]["compile"] and records[-1][0]["measured"]["ratio"] > 1
     assert json.loads(history.read_text())["net-key"]["ratio"] > 1  # the next run will not compile it
+
+
+def test_a_measurement_that_compiling_did_not_pay_keeps_the_part_eager_for_a_few_runs_then_it_is_measured_again(
+    tmp_path, caplog
+):
+    """One wrong measurement (a busy machine) must not stop compiling for good: after RETRY_AFTER eager runs the
+    prior decides again, and the new measurement replaces the old."""
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": 3.0}}))
+
+    def one_run():
+        calls, records, settled = [], [], []
+        c = _compiler("auto", tmp_path, lambda: 0.0, calls, records, settled)
+        for _ in range(compiling.TIMED_STEPS + 1):
+            c.after_step(1.0, remaining=10_000)  # 10,000 x 1 s: compiling pays unless the history says no gain
+        return calls
+
+    for run in range(compiling.RETRY_AFTER):
+        assert ("compile", "networks") not in one_run()
+        assert json.loads(history.read_text())["net-key"] == {"ratio": 1.4, "compile_s": 3.0, "eager_runs": run + 1}
+    with caplog.at_level("INFO", logger="byol.train"):
+        assert one_run()[-1] == ("compile", "networks")
+    assert any("compile networks: on" in r.getMessage() and f"kept {compiling.RETRY_AFTER} runs eager" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    c = _compiler("auto", tmp_path, lambda: 0.0, [], [], [])
+    for seconds in [1.0] * (compiling.TIMED_STEPS + 1) + [9.0] + [1.0, 0.7] * compiling.TIMED_STEPS:
+        c.after_step(seconds, remaining=10_000)
+    assert json.loads(history.read_text())["net-key"] == {"ratio": 0.7, "compile_s": 8.3}  # measured anew
+    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": 3.0, "eager_runs": "x"}}))
+    assert ("compile", "networks") not in one_run()  # a count damaged by hand counts from 0
+    assert json.loads(history.read_text())["net-key"]["eager_runs"] == 1
 
 
 def test_the_compiled_networks_are_timed_against_eager_steps_beside_them_on_a_drifting_machine(tmp_path):
@@ -116,6 +149,22 @@ def test_a_run_too_short_to_pay_for_compiling_stays_eager_and_says_why(tmp_path,
     assert calls == [] and settled == [True] and c.phase == "done"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compile ")]
     assert len(lines) == 2 and all(": off (100 steps x" in line and "from the prior" in line for line in lines)
+
+
+@pytest.mark.parametrize(("channels_last", "compiles"), [(True, True), (False, False)])
+def test_without_a_history_the_prior_of_the_networks_layout_decides(tmp_path, channels_last, compiles):
+    # 10,000 steps x 0.04 s: channels_last's prior (0.8) saves 80 s > 60 s to compile, contiguous's (0.9) 40 s
+    calls = []
+    c = RunCompiler(
+        "auto", {name: FakePart(name, calls) for name in compiling.PARTS}, {"networks": "n", "views": "v"},
+        device=torch.device("cpu"), views_seconds=lambda: 0.0, history=History(tmp_path / "history.json"),
+        channels_last=channels_last,
+    )  # fmt: skip
+    for _ in range(compiling.TIMED_STEPS + 1):
+        c.after_step(0.04, remaining=10_000)
+    assert (("compile", "networks") in calls) == compiles
+    ratio = c.records["networks"]["ratio"]
+    assert ratio == compiling.prior("networks", channels_last).ratio == (0.8 if channels_last else 0.9)
 
 
 @pytest.mark.parametrize("steps", range(1, compiling.TIMED_STEPS + 1))
@@ -145,9 +194,9 @@ def test_an_unreadable_history_falls_back_to_the_priors(tmp_path):
     path = tmp_path / "history.json"
     for text in ("{not json", "[1, 2]", json.dumps({"k": {"ratio": "x"}}), json.dumps({"k": 3})):
         path.write_text(text)
-        assert History(path).estimate("k", "views") == (compiling.PRIORS["views"], "prior")
+        assert History(path).estimate("k", compiling.PRIORS["views"]) == (compiling.PRIORS["views"], "prior")
     History(path).record("k", Estimate(0.5, 2.0))
-    assert History(path).estimate("k", "views") == (Estimate(0.5, 2.0), "history")
+    assert History(path).estimate("k", compiling.PRIORS["views"]) == (Estimate(0.5, 2.0), "history")
 
 
 def test_the_cache_is_the_users_cache_directory_and_a_users_own_choice_wins(tmp_path, monkeypatch):
@@ -253,8 +302,11 @@ CURVE_STEPS = 50
 
 @pytest.mark.slow
 def test_a_compiled_run_has_the_eager_loss_curve_and_their_checkpoints_resume_into_each_other(compile_cache, tmp_path):
-    """50 steps of tiny, compiled and eager: the same first 4 steps to float rounding, then the same curve. Rounding
-    differences grow as any two runs' do (chaotically), so the curve is compared by its 10-step means."""
+    """50 steps of tiny, compiled and eager: the same first steps to float rounding, then the same curve. Rounding
+    differences grow as any two runs' do (chaotically), so the curve is compared by its 10-step means. On an AMX CPU
+    compiled and eager differed by 1e-6, 1e-6, 1.4e-4 and 5.2e-3 at steps 0-3, and two eager runs that differ only in
+    their thread count (the order of their sums) by 0, 0, 1.2e-4 and 1.7e-3 (6.5e-3 at step 4); on AVX2 compiled and
+    eager agreed to 2e-5 for 4 steps."""
     base = apply_overrides(get_preset("tiny"), {"train.max_steps": CURVE_STEPS, "train.checkpoint_every": 25})
     runs = {}
     for setting in ("false", "true"):
@@ -262,9 +314,10 @@ def test_a_compiled_run_has_the_eager_loss_curve_and_their_checkpoints_resume_in
         pretrain(apply_overrides(base, {"train.compile": setting}), runs[setting], progress=False)
     eager, compiled = _losses(runs["false"]), _losses(runs["true"])
     assert len(eager) == len(compiled) == CURVE_STEPS
-    assert max(abs(a - b) for a, b in zip(eager[:4], compiled[:4], strict=True)) < 1e-3  # measured 2e-5
+    assert max(abs(a - b) for a, b in zip(eager[:2], compiled[:2], strict=True)) < 1e-4  # the first update
+    assert abs(eager[2] - compiled[2]) < 1e-3
     windows = [(sum(eager[i : i + 10]) - sum(compiled[i : i + 10])) / 10 for i in range(0, CURVE_STEPS, 10)]
-    assert max(map(abs, windows)) < 0.1, windows  # measured at most 0.032
+    assert max(map(abs, windows)) < 0.1, windows  # measured at most 0.032 (AVX2), 0.049 (AMX)
     # a compiled run's checkpoint resumes eager and an eager one compiled (`byol pretrain --resume --train.compile`)
     real_step = train_module.train_step
 

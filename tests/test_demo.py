@@ -119,3 +119,28 @@ def test_budget_flag_is_checked(capsys):
     with pytest.raises(SystemExit) as e:
         main([*TINY_DEMO, "--budget-minutes", "0"])
     assert e.value.code == 2 and "positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("compile", "chosen"), [("auto", "channels_last"), ("false", "contiguous")])
+def test_the_layout_is_the_one_the_run_will_be_fastest_in_compiled_or_not(tmp_path, monkeypatch, compile, chosen):
+    # eager, contiguous is 2% faster (within LAYOUT_GAIN: the config's own layout stays); compiled, this machine's
+    # history says channels_last gains 0.6 and contiguous 0.95: with train.compile auto the compiled steps decide
+    from byol import compiling
+    from byol.compiling import Estimate, History
+    from byol.config import apply_overrides
+    from byol.precision import Precision
+    from byol.train import compile_keys
+
+    config = apply_overrides(get_preset("tiny"), {"train.compile": compile, "train.memory_format": "contiguous"})
+    device = demo.resolve_device("cpu")
+    layouts = {name: apply_overrides(config, {"train.memory_format": name}) for name in ("contiguous", "channels_last")}
+    eager = {"contiguous": 1.0, "channels_last": 1.02}
+    monkeypatch.setattr(demo, "measure_step_seconds", lambda c, device, repeats=5: eager[c.train.memory_format])
+    monkeypatch.setattr(demo, "measure_views_seconds", lambda c, device, repeats=5: 0.01)
+    history = History(tmp_path / "history.json")
+    monkeypatch.setattr(compiling, "History", lambda: history)
+    for name, ratio in (("contiguous", 0.95), ("channels_last", 0.6)):
+        keys = compile_keys(layouts[name], Precision.for_run(layouts[name].train, device).name, device)
+        history.record(keys["networks"], Estimate(ratio=ratio, compile_s=5.0))
+    picked, seconds = demo.fastest_layout(config, device, budget_s=600.0)
+    assert picked.train.memory_format == chosen and seconds == eager[chosen]  # the plan starts from its eager step

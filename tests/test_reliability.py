@@ -39,15 +39,18 @@ def _final(run_dir):
 KILLS = [("logged", 3), ("mid-save", 3), ("logged", 5), ("mid-save", 1), ("logged", 1), ("mid-save", 4)]
 
 
-def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
+# each kill starts a process (about 2.5 s): the default suite kills at three points, of both kinds; `make test-slow`
+# at all six
+@pytest.mark.parametrize("kills", [KILLS[:3], pytest.param(KILLS, marks=pytest.mark.slow)], ids=["3-kills", "6-kills"])
+def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path, kills):
     reference = tmp_path / "reference"
     proc = start_byol(_args(reference, resume=False))
     assert proc.wait() == 0, proc.stderr.read()
     ref_state, ref_log = _final(reference)
 
     run = tmp_path / "killed"
-    kills = 0
-    for i, (when, ahead) in enumerate(KILLS):
+    killed = 0
+    for i, (when, ahead) in enumerate(kills):
         checkpoints = list_checkpoints(run)
         step = (int(checkpoints[-1].stem[5:]) if checkpoints else 0) + ahead
         marker = tmp_path / f"stalled-{i}"
@@ -60,7 +63,7 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
         assert reached, proc.stderr.read()  # the kill points lie far before the last step: the run cannot end first
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        kills += 1
+        killed += 1
         if when == "mid-save":  # the stalled write left a partial temporary file, never a partial checkpoint
             assert not (run / "checkpoints" / f"step_{step:09d}.pt").exists()
             assert all(load_checkpoint(p)["state"]["step"] == int(p.stem[5:]) for p in list_checkpoints(run))
@@ -68,7 +71,7 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path):
     proc = start_byol(_args(run, resume=True))
     stderr = proc.communicate()[1]
     assert proc.returncode == 0, stderr
-    assert kills == len(KILLS) and f"resuming {run} at step {resumed_at} of {STEPS}" in stderr
+    assert killed == len(kills) and f"resuming {run} at step {resumed_at} of {STEPS}" in stderr
     assert not list((run / "checkpoints").glob(".*tmp*"))  # the interrupted writes' temporary files were removed
     state, log = _final(run)
     assert state["step"] == ref_state["step"] == STEPS

@@ -318,7 +318,7 @@ def test_two_ranks_read_disjoint_parts_of_each_epoch(tmp_path):
     assert len(read0 + read1) == n // 8 * 8  # every full global batch of the epoch, each image once
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])  # each about 10 s
 def test_a_run_on_shards_killed_and_resumed_is_bit_identical(tmp_path, workers):
     out = tmp_path / "prepared"
     prepare(_by_class(tmp_path / "src", per_class=10), out, Settings(shard_images=6), workers=1, progress=False)

@@ -9,10 +9,11 @@ default) decides each part by one rule:
 The run times its first steps eager (:data:`TIMED_STEPS` after one warm-up step) and its views on their own (on a
 copy of the generator: the run's randomness is untouched), so the seconds are this run's on this machine. The
 compiled/eager ratio and the compile seconds come from the last run that compiled the same graphs on this machine
-(``compile-history.json`` in the cache directory below), or where none has, from :data:`PRIORS` (measured,
-docs/benchmarks.md). After compiling, the run times its networks eager and compiled in turn, step after step (a
-shared machine's speed drifts: each pair is timed on the same machine), and its views compiled: a part that did not
-get faster goes back to eager, and the history keeps what was measured, so the next run decides on it.
+(``compile-history.json`` in the cache directory below; its graphs are in the cache, so at most
+:data:`CACHED_COMPILE_S` to compile), or where none has, from :func:`prior` (measured, docs/benchmarks.md). After
+compiling, the run times its networks eager and compiled in turn, step after step (a shared machine's speed drifts:
+each pair is timed on the same machine), and its views compiled: a part that did not get faster goes back to eager,
+and the history keeps what was measured, so the next run decides on it.
 
 Compiled artefacts are cached in ``$XDG_CACHE_HOME/byol/torch-compile`` (``~/.cache/byol/torch-compile``): torch's
 inductor cache, never in the run directory or the repository, so a second run or a resume starts in seconds. A
@@ -46,6 +47,11 @@ HISTORY_FILE = "compile-history.json"
 TIMED_STEPS = 3  # eager steps timed after the first (which warms up); pairs of eager and compiled steps after the
 # compiling one
 PARTS = ("networks", "views")
+RETRY_AFTER = 5  # runs a measurement that compiling did not pay keeps a part eager, before one measures it again
+# The compile seconds a run expects for graphs that this machine compiled before: inductor's cache holds them. Compiles
+# from the cache measured 2.9-4 s on 2-core AVX2 and AVX512_BF16 CPUs and 1.3-3 s on an AMX one; a first compile
+# 25-70 s. A cache that was emptied since costs one run its first compile again, which the history then records.
+CACHED_COMPILE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,15 @@ PRIORS = {
     "networks": Estimate(ratio=0.8, compile_s=60.0),
     "views": Estimate(ratio=0.6, compile_s=50.0),
 }
+# The networks in the contiguous layout gain less from compiling than in channels_last on every CPU measured (the
+# demo's loop, docs/benchmarks.md): 0.74 against 0.60 on AVX2 (fp32), 0.91 against 0.79-0.83 on AVX512_BF16, 0.87-0.88
+# against 0.73 on AVX512_BF16 + AMX (bf16).
+CONTIGUOUS_NETWORKS = Estimate(ratio=0.9, compile_s=60.0)
+
+
+def prior(part: str, channels_last: bool) -> Estimate:
+    """What compiling a part is expected to give where this machine has not measured it."""
+    return CONTIGUOUS_NETWORKS if part == "networks" and not channels_last else PRIORS[part]
 
 
 def cache_dir() -> Path:
@@ -191,9 +206,12 @@ def networks_seconds(step_s: float, views_s: float, device: torch.device) -> flo
     return max(step_s - views_s, 0.5 * step_s) if device.type == "cpu" else step_s
 
 
-def expected(keys: dict[str, str], steps: int, seconds: dict[str, float], history: History) -> list[Decision]:
+def expected(
+    keys: dict[str, str], steps: int, seconds: dict[str, float], history: History, channels_last: bool
+) -> list[Decision]:
     """The rule for each part, from its eager ``seconds`` a step and its history (or prior) estimate."""
-    return [decide(name, steps, seconds[name], *history.estimate(keys[name], name)) for name in PARTS]
+    return [decide(name, steps, seconds[name], *history.estimate(keys[name], prior(name, channels_last)))
+            for name in PARTS]  # fmt: skip
 
 
 def fingerprint(*parts: Any) -> str:
@@ -203,7 +221,12 @@ def fingerprint(*parts: Any) -> str:
 
 
 class History:
-    """``compile-history.json`` beside the cache: per fingerprint, the last measured ratio and compile seconds."""
+    """``compile-history.json`` beside the cache: per fingerprint, the last measured ratio and compile seconds.
+
+    A measurement that compiling did not pay (a ratio of 1 or more) keeps the part eager on this machine, and an
+    eager run measures nothing new: so after :data:`RETRY_AFTER` runs it kept eager, the next run decides on the
+    prior again, compiles (from the cache: seconds) and measures anew. A busy machine can make one measurement
+    wrong; it does not make compiling stop for good."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or use_cache() / HISTORY_FILE
@@ -215,23 +238,45 @@ class History:
             return {}  # none yet, or unreadable: the priors decide, and the next write replaces it
         return data if isinstance(data, dict) else {}
 
-    def estimate(self, key: str, part: str) -> tuple[Estimate, str]:
+    def estimate(self, key: str, fallback: Estimate) -> tuple[Estimate, str]:
+        """``key``'s last measurement, or ``fallback`` (the prior) where there is none to go by."""
         found = self.read().get(key)
         try:
             if isinstance(found, dict):
-                return Estimate(ratio=float(found["ratio"]), compile_s=float(found["compile_s"])), "history"
+                ratio, compile_s = float(found["ratio"]), float(found["compile_s"])
+                if ratio >= 1.0 and _eager_runs(found) >= RETRY_AFTER:
+                    return fallback, f"prior (the history's no-gain measurement has kept {RETRY_AFTER} runs eager)"
+                if compile_s > CACHED_COMPILE_S:  # the compile measured was the first, its graphs are cached now
+                    return Estimate(ratio, CACHED_COMPILE_S), "history, its graphs in the cache"
+                return Estimate(ratio, compile_s), "history"
         except (TypeError, KeyError, ValueError):
             pass
-        return PRIORS[part], "prior"
+        return fallback, "prior"
 
     def record(self, key: str, estimate: Estimate) -> None:
-        from byol.files import write_json  # local: files imports nothing of torch's, this module does
-
+        """A new measurement of ``key`` (its count of eager runs starts again)."""
         data = self.read()
         data[key] = asdict(estimate)
+        self._write(data)
+
+    def kept_eager(self, key: str) -> None:
+        """One more run that stayed eager on ``key``'s measurement."""
+        data = self.read()
+        if isinstance(data.get(key), dict):
+            data[key]["eager_runs"] = _eager_runs(data[key]) + 1
+            self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        from byol.files import write_json  # local: files imports nothing of torch's, this module does
+
         with contextlib.suppress(OSError):  # a read-only home: the run goes on, the next one uses the priors
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.path, data, sort_keys=True)
+
+
+def _eager_runs(entry: dict[str, Any]) -> int:
+    count = entry.get("eager_runs", 0)
+    return count if isinstance(count, int) else 0  # an entry damaged by hand counts from 0
 
 
 def median(values: list[float]) -> float:
@@ -261,7 +306,8 @@ class RunCompiler:
     synchronised. ``agree``: every rank's decisions made rank 0's (under torchrun). ``report``: called with the
     decisions as they are taken and measured (the log, environment.json); ``keeps_history``: this process writes
     the history (rank 0). ``settled``: called once the run's speed is final (the loop's clock for its own seconds
-    per step restarts there). A run that ends before its steps are timed stays eager and says so."""
+    per step restarts there). ``channels_last``: the networks' layout (its :func:`prior`). A run that ends before its
+    steps are timed stays eager and says so."""
 
     def __init__(
         self,
@@ -276,8 +322,10 @@ class RunCompiler:
         settled: Callable[[], None] = lambda: None,
         history: History | None = None,
         keeps_history: bool = True,
+        channels_last: bool = True,
     ) -> None:
         self.parts, self.keys, self.device, self.views_seconds = parts, keys, device, views_seconds
+        self.channels_last = channels_last
         self.agree, self.report, self.settled = agree, report, settled
         self.history, self.keeps_history = history or History(), keeps_history
         self.eager_steps: list[float] = []
@@ -320,10 +368,12 @@ class RunCompiler:
         views_s = min(self.views_seconds() for _ in range(2))
         self.views_eager_s = views_s
         seconds = {"networks": networks_seconds(step_s, views_s, self.device), "views": views_s}
-        decisions = self.agree(expected(self.keys, remaining, seconds, self.history))
+        decisions = self.agree(expected(self.keys, remaining, seconds, self.history, self.channels_last))
         for decision in decisions:
             log.info(decision.line())
             self.records[decision.part] = {**asdict(decision), "measured": None}
+            if self.keeps_history and decision.source == "history" and decision.ratio >= 1.0:
+                self.history.kept_eager(self.keys[decision.part])
         self.phase = "done"
         by_part = {d.part: d for d in decisions}
         if by_part["views"].compile:

@@ -1,7 +1,8 @@
 """`byol demo`: BYOL on Fashion-MNIST within a time budget, evaluated against a random-init encoder.
 
 1. Time a few training steps of the preset on this machine (in both memory layouts when the layout is
-   ``auto``, keeping the faster).
+   ``auto``, keeping the one whose steps will be faster, compiled where the run will compile:
+   :func:`fastest_layout`).
 2. Evaluate a randomly initialised encoder (the architecture and seed of the run, i.e. the online encoder
    before training) with kNN (k = 200, T = 0.1) and linear evaluation on cached features. This comes first
    because the BYOL encoder's evaluation will take as long: the demo knows its cost before it plans.
@@ -120,34 +121,47 @@ def measure_views_seconds(config: Config, device: torch.device, repeats: int = 5
     return min(step_times(fixture.views_only, device, repeats, warmup=1))
 
 
-def planned_compile(config: Config, device: torch.device, step_seconds: float, steps: int) -> tuple[float, float]:
+def planned_compile(
+    config: Config, device: torch.device, step_seconds: float, steps: int, quiet: bool = False
+) -> tuple[float, float]:
     """What ``train.compile auto`` will compile in a run of about ``steps`` steps (the loop's own rule,
     :mod:`byol.compiling`, on the seconds measured here): the expected seconds a step and to compile."""
     if config.train.compile != "auto":  # true: the timed step was compiled (and the cache warmed); false: eager
         return step_seconds, 0.0
     views_s = measure_views_seconds(config, device)
     seconds = {"networks": compiling.networks_seconds(step_seconds, views_s, device), "views": views_s}
-    keys = compile_keys(config, Precision.for_run(config.train, device).name, device)
-    decisions = compiling.expected(keys, steps, seconds, compiling.History())
-    for decision in decisions:
+    precision = Precision.for_run(config.train, device)
+    keys = compile_keys(config, precision.name, device)
+    decisions = compiling.expected(keys, steps, seconds, compiling.History(), precision.channels_last)
+    for decision in decisions if not quiet else ():
         log.info("planned: %s", decision.line())
     compiled = [d for d in decisions if d.compile]
     return step_seconds - sum(d.eager_s * (1 - d.ratio) for d in compiled), sum(d.compile_s for d in compiled)
 
 
-def fastest_layout(config: Config, device: torch.device) -> tuple[Config, float]:
-    """Times a step in the config's memory layout and in the other one (contiguous / channels_last), and
-    returns the config with the faster (the other only if :data:`LAYOUT_GAIN` times faster) and its step time.
-    Which layout is faster depends on the machine: channels_last fp32 was 1.2x faster on an AVX2 CPU and
-    7% slower on an AVX512_BF16 one; numerics differ only in float rounding."""
-    resolved = Precision.for_run(config.train, device)
-    other = apply_overrides(
-        config, {"train.memory_format": "contiguous" if resolved.channels_last else "channels_last"}
-    )
-    own_seconds, other_seconds = measure_step_seconds(config, device), measure_step_seconds(other, device)
-    if other_seconds * LAYOUT_GAIN < own_seconds:
-        return other, other_seconds
-    return config, own_seconds
+def fastest_layout(config: Config, device: torch.device, budget_s: float) -> tuple[Config, float]:
+    """Times a step in the config's memory layout and in the other one (contiguous / channels_last), and returns
+    the config with the layout whose steps the run will be faster in (the other only if :data:`LAYOUT_GAIN` times
+    faster) and its eager step time. With ``train.compile auto`` that is the step compiling is expected to give in
+    a run of ``budget_s`` (:func:`planned_compile`: the compile history of each layout on this machine): on an
+    AVX512_BF16 CPU the two eager steps were within 5% of each other while compiling made channels_last 0.79-0.83
+    of its eager step and contiguous 0.91. Which layout is faster depends on the machine: channels_last fp32 was
+    1.2x faster on an AVX2 CPU and 7% slower on an AVX512_BF16 one; numerics differ only in float rounding."""
+    own = "channels_last" if Precision.for_run(config.train, device).channels_last else "contiguous"
+    layouts = {"own": own, "other": "contiguous" if own == "channels_last" else "channels_last"}
+    other = apply_overrides(config, {"train.memory_format": layouts["other"]})
+    eager, expected = {}, {}
+    for name, candidate in (("own", config), ("other", other)):
+        eager[name] = measure_step_seconds(candidate, device)
+        steps = round(budget_s / (eager[name] * LOOP_OVERHEAD))
+        expected[name] = planned_compile(candidate, device, eager[name], steps, quiet=True)[0]
+    chosen, rival = ("other", "own") if expected["other"] * LAYOUT_GAIN < expected["own"] else ("own", "other")
+    kind = "expected compiled" if config.train.compile == "auto" else "eager"
+    log.info(
+        "layout: %s, a step of %.3f s %s against %.3f s in %s (eager %.3f against %.3f s)",
+        layouts[chosen], expected[chosen], kind, expected[rival], layouts[rival], eager[chosen], eager[rival],
+    )  # fmt: skip
+    return (other if chosen == "other" else config), eager[chosen]
 
 
 @dataclass
@@ -220,7 +234,7 @@ def run_demo(
     device = resolve_device(config.train.device)
     budget_minutes = budget_minutes or BUDGET_MINUTES.get(device.type, BUDGET_MINUTES["cpu"])
     if config.train.memory_format == "auto":  # chosen first: both encoders are evaluated in the run's layout
-        config, step_seconds = fastest_layout(config, device)
+        config, step_seconds = fastest_layout(config, device, budget_minutes * 60)
     else:
         step_seconds = measure_step_seconds(config, device)
 

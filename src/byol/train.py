@@ -456,7 +456,7 @@ def _run_compiler(
         config.train.compile, parts, compile_keys(config, state.precision.name, device, context.world_size),
         device=device, views_seconds=views_seconds, agree=agree,
         report=lambda records: policy.note_environment(compile=records), settled=policy.restart_clock,
-        keeps_history=context.is_main,
+        keeps_history=context.is_main, channels_last=state.precision.channels_last,
     )  # fmt: skip
 
 
