@@ -156,7 +156,7 @@ def fastest_layout(config: Config, device: torch.device, budget_s: float) -> tup
         steps = round(budget_s / (eager[name] * LOOP_OVERHEAD))
         expected[name] = planned_compile(candidate, device, eager[name], steps, quiet=True)[0]
     chosen, rival = ("other", "own") if expected["other"] * LAYOUT_GAIN < expected["own"] else ("own", "other")
-    kind = "expected compiled" if config.train.compile == "auto" else "eager"
+    kind = "as train.compile auto will run it" if config.train.compile == "auto" else "eager"
     log.info(
         "layout: %s, a step of %.3f s %s against %.3f s in %s (eager %.3f against %.3f s)",
         layouts[chosen], expected[chosen], kind, expected[rival], layouts[rival], eager[chosen], eager[rival],
