@@ -96,13 +96,14 @@ def test_auto_goes_back_to_eager_when_the_compiled_part_is_slower(tmp_path):
     assert json.loads(history.read_text())["net-key"]["ratio"] > 1  # the next run will not compile it
 
 
+@pytest.mark.parametrize("compile_s", [3.0, 51.0])  # a compile from the cache, and a first one (over CACHED_COMPILE_S)
 def test_a_measurement_that_compiling_did_not_pay_keeps_the_part_eager_for_a_few_runs_then_it_is_measured_again(
-    tmp_path, caplog
+    tmp_path, caplog, compile_s
 ):
     """One wrong measurement (a busy machine) must not stop compiling for good: after RETRY_AFTER eager runs the
     prior decides again, and the new measurement replaces the old."""
     history = tmp_path / "history.json"
-    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": 3.0}}))
+    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": compile_s}}))
 
     def one_run():
         calls, records, settled = [], [], []
@@ -113,7 +114,8 @@ def test_a_measurement_that_compiling_did_not_pay_keeps_the_part_eager_for_a_few
 
     for run in range(compiling.RETRY_AFTER):
         assert ("compile", "networks") not in one_run()
-        assert json.loads(history.read_text())["net-key"] == {"ratio": 1.4, "compile_s": 3.0, "eager_runs": run + 1}
+        entry = {"ratio": 1.4, "compile_s": compile_s, "eager_runs": run + 1}
+        assert json.loads(history.read_text())["net-key"] == entry
     with caplog.at_level("INFO", logger="byol.train"):
         assert one_run()[-1] == ("compile", "networks")
     assert any("compile networks: on" in r.getMessage() and f"kept {compiling.RETRY_AFTER} runs eager" in r.getMessage()
@@ -122,9 +124,14 @@ def test_a_measurement_that_compiling_did_not_pay_keeps_the_part_eager_for_a_few
     for seconds in [1.0] * (compiling.TIMED_STEPS + 1) + [9.0] + [1.0, 0.7] * compiling.TIMED_STEPS:
         c.after_step(seconds, remaining=10_000)
     assert json.loads(history.read_text())["net-key"] == {"ratio": 0.7, "compile_s": 8.3}  # measured anew
-    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": 3.0, "eager_runs": "x"}}))
+    history.write_text(json.dumps({"net-key": {"ratio": 1.4, "compile_s": compile_s, "eager_runs": "x"}}))
     assert ("compile", "networks") not in one_run()  # a count damaged by hand counts from 0
     assert json.loads(history.read_text())["net-key"]["eager_runs"] == 1
+    history.write_text(json.dumps({"net-key": {"ratio": 0.7, "compile_s": 3.0}}))
+    one_run_short = _compiler("auto", tmp_path, lambda: 0.0, [], [], [])
+    for _ in range(compiling.TIMED_STEPS + 1):
+        one_run_short.after_step(0.001, remaining=10)  # too short to pay: eager, on a measurement that did gain
+    assert "eager_runs" not in json.loads(history.read_text())["net-key"]  # only a no-gain measurement counts runs
 
 
 def test_the_compiled_networks_are_timed_against_eager_steps_beside_them_on_a_drifting_machine(tmp_path):

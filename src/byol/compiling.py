@@ -244,7 +244,7 @@ class History:
         try:
             if isinstance(found, dict):
                 ratio, compile_s = float(found["ratio"]), float(found["compile_s"])
-                if ratio >= 1.0 and _eager_runs(found) >= RETRY_AFTER:
+                if _no_gain(found) and _eager_runs(found) >= RETRY_AFTER:
                     return fallback, f"prior (the history's no-gain measurement has kept {RETRY_AFTER} runs eager)"
                 if compile_s > CACHED_COMPILE_S:  # the compile measured was the first, its graphs are cached now
                     return Estimate(ratio, CACHED_COMPILE_S), "history, its graphs in the cache"
@@ -260,9 +260,9 @@ class History:
         self._write(data)
 
     def kept_eager(self, key: str) -> None:
-        """One more run that stayed eager on ``key``'s measurement."""
+        """A run that did not compile ``key``'s graphs: where its measurement is of no gain, one more eager run."""
         data = self.read()
-        if isinstance(data.get(key), dict):
+        if isinstance(data.get(key), dict) and _no_gain(data[key]):
             data[key]["eager_runs"] = _eager_runs(data[key]) + 1
             self._write(data)
 
@@ -272,6 +272,14 @@ class History:
         with contextlib.suppress(OSError):  # a read-only home: the run goes on, the next one uses the priors
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_json(self.path, data, sort_keys=True)
+
+
+def _no_gain(entry: dict[str, Any]) -> bool:
+    """Whether a history entry measured compiling to be no faster than eager (it keeps the part eager)."""
+    try:
+        return float(entry["ratio"]) >= 1.0
+    except (TypeError, KeyError, ValueError):
+        return False
 
 
 def _eager_runs(entry: dict[str, Any]) -> int:
@@ -372,7 +380,7 @@ class RunCompiler:
         for decision in decisions:
             log.info(decision.line())
             self.records[decision.part] = {**asdict(decision), "measured": None}
-            if self.keeps_history and decision.source == "history" and decision.ratio >= 1.0:
+            if self.keeps_history and not decision.compile:
                 self.history.kept_eager(self.keys[decision.part])
         self.phase = "done"
         by_part = {d.part: d for d in decisions}
