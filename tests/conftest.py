@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -102,8 +103,10 @@ def run_killed_and_resumed(args, tmp_path, kill_at_step, resume=("--resume",)):
     proc = start_byol([*args, "--run-dir", str(run)])
     reached = wait_until(lambda: logged_steps(run) >= kill_at_step, proc, f"step {kill_at_step} in metrics.jsonl")
     assert reached, proc.stderr.read()
+    children = child_pids(proc.pid)  # DataLoader workers, where the run has them
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert_all_end(children, "the killed run's child processes")
     proc = start_byol(["pretrain", "--run-dir", str(run), *resume])
     stderr = proc.communicate()[1]
     assert proc.returncode == 0, stderr
@@ -139,3 +142,32 @@ def finished_run(tmp_path_factory):
     pretrain(apply_overrides(get_preset("tiny"), {"train.max_steps": 4}), path, progress=False)
     export_encoder(path, path.parent / "enc.safetensors")
     return path
+
+
+def child_pids(pid):
+    """The process ids of ``pid``'s children, from Linux's /proc (every thread's list)."""
+    found = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found.update(int(p) for p in children.read_text().split())
+    return found
+
+
+def alive(pid):
+    """Whether ``pid`` runs: a zombie (dead, not yet reaped; containers' init may never reap it) does not count."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def assert_all_end(pids, what, limit_s=30.0):
+    """Every process of ``pids`` ends within ``limit_s`` (a limit that only catches one that never does)."""
+    deadline = time.monotonic() + limit_s
+    while any(alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            for pid in pids:  # the suite leaves nothing running, even when this check fails
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"{what} still run {limit_s:.0f} s after their parent died")
+        time.sleep(0.01)

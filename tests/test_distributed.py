@@ -3,13 +3,16 @@
 import datetime
 import gc
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_state
+from conftest import assert_all_end, child_pids, logged_steps, tiny_state, wait_until
 
 from byol import rundir
 from byol.cli import main
@@ -90,3 +93,25 @@ def test_an_environment_that_describes_no_process_group_is_refused_before_any_wr
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".byol-run", ".lock"]  # nothing written
+
+
+def test_ranks_under_a_sigkilled_torchrun_end_with_it(tmp_path):
+    """torchrun's agent killed with SIGKILL (a lost node, a scheduler's kill): its ranks end too, instead of
+    training on or waiting in a collective for good."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+        str(port.getsockname()[1]), "-m", "byol", "pretrain", "--preset", "tiny", "--quiet", "--epochs", "1000",
+        "--run-dir", str(run), "--train.compile", "false",
+    ]  # fmt: skip
+    port.close()
+    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert wait_until(lambda: logged_steps(run) >= 1, agent, "the ranks' first steps"), agent.stderr.read()
+    ranks = child_pids(agent.pid)
+    assert len(ranks) == 2, ranks
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    assert_all_end(ranks, "torchrun's ranks")

@@ -5,6 +5,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import signal
 import tarfile
 from pathlib import Path
@@ -14,8 +15,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import assert_same_networks, run_killed_and_resumed, start_byol, wait_until
-from hypothesis import given, settings
+from conftest import (
+    assert_all_end,
+    assert_same_networks,
+    child_pids,
+    run_killed_and_resumed,
+    start_byol,
+    wait_until,
+)
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -23,7 +31,7 @@ import byol.prepare as prepare_module
 from byol.augment import get_views
 from byol.checkpoint import latest_checkpoint, load_checkpoint
 from byol.cli import main
-from byol.data import ShardSet, TrainBatches, load_dataset
+from byol.data import ShardSet, TrainBatches, image_folder, load_dataset
 from byol.data.decode import FolderCrops, pixel_box, random_box
 from byol.data.shards import INDEX, MANIFEST
 from byol.errors import DataError
@@ -192,14 +200,17 @@ def test_a_killed_prepare_resumes_keeping_its_finished_shards_and_ends_as_an_uni
     assert main(["prepare", str(src), "--out", str(out), "--shard-size", "4", "--quiet"]) == 0  # nothing to do
 
 
-def test_a_sigkilled_prepare_resumes(tmp_path):
+def test_a_sigkilled_prepare_resumes_and_leaves_no_worker_running(tmp_path):
     src = _by_class(tmp_path / "src", per_class=30)
     out = tmp_path / "prepared"
     proc = start_byol(["prepare", str(src), "--out", str(out), "--shard-size", "2", "--workers", "2", "--quiet"])
     parts = out / PARTS / "train"
     assert wait_until(lambda: parts.is_dir() and len(list(parts.iterdir())) >= 3, proc, "three finished shards")
+    workers = child_pids(proc.pid)
+    assert len(workers) >= 2, workers  # the pool's processes (and its resource tracker, if any)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert_all_end(workers, "prepare's pool workers")
     assert main(["prepare", str(src), "--out", str(out), "--shard-size", "2", "--workers", "2", "--quiet"]) == 0
     whole = tmp_path / "whole"
     assert main(["prepare", str(src), "--out", str(whole), "--shard-size", "2", "--quiet"]) == 0
@@ -244,17 +255,85 @@ def test_a_prepared_folder_is_read_where_an_image_folder_is(tmp_path):
     assert all(":" in p and p.endswith(".jpg") for p in saved["paths"])  # shard and member of each row
 
 
-def test_a_damaged_index_or_shard_is_named(tmp_path):
+def test_a_shard_cut_after_it_was_opened_is_named_when_read(tmp_path):
     out = tmp_path / "prepared"
     prepare(_by_class(tmp_path / "src", per_class=3), out, Settings(shard_images=50), workers=1, progress=False)
+    train = ShardSet.open(str(out), "train")
     with open(out / "train" / "shard-000000.tar", "r+b") as f:
         f.truncate(1024)
-    train = ShardSet.open(str(out), "train")
     with pytest.raises(OSError, match="early"):
         train.read(len(train) - 1)
-    np.save(out / "train" / INDEX, np.zeros(3, dtype=np.int64))
-    with pytest.raises(DataError, match="does not match"):
-        ShardSet.open(str(out), "train")
+
+
+@pytest.fixture(scope="module")
+def prepared_twice(tmp_path_factory):
+    """A prepared folder with a train and a val split of the same size, several shards each."""
+    root = tmp_path_factory.mktemp("damage")
+    src = root / "src"
+    for split in ("train", "val"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(6):
+                _jpeg(src / split / name / f"{i}.jpg", 10 * c + i + 100 * len(split))
+    prepare(src, root / "prepared", Settings(shard_images=4), workers=1, progress=False)
+    return root / "prepared"
+
+
+DAMAGES = ("flip a byte", "cut a shard", "delete a shard", "swap the index", "edit the index", "cut the manifest",
+           "drop a manifest key")  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.sampled_from(DAMAGES), split=st.sampled_from(("train", "val")), where=st.floats(0, 1),
+       shard=st.integers(0, 2), keep_times=st.booleans())  # fmt: skip
+def test_damaged_prepared_data_is_named_in_one_line_before_it_is_read(
+    prepared_twice, tmp_path_factory, monkeypatch, damage, split, where, shard, keep_times
+):  # fmt: skip
+    """Flipped bytes (even with the file's times put back), a cut or missing shard, an index swapped for the
+    other split's or edited, a manifest cut or without one of its keys: opening the split (what every command
+    does before a step) names the damaged file in one line, from the manifest's sizes and SHA-256 digests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))  # its verifications are its own
+    out = tmp_path_factory.mktemp("copy") / "prepared"
+    shutil.copytree(prepared_twice, out)
+    assert image_folder(str(out), split, "auto") is not None  # whole: it reads (and remembers the verification)
+    target = out / split / f"shard-{shard:06d}.tar"
+    times = target.stat()
+    if damage == "flip a byte":
+        data = bytearray(target.read_bytes())
+        data[int(where * (len(data) - 1))] ^= 0x40
+        target.write_bytes(bytes(data))
+        if keep_times:
+            os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+        named = target.name
+    elif damage == "cut a shard":
+        with open(target, "r+b") as f:
+            f.truncate(int(where * (times.st_size - 1)))
+        named = target.name
+    elif damage == "delete a shard":
+        target.unlink()
+        named = target.name
+    elif damage in ("swap the index", "edit the index"):
+        index = out / split / INDEX
+        if damage == "swap the index":
+            shutil.copy(out / ({"train", "val"} - {split}).pop() / INDEX, index)
+        else:
+            rows = np.load(index)
+            rows[int(where * (len(rows) - 1))]["offset"] += 512
+            np.save(index, rows)
+        named = INDEX
+    else:
+        manifest = out / MANIFEST
+        text = manifest.read_text()
+        if damage == "cut the manifest":
+            manifest.write_text(text[: int(where * (len(text) - 2))])  # the closing brace goes at least
+        else:
+            data = json.loads(text)
+            del data[("splits", "classes", "layout")[shard]]
+            manifest.write_text(json.dumps(data))
+        named = MANIFEST
+    with pytest.raises(DataError) as caught:
+        image_folder(str(out), split, "auto")
+    message = str(caught.value)
+    assert named in message and "\n" not in message, message
 
 
 @settings(max_examples=100, deadline=None)
@@ -364,3 +443,21 @@ def test_bench_data_reads_a_prepared_folder_per_core_and_for_a_whole_epoch(tmp_p
     train = len(ShardSet.open(str(out), "train"))
     assert f"one epoch, {train // 4 * 4} images (full batches of 4)" in printed
     assert "memory of main" in printed and "memory of worker 1" in printed
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")))
+def test_prepare_keeps_file_names_that_are_not_utf8(tmp_path_factory, raw):
+    """Names of any bytes (old disks, archives: Latin-1, Shift-JIS) are prepared, and each image's .json member
+    is valid JSON that reads back as the very name the file system gives."""
+    tmp_path = tmp_path_factory.mktemp("names")
+    src = _by_class(tmp_path / "src", per_class=2)
+    name = os.fsdecode(raw.lstrip(b".") or b"x") + ".jpg"
+    _jpeg(src / "cat" / name, 7)
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(src), "--out", str(out), "--quiet"]) == 0
+    sources = []
+    for shard in sorted(out.glob("*/*.tar")):
+        with tarfile.open(shard) as tar:
+            sources += [json.loads(tar.extractfile(m).read())["source"] for m in tar if m.name.endswith(".json")]
+    assert f"cat/{name}" in sources

@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -386,3 +388,20 @@ def test_a_closed_output_pipe_ends_the_command_silently_after_its_result_is_writ
     os.close(write)
     assert done.returncode == 141 and done.stderr == "", done.stderr
     assert out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_a_cache_home_that_is_a_file_gets_one_line_and_no_raw_library_warning(finished_run, tmp_path):
+    """matplotlib warns in two raw lines at import when it cannot make its cache folder. Building the parser
+    imports no plotting library, so `byol COMMAND --help` says nothing but its help; a report, which draws, says
+    in one line where matplotlib's cache goes instead."""
+    cache = tmp_path / "cache"
+    cache.write_text("a file, not a folder")
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "MPLCONFIGDIR": ""}
+    for args in (["--help"], ["knn", "--help"], ["segment", "--help"]):
+        done = subprocess.run([sys.executable, "-m", "byol", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
+    run = shutil.copytree(finished_run, tmp_path / "run")  # the shared run is only read
+    report = [sys.executable, "-m", "byol", "report", str(run), "--no-embedding", "--quiet"]
+    done = subprocess.run(report, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "matplotlib cannot keep its cache" in done.stderr, done.stderr

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from byol.errors import first_line
+from byol.files import user_cache_dir
 
 log = logging.getLogger("byol.train")
 
@@ -82,8 +83,7 @@ def prior(part: str, channels_last: bool) -> Estimate:
 
 def cache_dir() -> Path:
     """Where compiled artefacts are cached: the user's cache directory, not the run's or the repository."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "byol" / "torch-compile"
+    return user_cache_dir() / "torch-compile"
 
 
 # The variable as the user set it before byol was loaded. torch sets it too, to its own default under /tmp, the
@@ -117,6 +117,9 @@ def _without_cache() -> Iterator[None]:
         yield
 
 
+FAILURES_SAID: set[str] = set()  # the reasons compiling failed for that this process has told the user
+
+
 class CompiledOrEager(nn.Module):
     """``torch.compile(module)`` (or of a function) that falls back to the module itself when compiling fails: the
     run says so in one line and goes on eager. Compiling happens at the first call, before anything of it runs, so
@@ -141,8 +144,18 @@ class CompiledOrEager(nn.Module):
                     if retried is not None:
                         return retried[0]
                 self.failed = True
-                log.warning("torch.compile of the %s failed (%s); continuing eager", self.what, first_line(e))
+                self._say_failed(first_line(e))
         return self.eager(*args, **kwargs)
+
+    def _say_failed(self, reason: str) -> None:
+        """One line for a failure: the views (T and T′), the online and the target network that fail for the same
+        reason (no C++ compiler, say) say it once, in the first part's words; the others log at debug level."""
+        if reason in FAILURES_SAID:
+            log.debug("torch.compile of the %s failed too (%s); continuing eager", self.what, reason)
+            return
+        FAILURES_SAID.add(reason)
+        log.warning("torch.compile of the %s failed (%s); continuing eager, as will any part failing the same way",
+                    self.what, reason)  # fmt: skip
 
     def _without_cache(self, error: Exception, *args: Any, **kwargs: Any) -> tuple[Any] | None:
         try:

@@ -39,7 +39,6 @@ from byol.evaluate.common import load_encoder_from_run, random_encoder, write_re
 from byol.evaluate.frozen import FrozenEvaluation, KnnMonitor
 from byol.files import write_json
 from byol.precision import Precision
-from byol.report import write_report
 from byol.rundir import check_run_dir
 from byol.train import compile_keys, pretrain
 
@@ -276,6 +275,8 @@ def run_demo(
         write_result(run_dir, f"knn_{dataset}_{init}", knn)
         write_result(run_dir, f"linear-cached-standardized_{dataset}_{init}", linear)
         rows.append({"init": init, "knn_top1": knn["top1"], "linear_top1": linear["top1"]})
+    from byol.report import write_report  # matplotlib: only where a picture is drawn, not when `byol --help` runs
+
     report = write_report(run_dir)
     summary = {
         "run_dir": str(run_dir),

@@ -26,6 +26,7 @@ import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 
 from byol.errors import ConfigError
+from byol.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def init_distributed(device: torch.device) -> DistributedContext:
     context = environment()
     if not context.enabled:
         return context
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent: end with it, however it ends
+        die_with_parent(os.getppid())
     rank = context.rank
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

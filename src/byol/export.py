@@ -118,7 +118,13 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
     check_outputs(outputs, inputs=[run])
     if format in ("hub", "onnx"):
         require("huggingface_hub" if format == "hub" else "onnxscript", f"--format {format}")
-    pretrained = load_encoder_from_run(run)
+    write_export(load_encoder_from_run(run), out, format)
+    return [output.path for output in outputs]
+
+
+def write_export(pretrained: Pretrained, out: Path, format: str = "safetensors") -> None:
+    """Writes ``pretrained``'s encoder to ``out`` in ``format`` (outputs already checked by the caller): what
+    :func:`export_encoder` does with a run's, and what a benchmark does with an encoder it trained itself."""
     meta = _metadata(pretrained)
     weights = {k: v.contiguous() for k, v in pretrained.encoder.state_dict().items()}
     if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
@@ -138,7 +144,6 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
         atomic_write(out, lambda f: f.write(save(weights)))
         text = json.dumps({**meta, "layout": "torchvision" if format == "torchvision" else "byol"}, indent=2) + "\n"
         atomic_write(metadata_path(out), lambda f: f.write(text.encode()))  # last: it names the weights' digest
-    return [output.path for output in outputs]
 
 
 def _write_hub(out: Path, encoder: ResNet, meta: dict[str, Any]) -> None:

@@ -83,6 +83,12 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
+def user_cache_dir() -> Path:
+    """The user's cache directory for byol (``$XDG_CACHE_HOME/byol``, else ``~/.cache/byol``): what the package keeps
+    between commands that is no run's and no output's (compiled graphs, shard verifications)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "byol"
+
+
 def libc() -> Any:
     """The process's C library (for the calls Python does not wrap: renameat2, mallopt); None where there is none."""
     try:

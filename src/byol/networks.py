@@ -138,9 +138,27 @@ class ResNet(nn.Module):
                 elif isinstance(module, Bottleneck):
                     nn.init.zeros_(module.bn3.weight)
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last stage's output before the pool: (N, out_dim, h, w), what dense tasks build on."""
+        return self.stages(self.stem(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        features = self.stages(self.stem(x))  # (N, out_dim, h, w)
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.feature_map(x), 1), 1)
+
+
+def dilate_last_stage(encoder: ResNet, dilation: int = 2) -> ResNet:
+    """``encoder`` with its last stage at stride 1 and its 3x3 convolutions dilated (paper, appendix D.4: "the
+    3x3 convolutions of conv5 use dilation 2 and stride 1"), changed in place and returned. Every 3x3
+    convolution of the stage is dilated, its first (once strided) included, and its projection shortcut keeps
+    stride 1. The weights are untouched, so the same state dict loads; the feature map's stride halves (16
+    with the ImageNet stem, 4 with the cifar stem)."""
+    last = encoder.stages[-1]
+    for module in last.modules():
+        if isinstance(module, nn.Conv2d):
+            module.stride = (1, 1)
+            if module.kernel_size == (3, 3):
+                module.dilation, module.padding = (dilation, dilation), (dilation, dilation)
+    return encoder
 
 
 class MLP(nn.Module):

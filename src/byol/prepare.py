@@ -37,12 +37,13 @@ import numpy as np
 from PIL import Image
 
 from byol import __version__
-from byol.data.decode import DECODE_ERRORS, SCALES, load_oriented, orientation, oriented_size
+from byol.data.decode import DECODE_ERRORS, SCALES, load_oriented, open_image, orientation, oriented_size
 from byol.data.folder import ImageFolder
-from byol.data.shards import FORMAT, INDEX, MANIFEST, ROW, SHARD, key_name, read_manifest
+from byol.data.shards import FORMAT, INDEX, MANIFEST, ROW, SHARD, file_digest, key_name, read_manifest
 from byol.errors import ConfigError, DataError, quoted
 from byol.files import atomic_write, remove_debris, write_json
 from byol.outputs import Output, check_outputs
+from byol.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def listing_digest(splits: dict[str, ImageFolder]) -> str:
 
 def encode(path: str, settings: Settings) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
     """The JPEG stored for the image at ``path``, its (width, height) and the source's (oriented) size."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         width, height = oriented_size(image)
         if (image.format == "JPEG" and orientation(image) == 1 and image.mode in ("RGB", "L")
                 and max(width, height) <= settings.max_side):  # fmt: skip
@@ -148,8 +149,10 @@ def encode(path: str, settings: Settings) -> tuple[bytes, tuple[int, int], tuple
 _done: Any = None  # images finished, shared by the worker processes (for the progress bar)
 
 
-def _share(counter: Any) -> None:
+def _start_worker(counter: Any, parent: int) -> None:
+    """A pool worker's first act: end with the parent however it ends (SIGKILL included), share the counter."""
     global _done
+    die_with_parent(parent)
     _done = counter
 
 
@@ -182,18 +185,18 @@ def write_shard(job: Job, out: Path, settings: Settings) -> dict[str, Any]:
                     if label >= 0:  # a labelled set: the class index as WebDataset's .cls, its name in .json
                         _member(tar, f"{key}.cls", str(label).encode())
                         about["class"] = job.classes[label]
-                    _member(tar, f"{key}.json", json.dumps(about, ensure_ascii=False).encode())
+                    # a name that is not UTF-8 (bytes kept as surrogates) goes in as its \udcXX escapes: valid JSON
+                    # that reads back as the same name
+                    _member(
+                        tar, f"{key}.json", json.dumps(about, ensure_ascii=False).encode("utf-8", "backslashreplace")
+                    )
                 if _done is not None:
                     with _done.get_lock():
                         _done.value += 1
 
     atomic_write(path, write)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
     part = {
-        "name": path.name, "images": len(rows), "bytes": path.stat().st_size, "sha256": digest.hexdigest(),
+        "name": path.name, "images": len(rows), "bytes": path.stat().st_size, "sha256": file_digest(path),
         "rows": rows, "unreadable": unreadable,
     }  # fmt: skip
     write_json(_part_path(out, job), part)
@@ -302,7 +305,9 @@ def _run(
             return
         context = multiprocessing.get_context("fork")
         counter = context.Value("q", 0)
-        with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=_share, initargs=(counter,)) as pool:
+        with ProcessPoolExecutor(
+            min(workers, len(jobs)), context, initializer=_start_worker, initargs=(counter, os.getpid())
+        ) as pool:
             pending: dict[Future, Job] = {pool.submit(write_shard, job, out, settings): job for job in jobs}
             try:
                 while pending:
@@ -337,6 +342,7 @@ def _finish(
         _save(out / split / INDEX, rows)
         entries[split] = {
             "images": len(rows), "note": folder.split_note, "bytes": sum(p["bytes"] for p in mine),
+            "index_sha256": file_digest(out / split / INDEX),
             "shards": [{key: p[key] for key in ("name", "images", "bytes", "sha256")} for p in mine],
         }  # fmt: skip
     if unreadable:

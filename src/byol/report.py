@@ -6,6 +6,7 @@ there, the run's checkpoint and dataset; writes ``report.md`` and its pictures i
   average. The collapse plot shows the healthy level 1/√d and the warning floor 0.1/√d of the projection std;
 - the kNN curve of the monitor, where the run has one;
 - ``views.png``: 8 images of the training set and their T and T′ views, seeded (the same each time);
+- segmentation results (``byol segment``): mIoU, per-class IoU and the picture of test predictions;
 - ``embedding.png``: t-SNE maps of test-set representations coloured by class, the BYOL online encoder beside
   a random-init encoder of the same architecture (``pip install byol[viz]``).
 
@@ -20,10 +21,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -39,10 +36,13 @@ from byol.extras import require
 from byol.files import atomic_write, remove_debris
 from byol.loss import collapse_floor
 from byol.rundir import EVAL_DIR, METRICS_FILE, REPORT_DIR
-from byol.visualize import MAP_IMAGES, embedding_map, view_samples
+from byol.visualize import MAP_IMAGES, embedding_map, pyplot, view_samples
+
+plt = pyplot()
 
 STEP_KEYS = ("step", "epoch", "byol_loss", "tau", "lr", "proj_std")  # what every training record holds
 RESULT_KEYS = {"protocol": str, "dataset": str, "init": str, "top1": float, "top5": float, "mean_per_class": float}
+SEGMENTATION_KEYS = {"protocol": str, "dataset": str, "init": str, "miou": float, "pixel_acc": float, "miou_std": float}
 
 
 def _is(value: Any, kind: type) -> bool:
@@ -57,9 +57,10 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     return [r for r in records if all(k in r for k in STEP_KEYS)], [r for r in records if "knn_top1" in r]
 
 
-def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """The evaluation results in ``eval/``, and the names of the files there that are not one."""
-    results, foreign = [], []
+def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]], list[str]]:
+    """The classification results in ``eval/``, the segmentation results (by file name), and the names of the
+    files there that are neither."""
+    results, segmentations, foreign = [], [], []
     for path in sorted((run_dir / EVAL_DIR).glob("*.json")):
         try:
             result = rundir.read_json(path)
@@ -67,9 +68,36 @@ def read_evaluations(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             result = None
         if isinstance(result, dict) and all(_is(result.get(k), kind) for k, kind in RESULT_KEYS.items()):
             results.append(result)
+        elif isinstance(result, dict) and all(_is(result.get(k), kind) for k, kind in SEGMENTATION_KEYS.items()):
+            segmentations.append((path.name, result))
         else:
             foreign.append(path.name)
-    return results, foreign
+    return results, segmentations, foreign
+
+
+def _segmentation_lines(run_dir: Path, segmentations: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A table of the segmentation results (mIoU, pixel accuracy, per-class IoU) and their pictures."""
+    lines = ["### Segmentation transfer", ""]
+    for name, result in segmentations:
+        settings = result.get("settings", {})
+        seeds = result.get("seeds", [])
+        spread = f" ± {result['miou_std']:.2f} ({len(seeds)} seeds)" if len(seeds) > 1 else ""
+        fraction = settings.get("mask_fraction", 1)
+        how = ", frozen" if settings.get("frozen") else ", fine-tuned"
+        how += f", {100 * fraction:g}% of the masks" if fraction < 1 else ""
+        lines += [
+            f"**{result['dataset']}**, {result['init']} encoder{how}: mIoU **{result['miou']:.2f}**{spread}, "
+            f"pixel accuracy {result['pixel_acc']:.2f}% (`{EVAL_DIR}/{name}`)",
+            "",
+        ]
+        per_class = result.get("per_class_iou", {})
+        if isinstance(per_class, dict) and per_class:
+            lines += ["| " + " | ".join(per_class) + " |", "|" + " ---: |" * len(per_class)]
+            lines += ["| " + " | ".join("–" if v is None else f"{v:.1f}" for v in per_class.values()) + " |", ""]
+        picture = Path(name).with_suffix(".png")
+        if (run_dir / EVAL_DIR / picture).is_file():
+            lines += [f"![{picture}](../{EVAL_DIR}/{picture})", ""]
+    return lines
 
 
 def moving_average(values: list[float], window: int) -> np.ndarray:
@@ -253,7 +281,7 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
         "## Evaluations",
         "",
     ]
-    evaluations, foreign = read_evaluations(run_dir)
+    evaluations, segmentations, foreign = read_evaluations(run_dir)
     if evaluations:
         lines += [
             "| protocol | dataset | encoder | top-1 | top-5 | mean per-class |",
@@ -264,8 +292,12 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
                 f"| {e['protocol']} | {e['dataset']} | {e['init']} | {e['top1']:.2f} | {e['top5']:.2f} "
                 f"| {e['mean_per_class']:.2f} |"
             )
-    else:
-        lines.append("No evaluation yet (run `byol knn`, `byol linear` or `byol finetune` on this run).")
+    elif not segmentations:
+        lines.append(
+            "No evaluation yet (run `byol knn`, `byol linear`, `byol finetune` or `byol segment` on this run)."
+        )
+    if segmentations:
+        lines += [""] * bool(evaluations) + _segmentation_lines(run_dir, segmentations)
     notes += [f"{EVAL_DIR}/{name} is not a byol evaluation result; left out" for name in foreign]
     lines += ["", "## Pictures and training curves", ""] + [f"![{p}]({p})" for p in plots]
     if notes:

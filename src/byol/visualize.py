@@ -1,4 +1,5 @@
-"""Pictures of a run: a few images beside their T and T′ views, and a 2-D map of the learned embeddings.
+"""Pictures of a run: a few images beside their T and T′ views, a 2-D map of the learned embeddings, and
+segmentation predictions beside their masks.
 
 The views are drawn with the run's own preset, size and seed from a generator of their own, so the same run
 always shows the same pictures and the training RNG is never touched. The map is scikit-learn's t-SNE
@@ -7,8 +8,16 @@ always shows the same pictures and the training RNG is never touched. The map is
 
 from __future__ import annotations
 
+import atexit
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,10 +26,40 @@ from torch import Tensor
 from byol.augment import TwoViews, evaluation_view
 from byol.config import Config
 from byol.data import Dataset, eval_batches
-from byol.errors import DataError
+from byol.errors import DataError, quoted
 from byol.extras import require
+from byol.files import atomic_write
 
 VIEW_IMAGES = 8  # images in a view grid
+log = logging.getLogger(__name__)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files, no display): the one place the package imports it. Where
+    matplotlib could not make its cache folder (``XDG_CACHE_HOME`` naming a file, a read-only home), it would
+    print two raw lines at import and then use a temporary folder; here it is given a temporary folder of its
+    own first (removed at exit), and the user is told in one line."""
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLCONFIGDIR"):
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "matplotlib"
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            usable = os.access(home, os.W_OK)
+        except OSError:
+            usable = False
+        if not usable:
+            folder = tempfile.mkdtemp(prefix="byol-matplotlib-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            os.environ["MPLCONFIGDIR"] = folder
+            log.info("matplotlib cannot keep its cache in %s; it uses %s for this command", quoted(home), folder)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its INFO lines (a font cache built) are its own
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 MAP_IMAGES = 2000  # test images in an embedding map: t-SNE takes seconds on a CPU at this size
 
 
@@ -76,3 +115,39 @@ def embedding_map(features: Tensor, seed: int) -> np.ndarray:
     x = torch.nn.functional.normalize(features.float(), dim=1).numpy()  # kNN's cosine geometry
     perplexity = min(30.0, max(2.0, (len(x) - 1) / 3))
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(x)
+
+
+def segmentation_picture(
+    path: Path, rows: Sequence[tuple[Tensor, Tensor, Tensor]], names: Sequence[str], void: int, title: str
+) -> None:
+    """A PNG of segmentation rows, each an image (uint8 (3, h, w)), its true mask and the predicted one (class
+    ids at the mask's size) side by side, classes in a fixed palette with a legend, void black."""
+    plt = pyplot()
+    from matplotlib.patches import Patch
+
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    colours = np.array([palette(i % palette.N)[:3] for i in range(len(names))])
+
+    def coloured(mask: Tensor) -> np.ndarray:
+        ids = mask.numpy()
+        out = np.zeros((*ids.shape, 3))
+        valid = (ids != void) & (ids >= 0) & (ids < len(names))
+        out[valid] = colours[ids[valid]]
+        return out
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.3 * len(rows) + 0.9), dpi=100, squeeze=False)
+    for r, (image, truth, prediction) in enumerate(rows):
+        pictures = (image.permute(1, 2, 0).numpy(), coloured(truth), coloured(prediction))
+        for c, (picture, label) in enumerate(zip(pictures, ("image", "mask", "prediction"), strict=True)):
+            axes[r, c].imshow(picture, interpolation="nearest")
+            axes[r, c].set_axis_off()
+            if r == 0:
+                axes[r, c].set_title(label)
+    handles = [Patch(color=colours[i], label=name) for i, name in enumerate(names)] + [Patch(color="k", label="void")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))

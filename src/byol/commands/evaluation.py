@@ -1,4 +1,5 @@
-"""`byol knn`, `linear`, `finetune`, `export`, `embed` and `report`: the commands that read a finished run.
+"""`byol knn`, `linear`, `finetune`, `segment`, `export`, `embed` and `report`: the commands that read a finished
+run.
 
 Every default comes from the protocol's own config dataclass (KnnConfig, LinearConfig, FinetuneConfig).
 """
@@ -12,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from byol.commands.common import (
+    channels,
     count,
+    crop_size,
+    directory,
     floats,
     fraction,
     image_size,
@@ -22,10 +26,14 @@ from byol.commands.common import (
     positive_ints,
     quiet_flag,
     seed,
+    seed_count,
+    unit_fraction,
 )
+from byol.data.masks import DATASETS
 from byol.evaluate.finetune import FinetuneConfig
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import MODES, LinearConfig
+from byol.evaluate.segment import SegmentConfig
 from byol.export import FORMATS
 
 
@@ -213,4 +221,81 @@ def report(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.report import write_report
 
     print(f"report written to {write_report(args.run, embedding=args.embedding, progress=not args.quiet)}")
+    return 0
+
+
+def add_segment(sub: Any) -> None:
+    d = SegmentConfig()
+    p = sub.add_parser(
+        "segment",
+        help="segmentation transfer (paper appendix D.4): an FCN on the encoder, trained on masks, mean IoU",
+        description="Builds the paper's segmentation network on the encoder (last stage dilated 2 at stride 1, "
+        "two 3x3 convolutions with dilation 6, BN and ReLU, a 1x1 convolution per class), trains it on a folder of "
+        "images and masks (DIR/{train,val,test}/images/* with DIR/{split}/masks/*.png of the same stem, one class "
+        'id per pixel; DIR/classes.json: {"classes": [names], "void": ID}), sweeps the base lr on held-out '
+        "images (val/, else a fifth of train; never test) and reports mIoU, pixel accuracy, per-class IoU and the "
+        "confusion matrix on the test split. Defaults are the paper's (VOC2012: 513-px crops, 30k iterations); "
+        "docs/transfer.md gives the CPU-scale values.",
+    )
+    p.add_argument(
+        "run", type=Path,
+        help="run directory, checkpoint, or exported encoder (.safetensors, .pth; any torchvision-layout ResNet)",
+    )  # fmt: skip
+    p.add_argument("--data-dir", dest="data_dir", type=directory, required=True, help="folder of images and masks")
+    p.add_argument("--dataset", choices=DATASETS, default="folder",
+                   help="folder: any folder of that layout; camvid: CamVid's 11 classes and void 11 known")  # fmt: skip
+    p.add_argument("--void-id", type=count, default=None, help="the mask id of void pixels (default: classes.json's, "
+                   "CamVid's 11, else 255); ignored by the loss and the score")  # fmt: skip
+    p.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained",
+        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
+    )  # fmt: skip
+    p.add_argument(
+        "--frozen", action="store_true", help="keep the encoder fixed (BN in inference mode); train the head"
+    )
+    p.add_argument("--lrs", type=floats, default=d.lrs, help="base lrs swept on held-out images (default: the "
+                   "paper's 5 log-spaced values in [1e-3, 1e-1])")  # fmt: skip
+    p.add_argument("--lr", type=nonnegative, default=d.lr, help="train at this base lr, no sweep")
+    p.add_argument("--iterations", type=positive_int, default=d.iterations,
+                   help=f"training steps (paper {d.iterations}); the lr drops x0.1 at 70%% and 90%%")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"(paper {d.batch_size})")
+    p.add_argument("--weight-decay", type=nonnegative, default=d.weight_decay, help=f"(paper {d.weight_decay:g})")
+    p.add_argument(
+        "--crop-size", type=crop_size, default=d.crop_size, help=f"training crop in px (paper {d.crop_size})"
+    )
+    p.add_argument("--image-scale", type=unit_fraction, default=d.image_scale,
+                   help="resize images (and the masks trained on) by this first; scores stay at the masks' full "
+                   f"size (paper {d.image_scale:g})")  # fmt: skip
+    p.add_argument("--head-channels", type=channels, default=d.head_channels,
+                   help="the head's width (default 0: the paper's 256 times the encoder's width)")  # fmt: skip
+    p.add_argument("--mask-fraction", type=unit_fraction, default=d.mask_fraction,
+                   help="train on a seeded fraction of the training masks (few-label regime; default all)")  # fmt: skip
+    p.add_argument("--seeds", type=seed_count, default=d.seeds, help="seeds to train and average (mean and spread)")
+    p.add_argument("--seed", type=seed, default=d.seed, help="the first seed (the sweep's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="result JSON file (default: <run>/eval/segment_<dataset>[_random][_frozen][_masksF].json; needed for an "
+        "exported encoder); the picture goes beside it",
+    )  # fmt: skip
+    quiet_flag(p)
+    p.set_defaults(handler=segment)
+
+
+def segment(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from byol.evaluate.runner import SegmentationRequest, run_segmentation
+
+    settings = SegmentConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SegmentConfig)
+                                if hasattr(args, f.name)})  # fmt: skip
+    request = SegmentationRequest(
+        run=args.run, data_dir=args.data_dir, dataset=args.dataset, void_id=args.void_id, init=args.init,
+        device=args.device, out=args.out, segment=settings,
+    )  # fmt: skip
+    result, path = run_segmentation(request, progress=not args.quiet)
+    spread = f" ± {result['miou_std']:.2f} over {len(result['seeds'])} seeds" if len(result["seeds"]) > 1 else ""
+    print(
+        f"segmentation on {result['dataset']} ({result['init']} encoder, lr {result['chosen_lr']:.3g}): "
+        f"mIoU {result['miou']:.2f}{spread}, pixel accuracy {result['pixel_acc']:.2f}%"
+    )
+    print(f"written to {path} (and {path.with_suffix('.png').name} beside it)")
     return 0

@@ -15,10 +15,12 @@ reduction), 3-5x faster than Pillow's own resize on one core (docs/data.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import typing
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from torch import Tensor
 from byol.augment.pipeline import ViewConfig
 from byol.data.folder import ImageFolder
 from byol.data.shards import ShardSet
-from byol.errors import DataError, quoted
+from byol.errors import DataError, one_line, quoted
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,25 @@ HIGH_BIT_DEPTH = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0,
 # What Pillow raises for a file it cannot read as an image (a truncated JPEG raises OSError, a bad header
 # SyntaxError or ValueError, a decompression bomb its own error).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+_WARNED: set[tuple[str, str]] = set()  # (file, Pillow's warnings) this process has logged
+
+
+@contextlib.contextmanager
+def open_image(path: Source) -> Iterator[Image.Image]:
+    """``Image.open(path)``, its Pillow warnings while it is open (a damaged EXIF block, a palette PNG with
+    transparency, a large image) turned into one log line naming the file, instead of Pillow's own two lines that
+    name Pillow's source and not the file."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(path) as image:
+            yield image
+    name = path if isinstance(path, str) else getattr(path, "name", "an image of a prepared shard")
+    said = "; ".join(dict.fromkeys(one_line(str(w.message)) for w in caught))
+    if said and (name, said) not in _WARNED:  # once per file and process, not once per epoch
+        _WARNED.add((name, said))
+        log.warning("%s: %s (Pillow)", quoted(name), said)
 
 
 def orientation(image: Image.Image) -> int:
@@ -86,7 +107,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 
 def load_oriented(path: Source, scale: int = 1) -> Image.Image:
     """The whole image, upright (its EXIF orientation applied), in 8-bit RGB; a JPEG decoded at 1/``scale``."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return _decode(image, scale, orientation(image))[0]
 
 
@@ -96,7 +117,7 @@ def decode_crops(
     """uint8 (3, size, size) crops of the image at ``path``, upright: ``boxes(width, height)`` draws the boxes from
     the oriented size the header gives, then the file is decoded at the scale they need (``reduced=False``:
     always in full) and each box is resized (antialiased bicubic) to ``size``."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         turn = orientation(image)
         width, height = image.size
         crops = boxes(*((height, width) if turn in TRANSPOSED else (width, height)))

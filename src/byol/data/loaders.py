@@ -9,8 +9,10 @@ resumed at step k sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from byol.data.folder import ImageFolder
 from byol.data.shards import ShardSet
 from byol.errors import DataError
 from byol.files import libc
+from byol.processes import die_with_parent
 
 Files = (ImageFolder, ShardSet)  # datasets of image files, decoded and cropped by DataLoader workers
 Dataset = ArrayDataset | ImageFolder | ShardSet
@@ -63,15 +66,27 @@ def steady_heap(worker_id: int = 0) -> None:
     mallopt(-1, MMAP_THRESHOLD)  # M_TRIM_THRESHOLD: give freed heap tops back too
 
 
+def _start_worker(parent: int, worker_id: int) -> None:
+    """A DataLoader worker's first act: end with the process that forked it, however it ends (torch's own check
+    of the parent runs every few seconds; this ends it at once), then :func:`steady_heap`."""
+    die_with_parent(parent)
+    steady_heap(worker_id)
+
+
 def crops_loader(crops: FolderCrops, num_workers: int, **sampling: Any) -> Iterator:
     """The batches of ``crops`` (``sampling``: the DataLoader's batch_size or batch_sampler, pin_memory) from
-    ``num_workers`` workers, each with :func:`steady_heap`, forked with every object that exists now frozen out
-    of the garbage collector (``gc.freeze``). A worker's full collections would otherwise write to the header of
-    every object it inherited, copying each page that holds one: measured, 45 MB more per worker by the end of a
-    million-image epoch under the command line (docs/data.md). The parent unfreezes at once; the workers keep
-    them frozen."""
+    ``num_workers`` workers, each ending with its parent and with :func:`steady_heap`, forked with every object
+    that exists now frozen out of the garbage collector (``gc.freeze``). A worker's full collections would
+    otherwise write to the header of every object it inherited, copying each page that holds one: measured, 45 MB
+    more per worker by the end of a million-image epoch under the command line (docs/data.md). The parent
+    unfreezes at once; the workers keep them frozen. Iterate it from the thread that will outlive the loop (the
+    main one): a worker ends when the thread that forked it ends."""
     loader = torch.utils.data.DataLoader(
-        crops, num_workers=num_workers, collate_fn=_collate, worker_init_fn=steady_heap, **sampling
+        crops,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        worker_init_fn=partial(_start_worker, os.getpid()),
+        **sampling,
     )
     if not num_workers:
         return iter(loader)

@@ -21,7 +21,9 @@ boxes, drawn as fractions of the image, cover the same part of each photo as the
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -35,6 +37,7 @@ from torch import Tensor
 
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD, SPLITS
 from byol.errors import DataError, quoted
+from byol.files import user_cache_dir, write_json
 
 FORMAT = "byol-shards/1"
 MANIFEST = "manifest.json"
@@ -53,13 +56,92 @@ def key_name(key: int) -> str:
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
-    """The manifest of a prepared folder; None when ``data_dir`` is not one."""
+    """The manifest of a prepared folder; None when ``data_dir`` is not one (no ``manifest.json``, or one of
+    another tool in a folder of images). A manifest of a prepared folder that is cut, edited or incomplete is
+    refused in one line naming it: a folder with a split's ``index.npy`` is a prepared folder."""
     path = Path(data_dir) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    except (OSError, ValueError) as e:
+        if not any(Path(data_dir, split, INDEX).is_file() for split in SPLITS):
+            return None
+        raise DataError(f"prepared folder: {quoted(path)} cannot be read ({e}); prepare the folder again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"prepared folder: {quoted(path)} is incomplete or edited ({problem}); prepare it again")
+    return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str:
+    """What a manifest lacks that the reader needs ("" when nothing): its splits, each with its image count and
+    its shards' names, sizes and SHA-256 digests."""
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits or not set(splits) <= set(SPLITS):
+        return f"no 'splits' of {', '.join(SPLITS)}"
+    if not isinstance(manifest.get("classes"), list) or not isinstance(manifest.get("layout"), str):
+        return "no 'classes' list or 'layout'"
+    for name, entry in splits.items():
+        shards = entry.get("shards") if isinstance(entry, dict) else None
+        if not isinstance(shards, list) or not shards or not isinstance(entry.get("images"), int):
+            return f"split {name!r} lists no shards or no image count"
+        for shard in shards:
+            fields = shard if isinstance(shard, dict) else {}
+            if not (isinstance(fields.get("name"), str) and isinstance(fields.get("bytes"), int)
+                    and isinstance(fields.get("sha256"), str)):  # fmt: skip
+                return f"a shard of split {name!r} has no name, size or sha256"
+    return ""
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_split(root: Path, entry: dict[str, Any]) -> None:
+    """Every shard of a split as the manifest recorded it: there, of its size, and of its SHA-256; the first that
+    is not is named in one line. A shard is hashed once for a given (path, size, inode, mtime, ctime): the
+    verification is remembered in the user's cache directory (``~/.cache/byol/verified``), so a later command
+    only stats it. (Bytes that rot on disk without any change to the file's times are caught by a fresh cache:
+    ``rm -r ~/.cache/byol/verified``.)"""
+    stamps_path = user_cache_dir() / "verified" / f"{hashlib.sha256(os.fsencode(root.resolve())).hexdigest()}.json"
+    try:
+        stamps = json.loads(stamps_path.read_text())
+    except (OSError, ValueError):
+        stamps = {}
+    stamps = stamps if isinstance(stamps, dict) else {}
+    fresh = {}
+    for shard in entry["shards"]:
+        path = root / shard["name"]
+        try:
+            info = path.stat()
+        except OSError as e:
+            raise DataError(
+                f"prepared folder: shard {quoted(path)} is missing ({e.strerror}); prepare it again"
+            ) from None
+        if info.st_size != shard["bytes"]:
+            raise DataError(
+                f"prepared folder: shard {quoted(path)} is {info.st_size} bytes, not the {shard['bytes']} it was "
+                "prepared with (cut short or changed); prepare it again"
+            )
+        stamp = [info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, shard["sha256"]]
+        if stamps.get(shard["name"]) != stamp and file_digest(path) != shard["sha256"]:
+            raise DataError(
+                f"prepared folder: shard {quoted(path)} does not match its SHA-256 in {MANIFEST} (its bytes "
+                "changed since it was prepared); prepare it again"
+            )
+        fresh[shard["name"]] = stamp
+    if fresh != stamps:
+        with contextlib.suppress(OSError):  # no cache to keep (read-only, or not a folder): hashed again next time
+            stamps_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(stamps_path, fresh)
 
 
 class _Files:
@@ -149,6 +231,12 @@ class ShardSet:
         except (OSError, ValueError) as e:
             raise DataError(f"prepared folder: cannot read {quoted(root / INDEX)} ({e}); prepare it again") from None
         shards = tuple(shard["name"] for shard in entry["shards"])
+        if "index_sha256" in entry and file_digest(root / INDEX) != entry["index_sha256"]:
+            raise DataError(
+                f"prepared folder: {quoted(root / INDEX)} is not the index {MANIFEST} was written with (edited, or "
+                "another split's); prepare it again"
+            )
+        verify_split(root, entry)
         if index.dtype != ROW or index.ndim != 1 or len(index) != entry["images"]:
             raise DataError(
                 f"prepared folder: {quoted(root / INDEX)} does not match {MANIFEST} ({len(index)} rows of "

@@ -1,4 +1,5 @@
-"""One entry point for the command line: load a run's online encoder, the datasets, run a protocol, save JSON.
+"""One entry point for the command line: load a run's online encoder, the datasets, run a protocol, save JSON
+(the classification protocols and segmentation transfer).
 
 Transfer is the same call with another dataset than the run was pretrained on (same channel count).
 """
@@ -6,6 +7,7 @@ Transfer is the same call with another dataset than the run was pretrained on (s
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,18 +15,29 @@ from typing import Any
 
 from byol.checkpoint import CHECKPOINT_DIR
 from byol.data import load_split, split_name
+from byol.data.folder import SPLITS
+from byol.data.masks import complete_classes, read_classes, read_split
 from byol.distributed import resolve_device
 from byol.errors import ConfigError, quoted
-from byol.evaluate.common import check_compatible, load_encoder_from_run, result_path
+from byol.evaluate.common import Pretrained, check_compatible, load_encoder_from_run, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
 from byol.evaluate.linear import LinearConfig
+from byol.evaluate.segment import (
+    Normalise,
+    SegmentationData,
+    SegmentConfig,
+    head_width,
+    predict,
+    segmentation_transfer,
+)
 from byol.export import is_export, pretrained_from_export
 from byol.files import write_json
 from byol.outputs import Output, check_outputs
 from byol.precision import Precision
 from byol.rundir import is_run_dir
+from byol.visualize import segmentation_picture
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +63,7 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     """Runs the protocol and writes <run>/eval/<protocol>_<dataset>_<init>.json; returns the result and path."""
     if request.protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {request.protocol!r}")
-    if is_export(request.run):  # an exported encoder, or any torchvision-layout ResNet state dict
-        pretrained = pretrained_from_export(request.run, request.init)
-    else:
-        pretrained = load_encoder_from_run(request.run, request.init)
+    pretrained = load_pretrained(request.run, request.init)
     run_data = pretrained.config.data
     eval_name, eval_dir = run_data.evaluation()
     name = request.dataset or eval_name
@@ -108,18 +118,100 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     return result, out
 
 
-def _result_path(request: EvaluationRequest, name: str) -> Path:
-    """Where a result goes by default: ``eval/`` of the run evaluated, a run directory or a checkpoint in its
-    ``checkpoints/``; a checkpoint anywhere else has no run, and the user names the file (``--out``)."""
-    run = request.run if request.run.is_dir() else request.run.parent.parent
-    if not (request.run.is_dir() or request.run.parent.name == CHECKPOINT_DIR) or not is_run_dir(run):
+def load_pretrained(run: Path, init: str) -> Pretrained:
+    """The encoder an evaluation reads: a run directory or checkpoint (its online encoder), or an exported
+    encoder (any torchvision-layout ResNet state dict too); ``init="random"``: the same architecture, fresh."""
+    if is_export(run):
+        return pretrained_from_export(run, init)
+    return load_encoder_from_run(run, init)
+
+
+def default_result_path(run: Path, tag: str) -> Path:
+    """Where a result goes by default: ``eval/<tag>.json`` of the run evaluated, a run directory or a checkpoint
+    in its ``checkpoints/``; a checkpoint anywhere else has no run, and the user names the file (``--out``)."""
+    run_dir = run if run.is_dir() else run.parent.parent
+    if not (run.is_dir() or run.parent.name == CHECKPOINT_DIR) or not is_run_dir(run_dir):
         raise ConfigError(
-            f"{request.run} is not in a run directory of byol, so its result has no run to go to; "
+            f"{run} is not in a run directory of byol, so its result has no run to go to; "
             "name the result file with --out FILE.json"
         )
+    return result_path(run_dir, tag)
+
+
+def _result_path(request: EvaluationRequest, name: str) -> Path:
     protocol_tag = {
         "linear": f"linear-{request.linear.mode}" + ("-standardized" if request.linear.standardize else ""),
         "finetune": f"finetune-{request.finetune.label_fraction:g}",
     }
     tag = f"{protocol_tag.get(request.protocol, request.protocol)}_{name}_{request.init}"
-    return result_path(run, tag)
+    return default_result_path(request.run, tag)
+
+
+@dataclass(frozen=True)
+class SegmentationRequest:
+    run: Path
+    data_dir: Path
+    dataset: str = "folder"  # folder (any DIR/{train,val,test}/{images,masks}) or camvid (its class names known)
+    void_id: int | None = None  # None: classes.json's, CamVid's 11, else 255
+    init: str = "pretrained"
+    device: str = "auto"
+    out: Path | None = None  # None → <run>/eval/segment_<dataset>[_random][_frozen][_masksF].json
+    pictures: int = 4  # test images drawn beside their masks and predictions
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+
+
+def run_segmentation(request: SegmentationRequest, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """``byol segment``: reads and checks the folder, sweeps, trains and scores (:mod:`byol.evaluate.segment`),
+    writes the result JSON and a picture of test predictions beside it (same name, .png)."""
+    settings = request.segment
+    classes = read_classes(request.data_dir, request.dataset, request.void_id)  # refused before any work
+    name = "camvid" if request.dataset == "camvid" else (request.data_dir.resolve().name or "folder")
+    tag = f"segment_{name}" + "_random" * (request.init == "random") + "_frozen" * settings.frozen
+    tag += f"_masks{settings.mask_fraction:g}" * (settings.mask_fraction < 1)
+    out = request.out or default_result_path(request.run, tag)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {out}: name a .json file for the result")
+    picture = out.with_suffix(".png")
+    if request.out:  # the default is the run's own eval/ folder, where results belong
+        check_outputs(
+            [Output(out, "--out"), Output(picture, "the picture beside --out", ours=_is_segmentation_picture)],
+            inputs=[request.run, request.data_dir],
+        )
+    pretrained = load_pretrained(request.run, request.init)
+    if pretrained.in_channels != 3:
+        raise ConfigError(f"the encoder takes {pretrained.in_channels}-channel images; segmentation reads RGB images")
+    device = resolve_device(request.device)
+    splits = {
+        split: read_split(request.data_dir, split, classes, settings.image_scale, progress)
+        for split in SPLITS
+        if split != "val" or (request.data_dir / "val" / "images").is_dir()
+    }
+    classes = complete_classes(classes, list(splits.values()))
+    data = SegmentationData(splits["train"], splits.get("val"), splits["test"], classes)
+    result, networks = segmentation_transfer(pretrained.encoder, data, config=settings, device=device,
+                                             progress=progress)  # fmt: skip
+    encoder, stem = pretrained.encoder, pretrained.config.model.stem
+    result.update(
+        dataset=name, data_dir=str(request.data_dir), init=request.init, checkpoint=pretrained.source,
+        encoder="online", pretrained_on=pretrained.config.data.dataset,
+        network=f"ResNet-{encoder.depth} width {encoder.width:g} ({stem} stem), last stage dilated 2, FCN head "
+        f"{head_width(encoder, settings.head_channels)} channels",
+    )  # fmt: skip
+    write_json(out, result)
+    label, model = networks[0]
+    normalise = Normalise.of(result["normalisation"])
+    shown = zip(data.test.images[: request.pictures], data.test.full_masks, strict=False)
+    rows = [
+        (image, truth, predict(model, image, (truth.shape[0], truth.shape[1]), normalise)) for image, truth in shown
+    ]
+    title = f"{name} test images, {request.init} encoder, {label}: mIoU {result['seeds'][0]['miou']:.1f}"
+    segmentation_picture(picture, rows, classes.names, classes.void, title)
+    return result, out
+
+
+def _is_segmentation_picture(path: Path) -> bool:
+    """Whether the PNG at ``path`` is one ``byol segment`` drew: its result JSON is beside it."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("protocol", "").startswith("segmentation")
+    except (OSError, ValueError, AttributeError):
+        return False
