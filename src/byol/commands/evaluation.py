@@ -49,10 +49,7 @@ def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser
     p.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
     p.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
     p.add_argument("--image-size", type=image_size, default=0, help="input size (default: the run's view size)")
-    p.add_argument(
-        "--init", choices=("pretrained", "random"), default="pretrained",
-        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
-    )  # fmt: skip
+    _add_init(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=seed, default=0, help="seed of the splits and the classifier")
     p.add_argument(
@@ -63,6 +60,13 @@ def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser
     quiet_flag(p)
     p.set_defaults(handler=evaluate)
     return p
+
+
+def _add_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained",
+        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
+    )  # fmt: skip
 
 
 def add_knn(sub: Any) -> None:
@@ -246,10 +250,7 @@ def add_segment(sub: Any) -> None:
                    help="folder: any folder of that layout; camvid: CamVid's 11 classes and void 11 known")  # fmt: skip
     p.add_argument("--void-id", type=count, default=None, help="the mask id of void pixels (default: classes.json's, "
                    "CamVid's 11, else 255); ignored by the loss and the score")  # fmt: skip
-    p.add_argument(
-        "--init", choices=("pretrained", "random"), default="pretrained",
-        help="random: the same protocol on a freshly initialised encoder of the same architecture (baseline)",
-    )  # fmt: skip
+    _add_init(p)
     p.add_argument(
         "--frozen", action="store_true", help="keep the encoder fixed (BN in inference mode); train the head"
     )
