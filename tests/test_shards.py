@@ -255,6 +255,35 @@ def test_a_prepared_folder_is_read_where_an_image_folder_is(tmp_path):
     assert all(":" in p and p.endswith(".jpg") for p in saved["paths"])  # shard and member of each row
 
 
+@pytest.mark.parametrize("edit", ["swap", "shift"])
+def test_an_index_without_its_digest_never_reads_from_wrong_offsets(prepared_twice, tmp_path, monkeypatch, edit):
+    """A folder prepared before the manifest held the index's digest: an index swapped for the other split's or
+    with shifted offsets is caught row by row, by the tar header in front of each image (its member name and
+    size): every row gives its own image's bytes or a one-line error naming the index, never another image."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "prepared"
+    shutil.copytree(prepared_twice, out)
+    truth = ShardSet.open(str(out), "train")
+    good = [truth.read(i).getvalue() for i in range(len(truth))]
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["splits"]["train"]["index_sha256"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    if edit == "swap":
+        shutil.copy(out / "val" / INDEX, out / "train" / INDEX)
+    else:
+        rows = np.load(out / "train" / INDEX)
+        rows["offset"][1:] = rows["offset"][:-1].copy()
+        np.save(out / "train" / INDEX, rows)
+    damaged, refused = ShardSet.open(str(out), "train"), 0
+    for i in range(len(damaged)):
+        try:
+            assert damaged.read(i).getvalue() == good[i]
+        except DataError as e:
+            assert INDEX in str(e) and "\n" not in str(e)
+            refused += 1
+    assert refused > 0
+
+
 def test_a_shard_cut_after_it_was_opened_is_named_when_read(tmp_path):
     out = tmp_path / "prepared"
     prepare(_by_class(tmp_path / "src", per_class=3), out, Settings(shard_images=50), workers=1, progress=False)

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,13 +188,24 @@ class ShardSet:
         return len(self.index)
 
     def read(self, index: int) -> io.BytesIO:
-        """The stored JPEG of image ``index``, as a file Pillow opens."""
+        """The stored JPEG of image ``index``, as a file Pillow opens. The tar header in front of it is read with
+        it (512 bytes more) and must name this image's member and size: an index that does not belong to these
+        shards (another split's, an edited one) is refused by name rather than decoded from wrong offsets."""
         row = self.index[index]
-        size = int(row["size"])
-        data = os.pread(_FILES.fd(os.fspath(self.root / self.shards[row["shard"]])), size, int(row["offset"]))
-        if len(data) != size:  # a shard shorter than its index says: damaged, or still being copied
-            raise OSError(f"shard {self.shards[row['shard']]} ends {size - len(data)} bytes early")
-        return io.BytesIO(data)
+        size, offset = int(row["size"]), int(row["offset"])
+        shard = self.root / self.shards[row["shard"]]
+        start = max(0, offset - tarfile.BLOCKSIZE)
+        data = os.pread(_FILES.fd(os.fspath(shard)), size + offset - start, start)
+        if len(data) != size + offset - start:  # a shard shorter than its index says: damaged, or being copied
+            raise OSError(f"shard {self.shards[row['shard']]} ends {size + offset - start - len(data)} bytes early")
+        header = data[: offset - start]
+        member = f"{key_name(int(row['key']))}.jpg".encode()
+        if header[:100].rstrip(b"\0") != member or header[124:136].rstrip(b"\0 ").lstrip(b"0") != b"%o" % size:
+            raise DataError(
+                f"prepared folder: row {index} of {quoted(self.root / INDEX)} does not point at its image "
+                f"{member.decode()} in {quoted(shard)} (the index does not belong to these shards); prepare it again"
+            )
+        return io.BytesIO(data[offset - start :])
 
     def describe(self, index: int) -> str:
         """Image ``index`` in messages: its shard and member."""
