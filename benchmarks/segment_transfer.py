@@ -66,7 +66,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def table(paths: list[Path]) -> str:
-    """One row per (encoder, mask fraction, frozen): mean mIoU over the seeds, their range, and the lr chosen."""
+    """One row per (encoder, mask fraction, frozen): mean mIoU over the seeds (± their standard deviation), each
+    seed's, pixel accuracy and the lr chosen; then each class's IoU, the mean over the seeds."""
     rows: dict[tuple[str, float, bool], list[dict[str, Any]]] = {}
     for path in paths:
         result = json.loads(path.read_text())
@@ -84,6 +85,14 @@ def table(paths: list[Path]) -> str:
                 f"| {label} | {100 * fraction:g}% | {'frozen' if frozen else 'fine-tuned'} | {result['miou']:.2f} "
                 f"(± {result['miou_std']:.2f}) | {seeds} | {result['pixel_acc']:.2f} | {result['chosen_lr']:g} |"
             )
+    classes = next(iter(rows.values()))[0]["classes"]
+    lines += ["", "| encoder | masks | encoder trained | " + " | ".join(classes) + " |", "| --- | ---: | --- |"
+              + " ---: |" * len(classes)]  # fmt: skip
+    for (label, fraction, frozen), results in sorted(rows.items(), key=lambda item: (item[0][1], item[0][2])):
+        for result in results:
+            iou = result["per_class_iou"]
+            cells = " | ".join("–" if iou[name] is None else f"{iou[name]:.1f}" for name in classes)
+            lines.append(f"| {label} | {100 * fraction:g}% | {'frozen' if frozen else 'fine-tuned'} | {cells} |")
     return "\n".join(lines)
 
 
