@@ -304,3 +304,19 @@ def test_masks_are_resized_by_nearest_neighbour_only(tmp_path):
         assert mask.shape == (9, 11) and full.shape == (16, 20)
         assert set(mask.unique().tolist()) <= set(full.unique().tolist())  # no blended id
     assert split.images[0].shape == (3, 9, 11) and split.images[0].dtype == torch.uint8
+
+
+def test_no_evaluation_writes_over_the_architecture_file_of_the_export_it_reads(finished_run, tmp_path, capsys):
+    """`--out enc.json` beside `enc.safetensors` would replace the export's architecture file: refused, unchanged."""
+    export = tmp_path / "enc.safetensors"
+    shutil.copy(finished_run.parent / "enc.safetensors", export)
+    shutil.copy(finished_run.parent / "enc.json", tmp_path / "enc.json")
+    before = (tmp_path / "enc.json").read_bytes()
+    folder = write_folder(tmp_path / "shapes")
+    for args in (
+        ["knn", str(export), "--dataset", "synthetic", "--out", str(tmp_path / "enc.json"), "--quiet"],
+        ["segment", str(export), "--data-dir", str(folder), "--out", str(tmp_path / "enc.json"), *FAST],
+    ):
+        assert main(args) == 2, args
+        assert "would overwrite" in capsys.readouterr().err
+        assert (tmp_path / "enc.json").read_bytes() == before

@@ -217,6 +217,18 @@ def is_export(path: Path) -> bool:
     return path.suffix in (".safetensors", ".pth") or (path.is_dir() and (path / HUB_WEIGHTS).is_file())
 
 
+def load_pretrained(run: Path, init: str = "pretrained") -> Pretrained:
+    """The encoder a command reads: a run directory or checkpoint (its online encoder), or an exported encoder
+    (any torchvision-layout ResNet state dict too); ``init="random"``: the same architecture, fresh."""
+    return pretrained_from_export(run, init) if is_export(run) else load_encoder_from_run(run, init)
+
+
+def encoder_files(path: Path) -> list[Path]:
+    """What reading the encoder at ``path`` reads, which no output may land on: the path, and for an export the
+    architecture file beside it."""
+    return [path, metadata_path(path)] if is_export(path) else [path]
+
+
 def pretrained_from_export(path: Path, init: str = "pretrained") -> Pretrained:
     """An exported encoder as the evaluations take a run's: with a config made of what its metadata says
     (architecture, image size, the dataset it was pretrained on, if it says); ``init="random"``: the same
@@ -275,9 +287,8 @@ def embed(
             f"--out {quoted(out)}: name a .npz file (features, labels and image paths travel in one file: "
             "numpy.load(path)['features'])"
         )
-    exported = is_export(source)
-    check_outputs([Output(out, "--out")], inputs=[source, metadata_path(source)] if exported else [source])
-    pretrained = pretrained_from_export(source) if exported else load_encoder_from_run(source)
+    check_outputs([Output(out, "--out")], inputs=encoder_files(source))
+    pretrained = load_pretrained(source)
     data = pretrained.config.data
     name = dataset or data.dataset
     if not name:

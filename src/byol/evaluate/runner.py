@@ -19,7 +19,7 @@ from byol.data.folder import SPLITS
 from byol.data.masks import complete_classes, read_classes, read_split
 from byol.distributed import resolve_device
 from byol.errors import ConfigError, quoted
-from byol.evaluate.common import Pretrained, check_compatible, load_encoder_from_run, result_path
+from byol.evaluate.common import check_compatible, result_path
 from byol.evaluate.finetune import FinetuneConfig, finetune_evaluation
 from byol.evaluate.frozen import FrozenEvaluation, require_labels
 from byol.evaluate.knn import KnnConfig
@@ -32,7 +32,7 @@ from byol.evaluate.segment import (
     predict,
     segmentation_transfer,
 )
-from byol.export import is_export, pretrained_from_export
+from byol.export import encoder_files, load_pretrained
 from byol.files import write_json
 from byol.outputs import Output, check_outputs
 from byol.precision import Precision
@@ -73,7 +73,7 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     if request.out:  # the default is the run's own eval/ folder, where results belong
         if out.suffix != ".json":
             raise ConfigError(f"--out {out}: name a .json file for the result")
-        check_outputs([Output(out, "--out")], inputs=[request.run])
+        check_outputs([Output(out, "--out")], inputs=encoder_files(request.run))
     data_dir = request.data_dir if request.data_dir is not None else (eval_dir if name == eval_name else "")
     labels = run_data.labels if (name, data_dir) == (run_data.dataset, run_data.data_dir) else "auto"
     image_size = request.image_size or run_data.image_size
@@ -116,14 +116,6 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     )
     write_json(out, result)
     return result, out
-
-
-def load_pretrained(run: Path, init: str) -> Pretrained:
-    """The encoder an evaluation reads: a run directory or checkpoint (its online encoder), or an exported
-    encoder (any torchvision-layout ResNet state dict too); ``init="random"``: the same architecture, fresh."""
-    if is_export(run):
-        return pretrained_from_export(run, init)
-    return load_encoder_from_run(run, init)
 
 
 def default_result_path(run: Path, tag: str) -> Path:
@@ -175,7 +167,7 @@ def run_segmentation(request: SegmentationRequest, progress: bool = True) -> tup
     if request.out:  # the default is the run's own eval/ folder, where results belong
         check_outputs(
             [Output(out, "--out"), Output(picture, "the picture beside --out", ours=_is_segmentation_picture)],
-            inputs=[request.run, request.data_dir],
+            inputs=[*encoder_files(request.run), request.data_dir],
         )
     pretrained = load_pretrained(request.run, request.init)
     if pretrained.in_channels != 3:
