@@ -83,10 +83,15 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
+def cache_home() -> Path:
+    """The user's cache directory, where every program keeps its own: ``$XDG_CACHE_HOME``, else ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def user_cache_dir() -> Path:
-    """The user's cache directory for byol (``$XDG_CACHE_HOME/byol``, else ``~/.cache/byol``): what the package keeps
-    between commands that is no run's and no output's (compiled graphs, shard verifications)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "byol"
+    """byol's folder in :func:`cache_home`: what the package keeps between commands that is no run's and no
+    output's (compiled graphs, shard verifications)."""
+    return cache_home() / "byol"
 
 
 def libc() -> Any:

@@ -28,7 +28,7 @@ from byol.config import Config
 from byol.data import Dataset, eval_batches
 from byol.errors import DataError, quoted
 from byol.extras import require
-from byol.files import atomic_write
+from byol.files import atomic_write, cache_home
 
 VIEW_IMAGES = 8  # images in a view grid
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def pyplot() -> Any:
     print two raw lines at import and then use a temporary folder; here it is given a temporary folder of its
     own first (removed at exit), and the user is told in one line."""
     if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLCONFIGDIR"):
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "matplotlib"
+        home = cache_home() / "matplotlib"
         try:
             home.mkdir(parents=True, exist_ok=True)
             usable = os.access(home, os.W_OK)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from byol.data.decode import DECODE_ERRORS, load_oriented, open_image, oriented_size
+from byol.data.decode import DECODE_ERRORS, load_oriented, open_image
 from byol.data.folder import IMAGE_EXTENSIONS, hidden
 from byol.errors import ConfigError, DataError, quoted
 
@@ -175,11 +175,10 @@ def read_split(
     for image_path, mask_path in tqdm(_pairs(root, split), desc=f"reading {split}", disable=not progress):
         mask = read_mask(mask_path)
         try:
-            with open_image(str(image_path)) as opened:
-                width, height = oriented_size(opened)
-            rgb = load_oriented(str(image_path))
+            rgb = load_oriented(str(image_path))  # upright: its size is the one a mask is drawn at
         except DECODE_ERRORS as e:
             raise DataError(f"image {quoted(image_path)} cannot be read ({e})") from None
+        width, height = rgb.size
         if mask.shape != (height, width):
             raise DataError(
                 f"mask {quoted(mask_path)} is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; "
