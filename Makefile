@@ -30,11 +30,12 @@ lint: setup
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
 
+# pytest-xdist: one worker per core (each computes on one thread, tests/conftest.py)
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m slow
 
 # The peers that benchmarks/peers_cifar.py runs, outside the package's dependencies: lightly and the torchvision
 # it imports, in the git-ignored .peers/ (PYTHONPATH=.peers). torchvision's registry wheel is a CUDA build whose

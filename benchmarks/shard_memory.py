@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from byol.choices import PrepareSettings as Settings
 from byol.data import ShardSet
 from byol.data.shards import INDEX, MANIFEST
-from byol.prepare import Settings, prepare
+from byol.prepare import prepare
 
 
 def synthetic(real: Path, out: Path, n: int) -> Path:

@@ -11,6 +11,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the processes its tests start compute
+# on one thread: two workers of two threads each on two cores would slow each other down.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Runs `byol ARGS` in a child process whose checkpoint write of one step stalls half-way (a few bytes in the
 # temporary file, then a long sleep) after touching a marker file: a test can kill it mid-save at a known point,
 # whatever the machine's speed.

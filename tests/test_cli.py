@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -34,6 +36,23 @@ def test_pretrain_writes_checkpoint_config_and_metrics(tmp_path):
     assert (tmp_path / "checkpoints" / "step_000000032.pt").is_file()
     assert json.loads((tmp_path / "config.json").read_text())["model"]["depth"] == 18
     assert main([*TINY, "--run-dir", str(tmp_path)]) == 2  # refuses to overwrite a run
+
+
+def test_building_the_command_line_imports_no_heavy_library():
+    """`byol COMMAND --help` answers at once (benchmarks/cli_help.py times it): building every parser imports
+    neither torch nor numpy, matplotlib, Pillow or a tracker; the work that needs them imports them."""
+    script = (
+        "import sys\nfrom byol.cli import build_parser\nbuild_parser()\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib', 'PIL', 'sklearn', 'mlflow', 'wandb') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    import byol
+
+    assert byol.get_preset("tiny").model.depth == 18 and "load_encoder" in dir(byol)  # the lazy names resolve
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        byol.missing  # noqa: B018
 
 
 def test_every_command_answers_help(capsys):

@@ -10,6 +10,7 @@ does not load completely is moved aside whole, as ``*.unreadable``, never change
 import argparse
 import gzip
 import io
+import itertools
 import json
 import math
 import pickle
@@ -155,8 +156,14 @@ MAY_WRITE = {
 }
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-@pytest.mark.parametrize("name", RUN_FILES)
+# A report drawn without the map reads neither a checkpoint nor environment.json, and each one costs a second of
+# matplotlib: damage that cannot reach it is drawn in `make test-slow` only.
+UNREAD = {("environment.json", "report"), *((name, "report") for name in RUN_FILES if name.endswith(".pt"))}
+CASES = [pytest.param(*case, marks=pytest.mark.slow) if case in UNREAD else case
+         for case in itertools.product(RUN_FILES, sorted(COMMANDS))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "command"), CASES)
 @settings(PROPERTY, max_examples=3)
 @given(data=st.data())
 def test_a_damaged_run_file_gives_a_result_or_one_line_and_changes_nothing_else(

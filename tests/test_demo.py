@@ -78,7 +78,9 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == summary["epochs"]
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "2"], ["--train.max_steps", "32"]])
+@pytest.mark.parametrize(
+    "flags", [["--epochs", "2"], pytest.param(["--train.max_steps", "32"], marks=pytest.mark.slow)]
+)
 def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
     _fake_step_time(monkeypatch, 1e6)  # a budget plan would give the minimum (16 steps); the user's length must win
     run = tmp_path / "demo"

@@ -95,7 +95,7 @@ SMALL = ["--dataset", "synthetic", "--model.depth", "10", "--model.width", "0.12
          "--train.tensorboard", "false", "--quiet"]  # fmt: skip
 
 
-@pytest.mark.parametrize("epochs", [3, 6])
+@pytest.mark.parametrize("epochs", [3, pytest.param(6, marks=pytest.mark.slow)])
 def test_the_schedule_of_a_run_follows_its_length(tmp_path, caplog, epochs):
     """The small-data preset on synthetic images: warm-up follows the length's curve, the
     lr peaks at its end at base_lr · B/256, τ starts at 0.97; the run printed the rule and config.json holds it."""

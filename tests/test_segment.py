@@ -14,7 +14,6 @@ from PIL import Image
 from byol.cli import main
 from byol.data.masks import CAMVID, Classes, SegmentationSplit, fraction_subset, read_classes, read_split
 from byol.evaluate.segment import (
-    PAPER_LRS,
     SegmentationData,
     SegmentationNetwork,
     SegmentConfig,
@@ -24,6 +23,7 @@ from byol.evaluate.segment import (
     scores,
     segmentation_transfer,
 )
+from byol.evaluate.settings import PAPER_LRS
 from byol.networks import ResNet, dilate_last_stage
 
 # ------------------------------------------------------------------------------------------- the network

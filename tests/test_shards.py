@@ -30,12 +30,13 @@ from PIL import Image
 import byol.prepare as prepare_module
 from byol.augment import get_views
 from byol.checkpoint import latest_checkpoint, load_checkpoint
+from byol.choices import PrepareSettings as Settings
 from byol.cli import main
 from byol.data import ShardSet, TrainBatches, image_folder, load_dataset
 from byol.data.decode import FolderCrops, pixel_box, random_box
 from byol.data.shards import INDEX, MANIFEST
 from byol.errors import DataError
-from byol.prepare import PARTS, PROGRESS, Settings, prepare
+from byol.prepare import PARTS, PROGRESS, prepare
 from byol.rundir import TIMING_KEYS
 
 CPU = torch.device("cpu")
@@ -426,7 +427,9 @@ def test_two_ranks_read_disjoint_parts_of_each_epoch(tmp_path):
     assert len(read0 + read1) == n // 8 * 8  # every full global batch of the epoch, each image once
 
 
-@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])  # each about 10 s
+# each about 10 s: `make test-slow` runs them; the default suite's kill-and-resume is test_reliability's
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
 def test_a_run_on_shards_killed_and_resumed_is_bit_identical(tmp_path, workers):
     out = tmp_path / "prepared"
     prepare(_by_class(tmp_path / "src", per_class=10), out, Settings(shard_images=6), workers=1, progress=False)

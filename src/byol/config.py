@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from byol.choices import LABELS
 from byol.errors import ConfigError
 from byol.files import write_json
 
@@ -148,9 +149,10 @@ class TrainConfig:
     deterministic kernels only (exact resume on a CPU is bit-identical either way). ``on_nonfinite``: stop (default) or
     skip a step whose loss or gradients are NaN/Inf, at most ``max_skipped_steps`` times. ``tensorboard``:
     TensorBoard event files beside metrics.jsonl (``<run>/tensorboard/``) where the ``tensorboard`` package is
-    installed (``pip install byol[tensorboard]``); false writes none. ``follow_length``: warm-up, τ_base, base lr
-    and weight decay follow ``epochs`` from the preset's length (``byol.length``); false keeps the preset's
-    numbers. ``pinned``: the comma-separated keys of those the rule leaves alone (the ones the user set);
+    installed (``pip install byol[tensorboard]``); false writes none. ``loggers``: experiment trackers that get
+    the same records, comma-separated: mlflow, wandb (``byol.loggers``; "" for none). ``follow_length``: warm-up,
+    τ_base, base lr and weight decay follow ``epochs`` from the preset's length (``byol.length``); false keeps the
+    preset's numbers. ``pinned``: the comma-separated keys of those the rule leaves alone (the ones the user set);
     ``length_note``: what the rule changed and why, as the run printed it.
     """
 
@@ -170,6 +172,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
     tensorboard: bool = True
+    loggers: str = ""
     follow_length: bool = True
     pinned: str = ""
     length_note: str = ""
@@ -426,6 +429,7 @@ def validate(config: Config) -> Config:
     from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
     from byol.data import DATASETS
     from byol.ema import TAU_SCHEDULES
+    from byol.loggers import TRACKERS, names
 
     for key, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -445,9 +449,10 @@ def validate(config: Config) -> Config:
         ("train.compile", tr.compile, ("auto", "true", "false")),
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("data.eval_dataset", d.eval_dataset, ("", *DATASETS)),
-        ("data.labels", d.labels, ("auto", "folders", "none")),
+        ("data.labels", d.labels, LABELS),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
+    choices += [("train.loggers", name, TRACKERS) for name in names(tr.loggers)]
     for key, value, valid in choices:
         if value not in valid:
             raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, valid))}")

@@ -32,6 +32,7 @@ import torch
 from byol import compiling, length
 from byol.bench import StepFixture, step_times
 from byol.checkpoint import list_checkpoints
+from byol.choices import DEMO_BUDGET_MINUTES
 from byol.config import Config, apply_overrides, cpu_demo, validate
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -44,9 +45,7 @@ from byol.train import compile_keys, pretrain
 
 log = logging.getLogger(__name__)
 
-# Wall-time budgets of the whole demo (set-up excluded): the README promises 10 minutes on a 2-core CPU and
-# 2 on one GPU; the budgets leave room for what the plan cannot time (start-up, report, a busy machine).
-BUDGET_MINUTES = {"cpu": 9.0, "cuda": 1.5}
+BUDGET_MINUTES = DEMO_BUDGET_MINUTES
 EPOCH_QUANTUM = 0.1  # the planned length is a multiple of this: small timing noise rarely changes it
 MIN_EPOCHS, MAX_EPOCHS = 1.0, 20.0  # below 1 epoch BYOL has not learned yet; past 20 the demo gains little
 RESERVE = 0.05  # of the budget, for checkpoints, logging and the report

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from byol.choices import EXPORT_FORMATS
 from byol.config import Config, DataConfig, ModelConfig
 from byol.data import Files, load_dataset, split_name
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
@@ -36,13 +37,14 @@ from byol.evaluate.common import Pretrained, check_init, extract, load_encoder_f
 from byol.extras import require
 from byol.files import atomic_write, replace_folder
 from byol.interop import architecture, from_torchvision, is_torchvision_layout, to_torchvision
+from byol.loggers import add_artifacts
 from byol.metadata import ARCHITECTURE_KEYS, EXPORT_FORMAT, read_metadata, weights_digest
 from byol.networks import ResNet
 from byol.outputs import Output, check_outputs
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("safetensors", "hub", "onnx", "torchvision")
+FORMATS = EXPORT_FORMATS
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # the Hub's names (huggingface_hub.constants)
 HUB_FILES = frozenset({HUB_CONFIG, HUB_WEIGHTS, "README.md"})
 
@@ -119,7 +121,10 @@ def export_encoder(run: str | Path, out: str | Path, format: str = "safetensors"
     if format in ("hub", "onnx"):
         require("huggingface_hub" if format == "hub" else "onnxscript", f"--format {format}")
     write_export(load_encoder_from_run(run), out, format)
-    return [output.path for output in outputs]
+    written = [output.path for output in outputs]
+    if run.is_dir():
+        add_artifacts(run, written)  # to the run's experiment trackers, where it logged to any
+    return written
 
 
 def write_export(pretrained: Pretrained, out: Path, format: str = "safetensors") -> None:

@@ -14,6 +14,8 @@ EXTRAS = {
     "onnxruntime": ("onnx", "onnxruntime"),
     "huggingface_hub": ("hub", "huggingface_hub"),
     "sklearn": ("viz", "scikit-learn"),
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "wandb": ("wandb", "wandb"),
 }
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from byol import length, rundir
 from byol.checkpoint import CHECKPOINT_FORMAT, list_checkpoints, save_checkpoint
-from byol.config import Config
+from byol.config import Config, flatten
 from byol.data import Dataset
 from byol.distributed import DistributedContext, all_reduce_mean
 from byol.errors import NonFiniteError, TrainingError
@@ -98,8 +98,9 @@ class Policies:
         self.last_step = state.step
         self.rate_since = self.start_time, state.step  # (time, step) that seconds_per_step counts from
         self.metrics = rundir.MetricsLog(
-            run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step
-        )
+            run_dir, context.is_main, tensorboard=config.train.tensorboard, first_step=state.step,
+            loggers=config.train.loggers, params=None if resumed else flatten(config.to_dict()),
+        )  # fmt: skip
         if not resumed and self.metrics.events is not None:  # what T and T' do to a few images, seeded
             self.metrics.image("views", image_grid(view_samples(config, dataset)), 0)
 

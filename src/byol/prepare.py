@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from byol import __version__
+from byol.choices import UNREADABLE, PrepareSettings
 from byol.data.decode import DECODE_ERRORS, SCALES, load_oriented, open_image, orientation, oriented_size
 from byol.data.folder import ImageFolder
 from byol.data.shards import FORMAT, INDEX, MANIFEST, ROW, SHARD, file_digest, key_name, read_manifest
@@ -49,19 +50,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS = "prepare.json"  # the settings of a prepare under way: what makes an unfinished output folder ours
 PARTS = "parts"  # per split, one JSON per finished shard until the manifest is written
-UNREADABLE = "unreadable.tsv"
 EVAL_SPLITS = ("val", "test")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How images are stored: long side at most ``max_side`` px, JPEG ``quality``, ``shard_images`` per shard;
-    ``labels`` as the folder reader takes it (auto, folders, none)."""
-
-    max_side: int = 512
-    quality: int = 90
-    shard_images: int = 2000
-    labels: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,7 +91,7 @@ def source_splits(source: Path, labels: str) -> dict[str, ImageFolder]:
     return splits
 
 
-def plan(splits: dict[str, ImageFolder], settings: Settings) -> list[Job]:
+def plan(splits: dict[str, ImageFolder], settings: PrepareSettings) -> list[Job]:
     jobs = []
     for split, folder in splits.items():
         n = settings.shard_images
@@ -125,7 +114,7 @@ def listing_digest(splits: dict[str, ImageFolder]) -> str:
     return digest.hexdigest()
 
 
-def encode(path: str, settings: Settings) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
+def encode(path: str, settings: PrepareSettings) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
     """The JPEG stored for the image at ``path``, its (width, height) and the source's (oriented) size."""
     with open_image(path) as image:
         width, height = oriented_size(image)
@@ -164,7 +153,7 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
     return tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
 
-def write_shard(job: Job, out: Path, settings: Settings) -> dict[str, Any]:
+def write_shard(job: Job, out: Path, settings: PrepareSettings) -> dict[str, Any]:
     """Writes shard ``job.number`` of ``job.split`` and then its part file; returns the part."""
     rows: list[tuple[int, ...]] = []
     unreadable: list[tuple[str, str]] = []
@@ -258,7 +247,7 @@ def _start(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def prepare(
-    source: Path, out: Path, settings: Settings = Settings(), *, workers: int = 0, progress: bool = True
+    source: Path, out: Path, settings: PrepareSettings = PrepareSettings(), *, workers: int = 0, progress: bool = True
 ) -> Summary:
     """Prepares ``source`` into ``out`` (see the module's docstring); ``workers``: processes (0: one per core)."""
     started = time.perf_counter()
@@ -291,7 +280,7 @@ def _cores() -> int:
 
 
 def _run(
-    jobs: list[Job], out: Path, settings: Settings, workers: int, total: int, progress: bool
+    jobs: list[Job], out: Path, settings: PrepareSettings, workers: int, total: int, progress: bool
 ) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Each job's part as its shard is finished, over ``workers`` processes (one: in this process)."""
     from tqdm import tqdm

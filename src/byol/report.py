@@ -34,6 +34,7 @@ from byol.evaluate.common import extract_features, load_encoder_from_run
 from byol.evaluate.frozen import MAX_EVAL_IMAGES as MONITOR_IMAGES
 from byol.extras import require
 from byol.files import atomic_write, remove_debris
+from byol.loggers import add_artifacts
 from byol.loss import collapse_floor
 from byol.rundir import EVAL_DIR, METRICS_FILE, REPORT_DIR
 from byol.visualize import MAP_IMAGES, embedding_map, pyplot, view_samples
@@ -305,4 +306,5 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8", "replace")))
+    add_artifacts(run_dir, [out])  # to the run's experiment trackers, where it logged to any
     return path

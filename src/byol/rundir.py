@@ -32,6 +32,7 @@ from byol.config import Config, finite_number, flatten, validate
 from byol.errors import CheckpointError, ConfigError, DataError, first_line, quoted
 from byol.extras import available
 from byol.files import DEBRIS, atomic_write, remove_debris, write_json
+from byol.loggers import MLRUNS_DIR, TRACKERS_FILE, WANDB_DIR, Trackers, names
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ WRITTEN_FOLDERS = ("", CHECKPOINT_DIR, EVAL_DIR, REPORT_DIR)  # where the packag
 # Every name the package writes at the top of a run directory (the demo's summary, an ablation cell's result).
 RUN_ENTRIES = frozenset(
     {MARKER_FILE, LOCK_FILE, METRICS_FILE, CONFIG_FILE, ENVIRONMENT_FILE, TENSORBOARD_DIR, EVAL_DIR, REPORT_DIR,
-     CHECKPOINT_DIR, "demo.json", "result.json"}
+     CHECKPOINT_DIR, "demo.json", "result.json", TRACKERS_FILE, MLRUNS_DIR, WANDB_DIR}
 )  # fmt: skip
 
 
@@ -300,14 +301,21 @@ def note_environment(run_dir: Path, **record: Any) -> None:
 class MetricsLog:
     """metrics.jsonl, appended one JSON record per line and flushed as it goes, and the same records as
     TensorBoard scalars in ``<run>/tensorboard/`` (``tensorboard``: where the package is installed; the tag
-    is the record's key, the global step its ``step``). ``enabled=False`` (ranks other than 0) writes nothing.
+    is the record's key, the global step its ``step``) and as metrics of the experiment trackers named in
+    ``loggers`` (:mod:`byol.loggers`; ``params``: the flattened config of a run that starts afresh, None on a
+    resume). ``enabled=False`` (ranks other than 0) writes nothing.
 
     A resumed run's event writer puts a purge mark after ``first_step`` (its checkpoint), so TensorBoard drops the
     events an interrupted run wrote past that checkpoint, as :func:`truncate_metrics` drops their records.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, *, tensorboard: bool = False, first_step: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool, *, tensorboard: bool = False, first_step: int = 0, loggers: str = "",
+        params: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        self.run_dir = run_dir
         self.file = open(run_dir / METRICS_FILE, "a") if enabled else None  # noqa: SIM115 (closed by close())
+        self.trackers = Trackers(run_dir, names(loggers), params) if enabled and loggers else None
         self.events: Any = None
         if enabled and tensorboard:
             if available("tensorboard"):
@@ -332,6 +340,8 @@ class MetricsLog:
             for key, value in record.items():
                 if key != "step":
                     self.events.add_scalar(key, value, record["step"])
+        if self.trackers is not None:
+            self.trackers.metrics(record)
 
     def image(self, tag: str, picture: torch.Tensor, step: int) -> None:
         """A (3, H, W) picture with values in [0, 1], for TensorBoard's images tab."""
@@ -343,3 +353,6 @@ class MetricsLog:
             self.file.close()
         if self.events is not None:
             self.events.close()
+        if self.trackers is not None:
+            self.trackers.artifacts([self.run_dir / name for name in (CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE)])
+            self.trackers.close()

@@ -7,11 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from byol.choices import LABELS, UNREADABLE, PrepareSettings
 from byol.commands.common import directory, number, quiet_flag
-from byol.data.folder import LABELS
-from byol.prepare import UNREADABLE, Settings
 
-DEFAULTS = Settings()
+DEFAULTS = PrepareSettings()
 
 
 def add_prepare(sub: Any) -> None:
@@ -51,7 +50,7 @@ def add_prepare(sub: Any) -> None:
 def prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.prepare import prepare as run
 
-    settings = Settings(args.max_side, args.quality, args.shard_size, args.labels)
+    settings = PrepareSettings(args.max_side, args.quality, args.shard_size, args.labels)
     s = run(Path(args.source), Path(args.out), settings, workers=args.workers, progress=not args.quiet)
     counts = ", ".join(f"{split} {n}" for split, n in s.images.items())
     if s.already:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from byol.choices import EXPORT_FORMATS as FORMATS
+from byol.choices import MASK_DATASETS as DATASETS
 from byol.commands.common import (
     channels,
     count,
@@ -29,12 +31,7 @@ from byol.commands.common import (
     seed_count,
     unit_fraction,
 )
-from byol.data.masks import DATASETS
-from byol.evaluate.finetune import FinetuneConfig
-from byol.evaluate.knn import KnnConfig
-from byol.evaluate.linear import MODES, LinearConfig
-from byol.evaluate.segment import SegmentConfig
-from byol.export import FORMATS
+from byol.evaluate.settings import MODES, FinetuneConfig, KnnConfig, LinearConfig, SegmentConfig
 
 
 def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser:

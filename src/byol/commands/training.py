@@ -69,7 +69,7 @@ def _resume_compile(extra: Sequence[str]) -> str | None:
 
 
 def add_demo(sub: Any) -> None:
-    from byol.demo import BUDGET_MINUTES
+    from byol.choices import DEMO_BUDGET_MINUTES as BUDGET_MINUTES
 
     p = sub.add_parser(
         "demo",

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from byol.choices import LABELS
 from byol.errors import DataError, quoted
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 UNREAD_EXTENSIONS = (".heic", ".heif", ".avif", ".dng", ".cr2", ".nef", ".arw")  # named when a folder has only these
 SPLITS = ("train", "val", "test")
-LABELS = ("auto", "folders", "none")
 HOLDOUT_BUCKETS = 10  # without a val/ or test/ folder, 1 image in 10 is held out of training for evaluation
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from byol.choices import MASK_DATASETS
 from byol.data.decode import DECODE_ERRORS, load_oriented, open_image
 from byol.data.folder import IMAGE_EXTENSIONS, hidden
 from byol.errors import ConfigError, DataError, quoted
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("folder", "camvid")
+DATASETS = MASK_DATASETS
 CLASSES_FILE = "classes.json"
 DEFAULT_VOID = 255  # PASCAL VOC's "unlabelled / object boundary"
 CAMVID = (  # SegNet's 11-class CamVid (../shared/data/camvid/README.md): ids 0-10, void 11

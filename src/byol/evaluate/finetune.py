@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -29,20 +28,8 @@ from byol.evaluate.common import (
     split_train_val,
     validation_size,
 )
+from byol.evaluate.settings import FinetuneConfig
 from byol.networks import ResNet
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Paper: lr swept over {0.01, 0.02, 0.05, 0.1, 0.005}, epochs over {30, 50}, batch 1024."""
-
-    label_fraction: float = 0.01
-    lrs: Sequence[float] = field(default=(0.01, 0.02, 0.05, 0.1, 0.005))
-    epochs: Sequence[int] = field(default=(30, 50))
-    batch_size: int = 1024
-    weight_decay: float = 0.0
-    val_size: int = 0  # 0: min(10 000, 10% of the training set)
-    seed: int = 0
 
 
 class Classifier(nn.Module):

@@ -6,7 +6,6 @@ exp(similarity / T); the class with the largest total weight wins. Defaults k = 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,14 +14,7 @@ from torch.nn import functional as F
 
 from byol.errors import ConfigError
 from byol.evaluate.common import classification_metrics
-
-
-@dataclass(frozen=True)
-class KnnConfig:
-    """The paper's kNN monitor settings (SPEC §5)."""
-
-    k: int = 200
-    temperature: float = 0.1
+from byol.evaluate.settings import KnnConfig
 
 
 @torch.no_grad()

@@ -20,8 +20,8 @@ AMDIM's own code (costs.py) uses α = 10 with β = 1e-3 on the raw logits for it
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -41,25 +41,8 @@ from byol.evaluate.common import (
     split_train_val,
     validation_size,
 )
+from byol.evaluate.settings import MODES, LinearConfig
 from byol.precision import FP32, Precision
-
-MODES = ("augmented", "cached", "appendix-c")
-
-
-@dataclass(frozen=True)
-class LinearConfig:
-    """Paper: base lr swept over {0.4, 0.3, 0.2, 0.1, 0.05} (× batch/256), 80 epochs in the released code."""
-
-    mode: str = "augmented"
-    base_lrs: Sequence[float] = field(default=(0.4, 0.3, 0.2, 0.1, 0.05))
-    epochs: int = 80
-    batch_size: int = 256
-    val_size: int = 0  # 0: min(10 000, 10% of the training set), as the paper's 10k held-out images
-    seed: int = 0
-    standardize: bool = False  # cached mode: z-score features with training-set statistics (not the paper's)
-    clip_alpha: float = 20.0  # appendix-c: x̂ = α·tanh(x/α)
-    logit_penalty: float = 1e-2  # appendix-c: β in β·mean(x̂²)
-    augment_preset: str = ""  # appendix-c: the pretraining views' preset ("": the run's own)
 
 
 def regularized_loss(logits: Tensor, labels: Tensor, alpha: float, beta: float) -> Tensor:

@@ -27,8 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -38,42 +37,10 @@ from tqdm import tqdm
 
 from byol.data.masks import Classes, SegmentationSplit, channel_stats, fraction_subset
 from byol.errors import ConfigError, TrainingError
+from byol.evaluate.settings import SegmentConfig
 from byol.networks import BN_EPS, BN_MOMENTUM, ResNet, dilate_last_stage
 
 log = logging.getLogger(__name__)
-
-PAPER_LRS = tuple(10 ** (-3 + i / 2) for i in range(5))  # 1e-3 ... 1e-1, 5 log-spaced values (D.4)
-
-
-@dataclass(frozen=True)
-class SegmentConfig:
-    """Appendix D.4's settings (VOC2012, SPEC §5); the CPU-scale values are flags (docs/transfer.md)."""
-
-    lrs: Sequence[float] = field(default=PAPER_LRS)  # base lrs swept on the held-out images
-    lr: float = 0.0  # > 0: this lr, no sweep
-    iterations: int = 30_000
-    batch_size: int = 16
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    crop_size: int = 513
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    decay_at: tuple[float, float] = (0.7, 0.9)  # lr × 0.1 at these fractions of the iterations
-    image_scale: float = 1.0  # images (and the masks trained on) resized by this before anything else
-    head_channels: int = 0  # 0: round(256 · encoder width), at least 16
-    head_dilation: int = 6
-    frozen: bool = False
-    mask_fraction: float = 1.0  # a seeded fraction of the training masks (the few-label regime)
-    val_fraction: float = 0.2  # held out of train for the sweep when the folder has no val split
-    seeds: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.lrs and self.lr <= 0:
-            raise ConfigError("give --lrs to sweep or one --lr")
-        if any(not lr > 0 for lr in (*self.lrs, self.lr or 1.0)):
-            raise ConfigError("learning rates must be positive")
-        if self.crop_size < 8:
-            raise ConfigError(f"--crop-size must be at least 8 px, got {self.crop_size}")
 
 
 def head_width(encoder: ResNet, requested: int = 0) -> int:
