@@ -362,7 +362,13 @@ def _numeric_flags(parser: argparse.ArgumentParser, words: tuple[str, ...] = ())
     every command and sub-command; a flag typed by anything but a bounded number or a path fails the test."""
     found = []
     required = [a for a in parser._actions if a.required and not isinstance(a, argparse._SubParsersAction)]
-    filled = [v for a in required for v in [*a.option_strings[:1], next(iter(a.choices or ["x.npz"]))]]
+    def valid(action: argparse.Action) -> str:  # a value the required argument takes: a choice, a count, a path
+        if action.choices:
+            return str(next(iter(action.choices)))
+        bounds = getattr(action.type, "bounds", None)
+        return str(max(1, int(bounds[0]))) if bounds else "x.npz"
+
+    filled = [v for a in required for v in [*a.option_strings[:1], valid(a)]]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():

@@ -165,8 +165,8 @@ def test_protocols_write_json_and_the_report_collects_them(run_dir, capsys):
     report = write_report(run_dir)
     text = report.read_text()
     assert "kNN (k=200, T=0.1) | synthetic | random" in text and "fine-tune on 10% of the labels" in text
-    for plot in ("views.png", "embedding.png", "loss.png", "tau.png", "learning_rate.png", "collapse.png", "knn.png",
-                 "probe.png"):  # fmt: skip
+    for plot in ("views.png", "embedding.png", "neighbours.png", "clusters.png", "loss.png", "tau.png",
+                 "learning_rate.png", "collapse.png", "knn.png", "probe.png"):  # fmt: skip
         assert f"![{plot}]({plot})" in text and (report.parent / plot).stat().st_size > 5000
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "knn_top1" in r] == [0, 1, 2]  # at init, then every epoch

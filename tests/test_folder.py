@@ -291,7 +291,9 @@ def test_a_flat_folder_pretrains_and_says_what_it_skips_then_evaluates_on_a_name
     assert main(["knn", str(run), "--quiet", "--k", "3", "--data-dir", str(labelled_dir)]) == 0
     assert main(["report", str(run), "--quiet"]) == 0
     report = (run / "report" / "report.md").read_text()
-    assert "embedding.png" in report  # the t-SNE map of an unlabelled run, in one colour
+    # what the encoder learned, without labels: the t-SNE map coloured by k-means cluster, each query with its
+    # nearest neighbours among the run's own images, and the clusters' contact sheet
+    assert all(f"![{p}]({p})" in report for p in ("embedding.png", "neighbours.png", "clusters.png"))
     out = tmp_path / "features.npz"
     assert main(["embed", str(run), "--out", str(out), "--quiet"]) == 0
     saved = np.load(out)

@@ -19,6 +19,9 @@ EXPORT_FORMATS = ("safetensors", "hub", "onnx", "torchvision")
 # CPU and 2 on one GPU; the budgets leave room for what the plan cannot time (start-up, report, a busy machine).
 DEMO_BUDGET_MINUTES = {"cpu": 9.0, "cuda": 1.5}
 
+# byol.curate: how `byol select` chooses the images to label first
+SELECT_METHODS = ("typical", "diverse", "random")
+
 # byol.prepare: the file, in a prepared folder, that lists the source files left out as unreadable
 UNREADABLE = "unreadable.tsv"
 

@@ -16,6 +16,7 @@ Four formats, none of which can carry code (the .pth holds tensors only, read ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -272,6 +273,17 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def content_digest(images: Any, index: int) -> str:
+    """SHA-256 of an image's content as stored: its file's bytes (a folder, a prepared shard's member), or its
+    pixels (an array dataset). Equal digests are exact duplicates (`byol duplicates`)."""
+    if isinstance(images, Files):
+        source = images.read(index)
+        data = source.getvalue() if hasattr(source, "getvalue") else Path(source).read_bytes()
+    else:
+        data = images.images[index].numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
 def embed(
     source: str | Path,
     out: str | Path,
@@ -300,7 +312,8 @@ def embed(
         raise ConfigError(f"{quoted(source)} does not say what it was trained on; name the data with --dataset")
     if data_dir is None:
         data_dir = data.data_dir if not dataset else ""
-    images = load_dataset(name, split or split_name(name, "test"), data_dir, data.image_size, data.labels)
+    images_split = split or split_name(name, "test")
+    images = load_dataset(name, images_split, data_dir, data.image_size, data.labels)
     if images.channels != pretrained.in_channels:
         raise ConfigError(
             f"the encoder takes {pretrained.in_channels}-channel images but {name} has {images.channels}; embed a "
@@ -317,5 +330,9 @@ def embed(
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
     if isinstance(images, Files):  # the file of each row (prepared shards: shard and member)
         arrays["paths"] = np.array([images.describe(i) for i in found.indices.tolist()], dtype=str)
+    arrays["digests"] = np.array([content_digest(images, i) for i in found.indices.tolist()], dtype=str)
+    source_record = {"encoder": str(source.resolve()), "dataset": name, "split": images_split, "data_dir": data_dir,
+                     "image_size": data.image_size, "labels": data.labels}  # fmt: skip
+    arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     return out, tuple(found.features.shape)

@@ -16,7 +16,6 @@ file is written atomically, so an interrupted report leaves the previous one who
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from byol import rundir
 from byol.checkpoint import list_checkpoints
 from byol.config import finite_number
+from byol.curate import centre_distances, kmeans, nearest
 from byol.data import labelled, load_split
 from byol.distributed import resolve_device
 from byol.errors import DataError
@@ -37,9 +37,10 @@ from byol.files import atomic_write, remove_debris
 from byol.loggers import add_artifacts
 from byol.loss import collapse_floor
 from byol.rundir import EVAL_DIR, METRICS_FILE, REPORT_DIR
-from byol.visualize import MAP_IMAGES, embedding_map, pyplot, view_samples
+from byol.visualize import MAP_IMAGES, dataset_thumbnails, embedding_map, picture_rows, pyplot, save_png, view_samples
 
 plt = pyplot()
+QUERIES, NEIGHBOURS, CLUSTERS = 6, 7, 8  # the neighbours picture: 6 queries, 7 neighbours each; 8 clusters
 
 STEP_KEYS = ("step", "epoch", "byol_loss", "tau", "lr", "proj_std")  # what every training record holds
 RESULT_KEYS = {"protocol": str, "dataset": str, "init": str, "top1": float, "top5": float, "mean_per_class": float}
@@ -111,13 +112,6 @@ def moving_average(values: list[float], window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def _save(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
 def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[float], list[float]]],
           hlines: tuple[tuple[str, float], ...] = (), smooth: bool = False) -> None:  # fmt: skip
     """Line plots over optimizer steps; ``smooth``: each series raw and faint, its moving average bold."""
@@ -141,7 +135,7 @@ def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[floa
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _views_picture(path: Path, config: Any) -> None:
@@ -159,39 +153,65 @@ def _views_picture(path: Path, config: Any) -> None:
         axes[row, 0].set_ylabel(name, fontsize=9)
     fig.suptitle(f"views of augment preset '{config.augment.preset}' at {d.image_size} px, seed {config.train.seed}")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
-def _embedding_picture(path: Path, run_dir: Path, config: Any, progress: bool) -> None:
-    """``embedding.png``: t-SNE of test-set representations, the BYOL encoder beside random init; coloured by
-    class where the run's evaluation set has classes, in one colour where it is unlabelled."""
+def _embedding_pictures(out: Path, run_dir: Path, config: Any, progress: bool) -> list[str]:
+    """What the encoder learned, from test-set representations: ``embedding.png``, a t-SNE map of the BYOL
+    encoder beside random init, coloured by class where the run's evaluation set has classes and by k-means
+    cluster where it is unlabelled; ``neighbours.png``, query images with the images the encoder finds most like
+    them; ``clusters.png``, the images nearest the centre of each k-means cluster. Returns the names drawn."""
     d = config.data
     name, data_dir = d.evaluation()
     test = load_split(name, "test", data_dir, d.image_size, d.labels if name == d.dataset else "auto")
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.train.seed))[:MAP_IMAGES]
     test = test.subset(chosen.sort().values)
     device = resolve_device("auto")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=110)
-    for ax, init, title in zip(axes, ("pretrained", "random"), ("BYOL (online encoder)", "random init"), strict=True):
+    features = {}
+    for init in ("pretrained", "random"):
         encoder = load_encoder_from_run(run_dir, init).encoder
-        features, labels = extract_features(
+        features[init] = extract_features(
             encoder, test, image_size=d.image_size, device=device, desc=f"{init} features", progress=progress
         )
-        xy, classes = embedding_map(features, config.train.seed), labels.numpy()
-        if not labelled(test):
-            ax.scatter(xy[:, 0], xy[:, 1], s=4, color="tab:blue")
-        for c, class_name in enumerate(test.classes):
-            mine = classes == c
-            ax.scatter(xy[mine, 0], xy[mine, 1], s=4, color=plt.get_cmap("tab10" if len(test.classes) <= 10
+    byol = features["pretrained"][0].numpy()
+    k = min(CLUSTERS, len(test))
+    assignment, centres = kmeans(byol, k, config.train.seed)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=110)
+    for ax, init, title in zip(axes, ("pretrained", "random"), ("BYOL (online encoder)", "random init"), strict=True):
+        found, labels = features[init]
+        xy = embedding_map(found, config.train.seed)
+        colour_by, names = (labels.numpy(), test.classes) if labelled(test) else (
+            assignment, tuple(f"cluster {c}" for c in range(k)))  # fmt: skip
+        for c, class_name in enumerate(names):
+            mine = colour_by == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=4, color=plt.get_cmap("tab10" if len(names) <= 10
                        else "tab20")(c % 20), label=class_name)  # fmt: skip
-        what = "test images" if labelled(test) else "images (unlabelled: one colour)"
-        ax.set_title(f"{title}: t-SNE of {len(features)} {name} {what}")
+        what = "test images" if labelled(test) else "images (unlabelled: coloured by BYOL's k-means clusters)"
+        ax.set_title(f"{title}: t-SNE of {len(found)} {name} {what}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if labelled(test) and len(test.classes) <= 20:
+    if len(names) <= 20:
         axes[1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, out / "embedding.png")
+
+    queries = np.random.default_rng(config.train.seed).choice(len(test), size=min(QUERIES, len(test)), replace=False)
+    sims, rows = nearest(byol, byol[queries], NEIGHBOURS + 1)
+    pictures = dataset_thumbnails(test, [r for row in rows for r in row.tolist()])
+    grid = [("query" if q == 0 else "", pictures[q * (NEIGHBOURS + 1) : (q + 1) * (NEIGHBOURS + 1)],
+             ["query", *(f"{s:.3f}" for s in sims[q, 1:])]) for q in range(len(queries))]  # fmt: skip
+    picture_rows(out / "neighbours.png", grid, "each query (left) and the test images the BYOL encoder finds most "
+                 "like it (cosine similarity under each)")  # fmt: skip
+
+    distance = centre_distances(byol, assignment, centres)
+    sheet = []
+    for c in np.argsort(-np.bincount(assignment, minlength=k), kind="stable").tolist():
+        members = np.flatnonzero(assignment == c)
+        central = members[np.argsort(distance[members], kind="stable")][: NEIGHBOURS + 1].tolist()
+        sheet.append((f"{c}: {len(members)}", dataset_thumbnails(test, central), [""] * len(central)))
+    picture_rows(out / "clusters.png", sheet, f"k-means clusters of the BYOL features (k = {k}): the images nearest "
+                 "each centre, largest cluster first")  # fmt: skip
+    return ["embedding.png", "neighbours.png", "clusters.png"]
 
 
 def _picture(make: Any, name: str, notes: list[str]) -> bool:
@@ -264,9 +284,10 @@ def write_report(run_dir: str | Path, *, embedding: bool = True, progress: bool 
             "embedding.png not drawn: "
             + ("--no-embedding" if list_checkpoints(run_dir) else "the run has no checkpoint")
         )
-    elif _picture(lambda: _embedding_picture(out / "embedding.png", run_dir, config, progress),
-                                "embedding.png", notes):  # fmt: skip
-        plots.insert(1, "embedding.png")
+    else:
+        drawn: list[str] = []
+        if _picture(lambda: drawn.extend(_embedding_pictures(out, run_dir, config, progress)), "embedding.png", notes):
+            plots[1:1] = drawn
 
     last = steps[-1]
     shown = str(run_dir).encode("utf-8", "replace").decode("utf-8")  # a name that is not UTF-8 stays printable

@@ -147,7 +147,59 @@ def segmentation_picture(
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    save_png(fig, path)
+
+
+def picture_rows(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], title: str) -> None:
+    """A PNG of rows of thumbnails: each row a label on its left, its (h, w, 3) uint8 pictures (all one size), a
+    caption under each (a similarity, a distance). Nearest neighbours (a query, then what the encoder finds like
+    it) and cluster contact sheets are drawn with it: one mosaic in one image, quick to draw whatever its size."""
+    plt = pyplot()
+    size = rows[0][1][0].shape[0] if rows and rows[0][1] else 64
+    pad, caption = 4, 14  # pixels around each picture, and below it for its caption
+    columns = max(1, max(len(pictures) for _, pictures, _ in rows))
+    cell_w, cell_h = size + pad, size + pad + caption
+    mosaic = np.full((len(rows) * cell_h + pad, columns * cell_w + pad, 3), 255, dtype=np.uint8)
+    for r, (_, pictures, _) in enumerate(rows):
+        for c, picture in enumerate(pictures):
+            top, left = pad + r * cell_h, pad + c * cell_w
+            mosaic[top : top + size, left : left + size] = picture[:size, :size]
+    dpi, margin, top = 100, 1.3, 0.4  # inches: the row labels' margin on the left, the title's band on top
+    width_in, height_in = mosaic.shape[1] / dpi, mosaic.shape[0] / dpi
+    fig_w = max(width_in + margin, 0.065 * len(title) + 0.2)  # wide enough for the title
+    fig = plt.figure(figsize=(fig_w, height_in + top), dpi=dpi)
+    ax = fig.add_axes((margin / fig_w, 0, width_in / fig_w, height_in / (height_in + top)))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for r, (label, pictures, captions) in enumerate(rows):
+        ax.text(-6, pad + r * cell_h + size / 2, label, ha="right", va="center", fontsize=8)
+        for c, text in enumerate(captions[: len(pictures)]):
+            ax.text(pad + c * cell_w + size / 2, pad + r * cell_h + size + 2, text, ha="center", va="top", fontsize=7)
+    fig.suptitle(title, fontsize=9, y=0.995, va="top")
+    save_png(fig, path)
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """A figure as a PNG file, written atomically, and closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def dataset_thumbnails(images: Dataset, indices: Sequence[int], size: int = 64) -> list[np.ndarray]:
+    """Images ``indices`` of a dataset as (size, size, 3) uint8 pictures, upright, whole (not cropped)."""
+    from PIL import Image
+
+    from byol.data import Files
+    from byol.data.decode import load_oriented
+
+    pictures = []
+    for i in indices:
+        if isinstance(images, Files):
+            picture = load_oriented(images.read(int(i)))
+        else:
+            pixels = images.images[int(i)].numpy().transpose(1, 2, 0)
+            picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).convert("RGB")
+        pictures.append(np.asarray(picture.resize((size, size), Image.Resampling.BICUBIC)))
+    return pictures

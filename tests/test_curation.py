@@ -1,0 +1,178 @@
+"""Search, duplicates, selection and clusters on `byol embed` features: each against a brute-force computation on
+generated features, then the commands end to end on a folder of images made here, and their bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from byol.cli import main
+from byol.curate import _unit, groups, near_pairs, nearest, read_embeddings, select, typicality
+
+FEATURES = st.tuples(st.integers(1, 120), st.integers(1, 12), st.integers(0, 2**31 - 1)).map(
+    lambda t: np.random.default_rng(t[2]).standard_normal((t[0], t[1])).astype(np.float32) * 3
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(features=FEATURES, k=st.integers(1, 20), chunk=st.integers(1, 50), data=st.data())
+def test_search_is_exact_whatever_the_chunk(features, k, chunk, data):
+    queries = data.draw(FEATURES.filter(lambda q: q.shape[1] == features.shape[1]) | st.just(features[:3]))
+    sims, rows = nearest(features, queries, k, chunk=chunk)
+    cosine = _unit(queries) @ _unit(features).T  # (Q, N), the brute force
+    k = min(k, len(features))
+    assert sims.shape == rows.shape == (len(queries), k)
+    for q in range(len(queries)):
+        assert np.allclose(np.sort(cosine[q])[::-1][:k], sims[q], atol=1e-5)  # the k best scores, in order
+        assert np.allclose(cosine[q, rows[q]], sims[q], atol=1e-5)  # and the rows that have them
+
+
+@settings(max_examples=30, deadline=None)
+@given(features=FEATURES, threshold=st.floats(-1.0, 1.0), chunk=st.integers(1, 40))
+def test_near_pairs_and_groups_match_the_brute_force(features, threshold, chunk):
+    found = {(i, j) for i, j, _ in near_pairs(features, None, threshold, chunk=chunk)}
+    cosine = _unit(features) @ _unit(features).T
+    n = len(features)
+    # float32 rounding may tip a pair sitting exactly on the threshold: those are left out of the comparison
+    sure = {(i, j) for i in range(n) for j in range(i + 1, n) if cosine[i, j] >= threshold + 1e-5}
+    unsure = {(i, j) for i in range(n) for j in range(i + 1, n) if abs(cosine[i, j] - threshold) < 1e-5}
+    assert sure <= found <= sure | unsure
+    components = groups(n, sorted(found))
+    assert sorted(i for g in components for i in g) == sorted({i for pair in found for i in pair})
+    where = {i: c for c, g in enumerate(components) for i in g}
+    assert all(where[i] == where[j] for i, j in found)  # a pair never spans two groups
+
+
+def test_typical_takes_the_densest_point_of_each_cluster_and_diverse_the_farthest():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 8)) * 10
+    features = np.concatenate([c + rng.standard_normal((50, 8)) for c in centres]).astype(np.float32)
+    chosen = select(features, 4, "typical", seed=0)
+    assert sorted(i // 50 for i in chosen) == [0, 1, 2, 3]  # one per blob
+    x = _unit(features)
+    for i in chosen:  # and, in its blob, the row with the highest typicality
+        blob = np.arange(i // 50 * 50, i // 50 * 50 + 50)
+        assert i == blob[np.argmax(typicality(x[blob]))]
+    diverse = select(features, 6, "diverse", seed=0)
+    for n in range(1, 6):  # k-center greedy: each next row is the one farthest from those already chosen
+        distance = np.min(np.sqrt(np.maximum(2 - 2 * x @ x[diverse[:n]].T, 0)), axis=1)
+        assert np.isclose(distance[diverse[n]], distance.max())
+    assert select(features, 7, "random", 3) == select(features, 7, "random", 3) != select(features, 7, "random", 4)
+    assert len(set(select(features, 200, "random", 0))) == 200
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of 24 distinct images, one of them twice (the same bytes) and one saved again as a JPEG."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        pixels = (rng.random((3, 3, 3)) * 255).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+        Image.fromarray(pixels).save(folder / f"p{i:02d}.png")
+    shutil.copy(folder / "p00.png", folder / "copy.png")
+    Image.open(folder / "p01.png").save(folder / "p01-again.jpg", quality=95)
+    return folder
+
+
+@pytest.fixture
+def embedded(finished_run, photos, tmp_path):
+    out = tmp_path / "features.npz"
+    encoder = str(finished_run.parent / "enc.safetensors")
+    args = ["embed", encoder, "--dataset", "imagefolder", "--data-dir", str(photos), "--split", "train", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    return out
+
+
+def test_an_embed_file_is_memory_mapped_and_records_its_encoder_and_digests(embedded, photos, finished_run):
+    e = read_embeddings(embedded)
+    assert isinstance(e.features, np.memmap) and len(e) == 26
+    assert e.source["encoder"] == str((finished_run.parent / "enc.safetensors").resolve())
+    by_name = dict(zip([n.rsplit("/", 1)[-1] for n in e.names], e.digests, strict=True))
+    assert by_name["copy.png"] == by_name["p00.png"] != by_name["p01.png"]
+    with np.load(embedded) as arrays:
+        assert np.array_equal(arrays["features"], np.asarray(e.features))
+
+
+def test_search_by_row_by_path_and_by_a_new_image(embedded, photos, tmp_path, capsys):
+    e = read_embeddings(embedded)
+    row = [n.endswith("p05.png") for n in e.names].index(True)
+    assert main(["search", str(embedded), "--query", str(row), "--k", "3"]) == 0
+    by_row = json.loads(embedded.with_name("features.search.json").read_text())
+    assert len(by_row["neighbours"]) == 3 and all(n["row"] != row for n in by_row["neighbours"])
+    assert main(["search", str(embedded), "--query", e.names[row], "--k", "3", "--out", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["neighbours"] == by_row["neighbours"]
+    outside = tmp_path / "outside.png"
+    shutil.copy(photos / "p05.png", outside)  # not in the set: embedded with the encoder the .npz names
+    assert main(["search", str(embedded), "--query", str(outside), "--k", "1", "--out", str(tmp_path / "o.json")]) == 0
+    (best,) = json.loads((tmp_path / "o.json").read_text())["neighbours"]
+    assert best["row"] == row and best["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert "similarity" in capsys.readouterr().out
+
+
+def test_duplicates_finds_the_copy_exactly_and_the_leak_across_sets(embedded, finished_run, photos, tmp_path):
+    assert main(["duplicates", str(embedded), "--threshold", "0.9999"]) == 0
+    found = json.loads(embedded.with_name("features.duplicates.json").read_text())
+    exact = [g for g in found["groups"] if g["exact"]]
+    assert len(exact) == 1 and sorted(p.rsplit("/", 1)[-1] for p in exact[0]["paths"]) == ["copy.png", "p00.png"]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photos / "p07.png", other / "leaked.png")
+    Image.new("RGB", (24, 24), "white").save(other / "blank.png")
+    encoder = str(finished_run.parent / "enc.safetensors")
+    assert main(["embed", encoder, "--dataset", "imagefolder", "--data-dir", str(other), "--split", "train",
+                 "--out", str(tmp_path / "other.npz"), "--quiet"]) == 0  # fmt: skip
+    out = tmp_path / "leaks.json"
+    assert main(["duplicates", str(embedded), "--against", str(tmp_path / "other.npz"), "--out", str(out)]) == 0
+    twins = json.loads(out.read_text())["twins"]
+    assert [t["path"].rsplit("/", 1)[-1] for t in twins if t["similarity"] == 1.0] == ["p07.png"]
+
+
+def test_select_and_clusters_write_paths_and_contact_sheets(embedded, tmp_path):
+    assert main(["select", str(embedded), "--count", "5", "--method", "diverse"]) == 0
+    chosen = json.loads(embedded.with_name("features.select.json").read_text())["selected"]
+    assert len({c["path"] for c in chosen}) == 5
+    assert main(["clusters", str(embedded), "--k", "3", "--sheets", "4"]) == 0
+    result = json.loads(embedded.with_name("features.clusters.json").read_text())
+    assert sum(c["size"] for c in result["clusters"]) == 26 == len(result["images"])
+    sheets = sorted(embedded.with_name("features.clusters").iterdir())
+    assert len(sheets) == 3 and all(Image.open(s).size[0] > 100 for s in sheets)
+    assert main(["clusters", str(embedded), "--k", "2"]) == 0  # its own earlier result and sheets are replaced
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["search", "{missing}", "--query", "0"], "does not exist"),
+        (["search", "{notnpz}", "--query", "0"], "is not a readable .npz"),
+        (["search", "{npz}", "--query", "9999"], "the set has rows 0 to 25"),
+        (["search", "{npz}", "--query", "no/such.png"], "is neither a row number"),
+        (["clusters", "{npz}", "--k", "500"], "--k must lie in [1, 26]"),
+        (["select", "{npz}", "--count", "27"], "--count must lie in [1, 26]"),
+        (["duplicates", "{npz}", "--threshold", "1.5"], "a cosine similarity in [-1, 1]"),
+        (["select", "{npz}", "--count", "2", "--out", "{npz}"], "would overwrite"),
+        (["select", "{npz}", "--count", "2"], "{derived}"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, tmp_path, capsys, args, says):
+    (tmp_path / "not.npz").write_text("hello")
+    derived = embedded.with_name("features.select.json")
+    if says == "{derived}":
+        derived.write_text("a file of the user's")
+        says = "features.select.json"
+    paths = {"missing": tmp_path / "none.npz", "notnpz": tmp_path / "not.npz", "npz": embedded}
+    before = embedded.read_bytes()
+    code = None
+    try:
+        code = main([a.format(**paths) for a in args])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if not line.startswith(("usage:", " "))]  # argparse's usage aside
+    assert code == 2 and len(said) == 1 and says in said[0], err
+    assert embedded.read_bytes() == before
+    assert not derived.exists() or derived.read_text() == "a file of the user's"
