@@ -362,6 +362,7 @@ def _numeric_flags(parser: argparse.ArgumentParser, words: tuple[str, ...] = ())
     every command and sub-command; a flag typed by anything but a bounded number or a path fails the test."""
     found = []
     required = [a for a in parser._actions if a.required and not isinstance(a, argparse._SubParsersAction)]
+
     def valid(action: argparse.Action) -> str:  # a value the required argument takes: a choice, a count, a path
         if action.choices:
             return str(next(iter(action.choices)))

@@ -115,3 +115,61 @@ def test_ranks_under_a_sigkilled_torchrun_end_with_it(tmp_path):
     agent.send_signal(signal.SIGKILL)
     agent.wait()
     assert_all_end(ranks, "torchrun's ranks")
+
+
+def _final_weights(run):
+    from byol.checkpoint import latest_checkpoint, load_checkpoint
+
+    state = load_checkpoint(latest_checkpoint(run))["state"]
+    return state["step"], {f"{n}.{k}": v for n in ("online", "target") for k, v in state[n].items()}
+
+
+ELASTIC = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.max_steps", "24",
+           "--train.checkpoint_every", "2", "--train.deterministic", "true", "--train.compile", "false"]  # fmt: skip
+
+
+def _torchrun(run, restarts, rendezvous):
+    command = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", "2", "--max-restarts",
+               str(restarts), "-m", "byol", *ELASTIC, "--resume", "auto", "--run-dir", str(run)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+# torchrun's c10d rendezvous (--standalone) and its static one (--master_port): a restart keeps the first round's
+# store, whose keys byol's ranks prefix by round (a restarted rank read its dead peer's address 1 run in 2 before)
+@pytest.mark.slow  # three torchrun groups of two ranks (about 30 s); the default suite's torchrun run is above
+@pytest.mark.parametrize("rendezvous", [["--standalone"], ["--master_port", "free"]], ids=["c10d", "static"])
+def test_a_rank_killed_under_torchrun_max_restarts_resumes_to_the_uninterrupted_weights(tmp_path, rendezvous):
+    """The elastic job: `torchrun --max-restarts 1 ... byol pretrain --resume auto`; one rank SIGKILLed mid-run
+    (a lost node); torchrun restarts the group, which continues from the last checkpoint to the weights of a run
+    that was never interrupted, bit for bit (fixed data order, deterministic CPU kernels, the same world size)."""
+    rendezvous = [str(_free_port()) if word == "free" else word for word in rendezvous]
+    reference = _torchrun(tmp_path / "reference", 0, rendezvous)
+    assert reference.wait() == 0, reference.stderr.read()
+    run = tmp_path / "elastic"
+    agent = _torchrun(run, 1, rendezvous)
+    assert wait_until(lambda: logged_steps(run) >= 7, agent, "step 7 of the elastic run"), agent.stderr.read()
+    first = sorted(child_pids(agent.pid))
+    assert len(first) == 2, first
+    os.kill(first[1], signal.SIGKILL)  # one rank: its peer is stopped by the agent, and both start again
+    assert agent.wait() == 0, agent.stderr.read()
+    assert_all_end(first, "the first group's ranks")
+    step, weights = _final_weights(run)
+    ref_step, ref_weights = _final_weights(tmp_path / "reference")
+    assert step == ref_step == 24
+    for name, tensor in ref_weights.items():
+        assert torch.equal(weights[name], tensor), name
+    steps = [r["step"] for r in rundir.read_metrics(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # the records past the checkpoint were replaced
+
+
+def test_resume_auto_starts_a_run_continues_it_and_refuses_other_flags(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*ELASTIC, "--train.max_steps", "4", "--resume", "auto", "--run-dir", str(run)]
+    assert main(args) == 0  # nothing there: it starts
+    assert main(args) == 0  # a finished run: it continues it (nothing left to do) rather than refuse
+    assert [r["step"] for r in rundir.read_metrics(run)][-1] == 4
+    capsys.readouterr()
+    assert main([*args, "--optim.base_lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume auto:" in err and "optim.base_lr" in err and len(err.strip().splitlines()) == 1

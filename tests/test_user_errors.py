@@ -405,3 +405,40 @@ def test_a_cache_home_that_is_a_file_gets_one_line_and_no_raw_library_warning(fi
     done = subprocess.run(report, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(done.stderr.splitlines()) == 1 and "matplotlib cannot keep its cache" in done.stderr, done.stderr
+
+
+URLS = st.builds(
+    lambda scheme, rest: f"{scheme}://{rest}",
+    st.from_regex(r"[A-Za-z][A-Za-z0-9+.\-]{0,7}", fullmatch=True),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30),
+)
+URL_ARGS = [
+    lambda url, run: ["prepare", str(run), "--out", url],
+    lambda url, run: ["prepare", url, "--out", "shards"],
+    lambda url, run: ["pretrain", "--preset", "tiny", "--quiet", "--data-dir", url, "--run-dir", "r"],
+    lambda url, run: ["pretrain", "--preset", "tiny", "--quiet", "--data.eval_dir", url, "--run-dir", "r"],
+    lambda url, run: ["pretrain", "--preset", "tiny", "--quiet", "--run-dir", url],
+    lambda url, run: ["knn", str(run), "--quiet", "--data-dir", url],
+    lambda url, run: ["embed", str(run), "--out", "f.npz", "--data-dir", url],
+    lambda url, run: ["segment", str(run), "--data-dir", url],
+]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(url=URLS, make=st.sampled_from(URL_ARGS))
+def test_a_url_where_a_folder_goes_is_refused_and_nothing_is_made(finished_run, tmp_path, monkeypatch, capsys, url,
+                                                                  make):  # fmt: skip
+    """Object storage is not read: `--out s3://bucket/x` once made a local folder named "s3:" and exited 0."""
+    work = tmp_path / "cwd"
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
+    before = sorted(work.iterdir())
+    code = None
+    try:
+        code = main(make(url, finished_run))
+    except SystemExit as e:  # argparse's refusal of the flag's value
+        code = e.code
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if not line.startswith(("usage:", " "))]
+    assert code == 2 and len(said) == 1 and "is a URL" in said[0], err
+    assert sorted(work.iterdir()) == before

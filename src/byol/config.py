@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -424,6 +425,20 @@ def get_preset(name: str) -> Config:
     return PRESETS[name]()
 
 
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, https://, file://: not a folder of this machine
+
+
+def local_folder(text: str, what: str) -> str:
+    """``text`` unless it is a URL: object storage is not read (yet), and a URL taken as a folder name would make
+    a local folder called "s3:" without a word. Refused in one line naming what to do."""
+    if URL.match(text):
+        raise ConfigError(
+            f"{what} {text!r} is a URL; byol reads and writes local folders only: copy the data to this machine or "
+            "mount the bucket (docs/data.md, Several nodes)"
+        )
+    return text
+
+
 def validate(config: Config) -> Config:
     """Refuses impossible or unknown values, naming the field and what it accepts. Returns the config."""
     from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
@@ -434,6 +449,8 @@ def validate(config: Config) -> Config:
     for key, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} must be a finite number")
+    local_folder(config.data.data_dir, "data.data_dir")
+    local_folder(config.data.eval_dir, "data.eval_dir")
     m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
     choices: list[tuple[str, object, tuple[object, ...]]] = [
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),

@@ -15,6 +15,7 @@ code path).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import warnings
@@ -93,7 +94,15 @@ def init_distributed(device: torch.device) -> DistributedContext:
         die_with_parent(os.getppid())
     rank = context.rank
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if restart is None:
+            dist.init_process_group(backend)
+        else:  # torchrun's store outlives a restart: each round's keys get their own prefix, or a restarted rank
+            # may read its peer's address from the round before and dial a process that is gone
+            store, rank, world_size = next(dist.rendezvous("env://"))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"byol/round-{restart}", store), rank=rank,
+                                    world_size=world_size)  # fmt: skip
     for handler in logging.getLogger().handlers:
         handler.addFilter(_MainRankOnly(rank))
     return context
@@ -124,6 +133,16 @@ def setup(device_name: str) -> tuple[torch.device, DistributedContext]:
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     return device, context
+
+
+def leave() -> None:
+    """Leaves torchrun's process group at the end of a command, all ranks together: a process that exits with its
+    gloo threads still running aborts ("terminate called without an active exception"), which torchrun's c10d
+    rendezvous reports as a failed rank."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # the finished run's DDP reducers go while the group still lives
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def current_context() -> DistributedContext:

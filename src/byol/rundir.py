@@ -253,6 +253,19 @@ def check_unchanged(run_dir: Path, config: Config) -> None:
         )
 
 
+def check_same_run(run_dir: Path, saved: Config, given: Config) -> None:
+    """`--resume auto` found a run in ``run_dir``: refuses flags that describe another run (``given`` against the
+    checkpoint's ``saved``), naming each key, rather than continue a run the command line does not describe."""
+    ours, theirs = flatten(saved.to_dict()), flatten(given.to_dict())
+    changed = [f"{key}: {ours[key]!r} in the run, {theirs.get(key)!r} in the flags" for key in ours
+               if theirs.get(key) != ours[key] and key not in SPEED_SWITCHES]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"--resume auto: {quoted(run_dir)} holds a run with other settings ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}); give the run's own flags, or another --run-dir"
+        )
+
+
 def remove_logs(run_dir: Path) -> None:
     """metrics.jsonl and the TensorBoard event files, before a run starts afresh in ``run_dir``."""
     (run_dir / METRICS_FILE).unlink(missing_ok=True)

@@ -320,15 +320,22 @@ def pretrain(
         return _run(config, run_dir, progress=progress, step_seconds_hint=step_seconds_hint, resize=resize)
 
 
-def resume(run_dir: str | Path, progress: bool = True, compile: str | None = None) -> tuple[TrainState, Dataset]:
+def resume(
+    run_dir: str | Path, progress: bool = True, compile: str | None = None, expect: Config | None = None
+) -> tuple[TrainState, Dataset]:
     """Continues the run in ``run_dir`` from its newest readable checkpoint, with the config saved in it;
-    ``compile``: another ``train.compile`` (a speed switch: compiled and eager checkpoints resume into each other)."""
+    ``compile``: another ``train.compile`` (a speed switch: compiled and eager checkpoints resume into each other).
+    ``expect``: the config the caller would start the run with (`--resume auto`), refused where the checkpoint's
+    differs in anything but a speed switch, naming each key."""
     run_dir = Path(run_dir)
     latest_checkpoint(run_dir)  # refused before anything is written: no such directory, or no checkpoint in it
     with rundir.writer_lock(run_dir, create=False):
         payload = load_resumable(run_dir, check=_check_resumable)
         config = run_config(payload, run_dir)
         rundir.check_unchanged(run_dir, config)
+        if expect is not None:
+            rundir.check_same_run(run_dir, config, expect)
+            compile = expect.train.compile
         if compile is not None:
             config = validate(apply_overrides(config, {"train.compile": compile}))
         return _run(config, run_dir, payload=payload, progress=progress)

@@ -164,11 +164,11 @@ def picture_rows(path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray], Seq
         for c, picture in enumerate(pictures):
             top, left = pad + r * cell_h, pad + c * cell_w
             mosaic[top : top + size, left : left + size] = picture[:size, :size]
-    dpi, margin, top = 100, 1.3, 0.4  # inches: the row labels' margin on the left, the title's band on top
+    dpi, margin, band = 100, 1.3, 0.4  # inches: the row labels' margin on the left, the title's band on top
     width_in, height_in = mosaic.shape[1] / dpi, mosaic.shape[0] / dpi
     fig_w = max(width_in + margin, 0.065 * len(title) + 0.2)  # wide enough for the title
-    fig = plt.figure(figsize=(fig_w, height_in + top), dpi=dpi)
-    ax = fig.add_axes((margin / fig_w, 0, width_in / fig_w, height_in / (height_in + top)))
+    fig = plt.figure(figsize=(fig_w, height_in + band), dpi=dpi)
+    ax = fig.add_axes((margin / fig_w, 0, width_in / fig_w, height_in / (height_in + band)))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     for r, (label, pictures, captions) in enumerate(rows):

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from byol.config import MAX_IMAGE_SIZE, PRESETS, Config
+from byol.config import MAX_IMAGE_SIZE, PRESETS, Config, local_folder
 from byol.errors import ConfigError
 from byol.length import configure
 
@@ -64,7 +64,7 @@ def add_config_flags(parser: argparse.ArgumentParser, default_preset: str) -> No
     parser.add_argument(
         "--dataset", help="dataset name (synthetic, fashion-mnist, cifar10, cifar100, stl10, imagefolder)"
     )
-    parser.add_argument("--data-dir", dest="data_dir", help="directory holding the dataset's files")
+    parser.add_argument("--data-dir", dest="data_dir", type=data_folder, help="directory holding the dataset's files")
     parser.add_argument("--epochs", help="number of pretraining epochs")
     parser.add_argument("--seed", help="random seed")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -107,10 +107,22 @@ def number(kind: type, minimum: float, upper: float, what: str) -> Callable[[str
 
 
 def directory(text: str) -> Path:
-    """An argparse type: a directory path, not the empty string (an unset shell variable, most often)."""
+    """An argparse type: a directory path, not the empty string (an unset shell variable, most often), nor a URL
+    (``s3://bucket/x`` would otherwise become a local folder named ``s3:``)."""
     if not text:
         raise argparse.ArgumentTypeError("expected a directory, got an empty string")
-    return Path(text)
+    try:
+        return Path(local_folder(text, "the folder"))
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def data_folder(text: str) -> str:
+    """An argparse type: a --data-dir, which may be empty (the dataset's default place) but not a URL."""
+    try:
+        return local_folder(text, "--data-dir")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 positive = number(float, 0.0, MAX_REAL, "a positive number up to 1e6")

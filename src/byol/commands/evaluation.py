@@ -18,6 +18,7 @@ from byol.commands.common import (
     channels,
     count,
     crop_size,
+    data_folder,
     directory,
     floats,
     fraction,
@@ -44,7 +45,7 @@ def _add_protocol(sub: Any, name: str, **kwargs: str) -> argparse.ArgumentParser
         "(.safetensors, .pth, hub folder; any torchvision-layout ResNet)",
     )
     p.add_argument("--dataset", help="evaluate on this dataset (default: the pretraining one; else transfer)")
-    p.add_argument("--data-dir", dest="data_dir", help="directory of that dataset's files")
+    p.add_argument("--data-dir", dest="data_dir", type=data_folder, help="directory of that dataset's files")
     p.add_argument("--image-size", type=image_size, default=0, help="input size (default: the run's view size)")
     _add_init(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -190,7 +191,7 @@ def add_embed(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="output .npz file")
     p.add_argument("--dataset", help="dataset (default: the one the encoder was pretrained on)")
     p.add_argument("--split", help="split (default: test; an unlabelled image folder: every image)")
-    p.add_argument("--data-dir", dest="data_dir", help="directory of the dataset's files")
+    p.add_argument("--data-dir", dest="data_dir", type=data_folder, help="directory of the dataset's files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     quiet_flag(p)
     p.set_defaults(handler=embed)

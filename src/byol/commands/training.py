@@ -32,16 +32,27 @@ def add_pretrain(sub: Any) -> None:
     )
     add_config_flags(p, "imagenet-1000ep")
     p.add_argument("--run-dir", default="runs/byol", type=directory, help="where checkpoints and logs go")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    p.add_argument(
+        "--resume", nargs="?", const="last", choices=("last", "auto"),
+        help="continue the run in --run-dir from its last checkpoint; --resume auto: continue it if it has one, "
+        "else start it with the flags given (what an elastic job restarted by torchrun --max-restarts needs)",
+    )  # fmt: skip
     quiet_flag(p)
     p.set_defaults(handler=pretrain)
 
 
 def pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from byol.distributed import current_context
+    from byol.checkpoint import list_checkpoints
+    from byol.distributed import current_context, leave
     from byol.train import pretrain, resume
 
-    if args.resume:
+    if args.resume == "auto":
+        config = build_config(args, extra)
+        if list_checkpoints(args.run_dir):  # the same run again (a restarted rank): its flags must say so
+            resume(args.run_dir, progress=not args.quiet, expect=config)
+        else:
+            pretrain(config, args.run_dir, progress=not args.quiet)
+    elif args.resume:
         compile_setting = _resume_compile(extra)
         if compile_setting is None or args.preset is not None or any(getattr(args, f) is not None for f in SHORTCUTS):
             raise ConfigError(
@@ -51,7 +62,9 @@ def pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
         resume(args.run_dir, progress=not args.quiet, compile=compile_setting or None)
     else:
         pretrain(build_config(args, extra), args.run_dir, progress=not args.quiet)
-    if current_context().is_main:
+    main_rank = current_context().is_main
+    leave()
+    if main_rank:
         print(f"run directory: {args.run_dir}")
     return 0
 
