@@ -229,6 +229,12 @@ def earlier_history(run_dir: Path) -> list[str]:
 SPEED_SWITCHES = ("train.compile",)
 
 
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], here: str, there: str) -> list[str]:
+    """ "key: A here, B there" for each key of ``ours`` whose value ``theirs`` does not share (speed switches aside)."""
+    return [f"{key}: {ours[key]!r} {here}, {theirs.get(key)!r} {there}" for key in ours
+            if theirs.get(key) != ours[key] and key not in SPEED_SWITCHES]  # fmt: skip
+
+
 def check_unchanged(run_dir: Path, config: Config) -> None:
     """Refuses a resume whose config.json the user changed since the checkpoint it resumes from, whose config is
     ``config`` (the run goes on as the checkpoint holds it, so an edit would be silently undone): one line naming
@@ -241,9 +247,7 @@ def check_unchanged(run_dir: Path, config: Config) -> None:
     except DataError as e:
         log.warning("%s; the resume rewrites it from the checkpoint", e)
         return
-    wanted = flatten(config.to_dict())
-    changed = [f"{key}: {wanted[key]!r} in the checkpoint, {saved.get(key)!r} in config.json" for key in wanted
-               if saved.get(key) != wanted[key] and key not in SPEED_SWITCHES]  # fmt: skip
+    changed = _differences(flatten(config.to_dict()), saved, "in the checkpoint", "in config.json")
     if changed:
         raise ConfigError(
             f"{quoted(run_dir / CONFIG_FILE)} was changed since the checkpoint the run resumes from "
@@ -256,9 +260,7 @@ def check_unchanged(run_dir: Path, config: Config) -> None:
 def check_same_run(run_dir: Path, saved: Config, given: Config) -> None:
     """`--resume auto` found a run in ``run_dir``: refuses flags that describe another run (``given`` against the
     checkpoint's ``saved``), naming each key, rather than continue a run the command line does not describe."""
-    ours, theirs = flatten(saved.to_dict()), flatten(given.to_dict())
-    changed = [f"{key}: {ours[key]!r} in the run, {theirs.get(key)!r} in the flags" for key in ours
-               if theirs.get(key) != ours[key] and key not in SPEED_SWITCHES]  # fmt: skip
+    changed = _differences(flatten(saved.to_dict()), flatten(given.to_dict()), "in the run", "in the flags")
     if changed:
         raise ConfigError(
             f"--resume auto: {quoted(run_dir)} holds a run with other settings ({'; '.join(changed[:5])}"
