@@ -26,6 +26,7 @@ from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
+EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
 
 
@@ -171,15 +172,15 @@ def groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
 
 
 def kmeans(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's k-means (MiniBatchKMeans past 20,000 rows) on the unit features: (cluster of each row,
-    centres (k, D))."""
+    """scikit-learn's k-means on the unit features, exact (Lloyd's KMeans) where rows × clusters stays under
+    5 million (seconds on a CPU), MiniBatchKMeans past that: (cluster of each row, centres (k, D))."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     x = _unit(np.asarray(features))
     if not 1 <= k <= len(x):
         raise ConfigError(f"--k must lie in [1, {len(x)}] (the number of images), got {k}")
     model: Any = (
-        KMeans(k, n_init=1, random_state=seed) if len(x) <= 20_000
+        KMeans(k, n_init=1, random_state=seed) if len(x) * k <= EXACT_KMEANS
         else MiniBatchKMeans(k, n_init=1, random_state=seed, batch_size=4096)
     )  # fmt: skip
     assignment = model.fit_predict(x)
