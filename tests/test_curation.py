@@ -47,6 +47,19 @@ def test_near_pairs_and_groups_match_the_brute_force(features, threshold, chunk)
     assert all(where[i] == where[j] for i, j in found)  # a pair never spans two groups
 
 
+@settings(max_examples=20, deadline=None)
+@given(features=FEATURES, chunk=st.integers(1, 64))
+def test_typicality_is_the_inverse_mean_distance_to_the_20_nearest_whatever_the_chunk(features, chunk):
+    x = _unit(features)
+    if len(x) < 2:
+        return
+    distance = np.sqrt(np.maximum(2 - 2 * x @ x.T, 0))
+    np.fill_diagonal(distance, np.inf)
+    k = min(20, len(x) - 1)
+    expected = 1 / (np.sort(distance, axis=1)[:, :k].mean(axis=1) + 1e-12)
+    assert np.allclose(typicality(x, chunk=chunk), expected, rtol=1e-4)
+
+
 def test_typical_takes_the_densest_point_of_each_cluster_and_diverse_the_farthest():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((4, 8)) * 10

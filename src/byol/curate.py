@@ -193,15 +193,18 @@ def centre_distances(features: np.ndarray, assignment: np.ndarray, centres: np.n
     return np.sqrt(np.maximum(2 - 2 * np.einsum("ij,ij->i", x, c), 0))
 
 
-def typicality(x: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
-    """TypiClust's typicality of each row of ``x`` (unit rows): 1 / mean distance to its nearest ``neighbours``."""
+def typicality(x: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, chunk: int = 1024) -> np.ndarray:
+    """TypiClust's typicality of each row of ``x`` (unit rows): 1 / mean distance to its nearest ``neighbours``,
+    ``chunk`` rows at a time (memory ``chunk`` × N, not N², for a cluster of any size)."""
     if len(x) == 1:
         return np.ones(1)
     k = min(neighbours, len(x) - 1)
-    distances = np.sqrt(np.maximum(2 - 2 * (x @ x.T), 0))
-    np.fill_diagonal(distances, np.inf)
-    nearest_k = np.partition(distances, k - 1, axis=1)[:, :k]
-    return 1.0 / (nearest_k.mean(axis=1) + 1e-12)
+    mean_distance = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        distances = np.sqrt(np.maximum(2 - 2 * (x[start : start + chunk] @ x.T), 0))
+        distances[np.arange(len(distances)), np.arange(start, start + len(distances))] = np.inf  # not itself
+        mean_distance[start : start + len(distances)] = np.partition(distances, k - 1, axis=1)[:, :k].mean(axis=1)
+    return 1.0 / (mean_distance + 1e-12)
 
 
 def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int]:
