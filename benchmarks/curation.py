@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from byol.curate import _unit, nearest, read_embeddings, select
+from byol.curate import _unit, component_labels, nearest, read_embeddings, select
 
 BYOL = [sys.executable, "-m", "byol"]
 
@@ -112,9 +112,6 @@ def _embed(encoder: str, folder: Path, out: Path) -> None:
 def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, float, float, int]]:
     """(threshold, precision, recall, pairs joined) per threshold, as `byol duplicates` groups (connected
     components of the pairs at or above it), the similarity matrix computed once."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     names = [Path(n).name for n in e.names]
     where = {n: i for i, n in enumerate(names)}
     planted = np.array([[where[a], where[b]] for a, b in (tuple(p) for p in truth)])
@@ -124,7 +121,7 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     rows = []
     for t in thresholds:
         i, j = np.nonzero(np.triu(sims >= t, 1))
-        _, component = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=sims.shape), directed=False)
+        component = component_labels(len(sims), i, j)
         sizes = np.bincount(component)
         joined = int((sizes * (sizes - 1) // 2).sum())
         hit = int((component[planted[:, 0]] == component[planted[:, 1]]).sum())

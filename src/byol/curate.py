@@ -137,37 +137,39 @@ def nearest(
 
 
 def near_pairs(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int = 4096
+    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int | None = None
 ) -> list[tuple[int, int, float]]:
-    """Every pair (i in a, j in b) with cosine similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j."""
+    """Every pair (i in a, j in b) with cosine similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j.
+    Scored ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB)."""
     ua = _unit(a)
     ub = ua if b is None else _unit(b)
-    pairs = []
+    chunk = chunk or max(1, (1 << 24) // max(len(ub), 1))
+    pairs: list[tuple[int, int, float]] = []
     for start in range(0, len(ua), chunk):
         sims = ua[start : start + chunk] @ ub.T
         rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            i = start + r
-            if b is not None or i < c:
-                pairs.append((i, c, float(sims[r, c])))
+        keep = (rows + start < cols) if b is None else np.ones(len(rows), dtype=bool)
+        rows, cols = rows[keep], cols[keep]
+        pairs += zip((rows + start).tolist(), cols.tolist(), sims[rows, cols].astype(float).tolist(), strict=True)
     return pairs
 
 
+def component_labels(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The connected component of each of ``n`` nodes joined by the edges (rows[e], cols[e]) (scipy)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = coo_matrix((np.ones(len(rows)), (np.asarray(rows), np.asarray(cols))), shape=(n, n))
+    return connected_components(edges, directed=False)[1]
+
+
 def groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
-    """Connected components of size > 1 of the graph on ``n`` rows whose edges are ``pairs`` (union-find)."""
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        parent[root(i)] = root(j)
+    """Connected components of size > 1 of the graph on ``n`` rows whose edges are ``pairs``, largest first."""
+    edges = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    labels = component_labels(n, edges[:, 0], edges[:, 1])
     found: dict[int, list[int]] = {}
-    for i in range(n):
-        found.setdefault(root(i), []).append(i)
+    for i, label in enumerate(labels.tolist()):
+        found.setdefault(label, []).append(i)
     return sorted((g for g in found.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 
