@@ -26,7 +26,7 @@ import torch
 from byol.augment import TwoViews, get_views
 from byol.compiling import CompiledOrEager
 from byol.config import Config, apply_overrides
-from byol.data import Batch, Files, ImageFolder, ShardSet, TrainBatches, load_split
+from byol.data import Batch, Files, ImageFolder, ShardSet, TrainBatches, load_split, use_cache
 from byol.data.decode import FolderCrops
 from byol.distributed import resolve_device
 from byol.errors import ConfigError
@@ -286,6 +286,7 @@ def _open_files(config: Config) -> tuple[ImageFolder | ShardSet, float]:
     """The config's pretraining split, an image folder or a prepared one, and the seconds it took to open."""
     d = config.data
     start = time.perf_counter()
+    use_cache(d.cache_dir, d.cache_bytes)
     folder = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
     if not isinstance(folder, Files):
         raise ConfigError(f"bench data reads image folders (--dataset imagefolder --data-dir DIR), not {d.dataset}")
@@ -381,7 +382,7 @@ def bench_pass(config: Config, progress: bool = True) -> PassTiming:
     batches = TrainBatches(
         folder, batch_size=config.optim.batch_size, seed=config.train.seed, device=torch.device("cpu"),
         views=get_views(config.augment.preset, config.augment.crop_min_scale), image_size=d.image_size,
-        num_workers=d.num_workers,
+        num_workers=d.num_workers, order=d.order, window=d.shard_window,
     )  # fmt: skip
     images = skipped = 0
     memory: dict[str, tuple[float, float]] = {}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 # byol.data.folder: how an image folder's labels are read (class folders where the layout has them, or none)
 LABELS = ("auto", "folders", "none")
+ORDERS = ("auto", "global", "shards")  # data.order: how a prepared set's epoch is shuffled (byol.data.loaders)
 
 # byol.data.masks: the layouts of images and per-pixel masks that `byol segment` reads
 MASK_DATASETS = ("folder", "camvid")

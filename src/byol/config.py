@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byol.choices import LABELS
+from byol.choices import LABELS, ORDERS
 from byol.errors import ConfigError
 from byol.files import write_json
 
@@ -108,6 +108,14 @@ class DataConfig:
     unlabelled), folders (insist on class folders) or none (every image unlabelled; ``byol.data.folder``).
     ``eval_dataset`` / ``eval_dir``: the labelled set that what needs labels during and after pretraining grades
     on (the kNN monitor, the evaluation commands' default); empty: the pretraining dataset and its folder.
+    ``data_dir`` may be a prepared set in object storage (``s3://BUCKET/PREFIX``, ``gs://…``; ``byol.data.remote``).
+
+    ``order`` (prepared sets): global (each epoch a permutation of all images: every batch reads from every
+    shard), shards (each epoch a permutation of the shards, cut into one contiguous run per rank, images
+    shuffled within windows of ``shard_window`` shards: each rank reads a few shards at a time, which a cache
+    smaller than the set can stream) or auto (shards for a set in object storage, global for a local one).
+    ``cache_dir`` / ``cache_bytes``: where shards from object storage are kept and the most bytes they take
+    (``byol.data.cache``; "" is ~/.cache/byol/shards, 0 the whole set or 80% of the free disk if less).
     """
 
     dataset: str = "imagefolder"
@@ -117,6 +125,10 @@ class DataConfig:
     labels: str = "auto"
     eval_dataset: str = ""
     eval_dir: str = ""
+    order: str = "auto"
+    shard_window: int = 4
+    cache_dir: str = ""
+    cache_bytes: int = 0
 
     def evaluation(self) -> tuple[str, str]:
         """(dataset, folder) of the labelled set evaluations use by default."""
@@ -429,13 +441,23 @@ URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, https://, file
 
 
 def local_folder(text: str, what: str) -> str:
-    """``text`` unless it is a URL: object storage is not read (yet), and a URL taken as a folder name would make
-    a local folder called "s3:" without a word. Refused in one line naming what to do."""
+    """``text`` unless it is a URL: a URL taken as a folder name would make a local folder called "s3:" without a
+    word. Refused in one line naming what to do."""
     if URL.match(text):
         raise ConfigError(
-            f"{what} {text!r} is a URL; byol reads and writes local folders only: copy the data to this machine or "
-            "mount the bucket (docs/data.md, Several nodes)"
+            f"{what} {text!r} is a URL; this takes a local folder (object storage is read as --data-dir and "
+            "written by `byol prepare --out`)"
         )
+    return text
+
+
+def data_location(text: str, what: str) -> str:
+    """A dataset's place: a local folder, or a prepared set in object storage (``s3://`` or ``gs://``); any other
+    URL refused in one line naming the valid ones."""
+    if URL.match(text):
+        from byol.data.remote import parse  # no boto3 import: parsing is plain text
+
+        parse(text, what)
     return text
 
 
@@ -449,8 +471,9 @@ def validate(config: Config) -> Config:
     for key, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} must be a finite number")
-    local_folder(config.data.data_dir, "data.data_dir")
-    local_folder(config.data.eval_dir, "data.eval_dir")
+    data_location(config.data.data_dir, "data.data_dir")
+    data_location(config.data.eval_dir, "data.eval_dir")
+    local_folder(config.data.cache_dir, "data.cache_dir")
     m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
     choices: list[tuple[str, object, tuple[object, ...]]] = [
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
@@ -467,6 +490,7 @@ def validate(config: Config) -> Config:
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("data.eval_dataset", d.eval_dataset, ("", *DATASETS)),
         ("data.labels", d.labels, LABELS),
+        ("data.order", d.order, ORDERS),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
     choices += [("train.loggers", name, TRACKERS) for name in names(tr.loggers)]
@@ -512,6 +536,12 @@ def validate(config: Config) -> Config:
         ),
         ("data.image_size", d.image_size <= MAX_IMAGE_SIZE, f"must be <= {MAX_IMAGE_SIZE}"),
         ("data.num_workers", 0 <= d.num_workers <= 256, "must lie in [0, 256]"),
+        ("data.shard_window", 1 <= d.shard_window <= 4096, "must lie in [1, 4096]"),
+        (
+            "data.cache_bytes",
+            0 <= d.cache_bytes <= 2**60,
+            "must lie in [0, 2^60] (0: the whole set, or 80% of free disk)",
+        ),
         ("optim.batch_size", o.batch_size <= 2**20, "must be <= 2^20"),
         ("augment.crop_min_scale", 0 < config.augment.crop_min_scale <= 1, "must lie in (0, 1]"),
         ("train.epochs", 0 < tr.epochs <= 1e6, "must lie in (0, 1e6]"),

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save
 
 from byol.choices import EXPORT_FORMATS
 from byol.config import Config, DataConfig, ModelConfig
-from byol.data import Files, load_dataset, split_name
+from byol.data import Files, load_dataset, split_name, use_cache
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD
 from byol.distributed import resolve_device
 from byol.errors import CheckpointError, ConfigError, first_line, quoted
@@ -313,6 +313,7 @@ def embed(
     if data_dir is None:
         data_dir = data.data_dir if not dataset else ""
     images_split = split or split_name(name, "test")
+    use_cache(data.cache_dir, data.cache_bytes)
     images = load_dataset(name, images_split, data_dir, data.image_size, data.labels)
     if images.channels != pretrained.in_channels:
         raise ConfigError(

@@ -68,7 +68,7 @@ class Job:
 
 @dataclass(frozen=True)
 class Summary:
-    out: Path
+    out: Path | str  # a folder, or the URL of a set in object storage
     images: dict[str, int]  # per split, stored
     shards: int
     bytes: int
@@ -253,10 +253,7 @@ def prepare(
     started = time.perf_counter()
     _check_paths(source, out)
     splits = source_splits(source, settings.labels)
-    identity = {
-        "format": FORMAT, "source": os.fspath(source.resolve()), "settings": dataclasses.asdict(settings),
-        "listing": listing_digest(splits),
-    }  # fmt: skip
+    identity = _identity(source, settings, splits)
     if (done := _start(out, identity)) is not None:
         return Summary(out, {n: s["images"] for n, s in done["splits"].items()}, 0, 0, 0, 0.0, True)
     for split in splits:  # what killed writers left (their processes gone)
@@ -348,3 +345,66 @@ def _finish(
         out, {split: entry["images"] for split, entry in entries.items()}, len(jobs),
         sum(entry["bytes"] for entry in entries.values()), len(unreadable), seconds,
     )  # fmt: skip
+
+
+def prepare_to_store(
+    source: Path, url: str, settings: PrepareSettings = PrepareSettings(), *, workers: int = 0,
+    progress: bool = True,
+) -> Summary:  # fmt: skip
+    """Prepares ``source`` into object storage at ``url``: first into a staging folder of this package's cache
+    (``~/.cache/byol/prepare/<digest of url>``, resumable as a local prepare is), then uploaded: ``prepare.json``
+    (what makes the prefix ours), each shard once and whole (a multipart upload appears complete or not at
+    all; one already there at its size is not sent again), the indexes, and the manifest last, so a reader
+    never sees a half-written set. The staging folder goes once the manifest is up. A prefix holding anything
+    but this prepare's own objects is refused."""
+    from byol.data import remote
+    from byol.files import user_cache_dir
+
+    store = remote.Store(remote.parse(url, "--out"))
+    if not source.is_dir():
+        raise DataError(f"source {quoted(source)} is not a directory of images")
+    present = store.listing()
+    stage = user_cache_dir() / "prepare" / hashlib.sha256(store.location.url().encode()).hexdigest()[:16]
+    if MANIFEST in present:
+        earlier = json.loads(store.get(MANIFEST))
+        splits = source_splits(source, settings.labels)
+        identity = _identity(source, settings, splits)
+        if {key: earlier.get(key) for key in identity} == identity:
+            images = {name: entry["images"] for name, entry in earlier["splits"].items()}
+            return Summary(url, images, 0, 0, 0, 0.0, True)
+        raise ConfigError(
+            f"--out {url} holds a set prepared from another source or with other settings; name another prefix"
+        )
+    if present and PROGRESS not in present:
+        raise ConfigError(f"--out {url} holds objects that are not a prepared set; name a new or empty prefix")
+    summary = prepare(source, stage, settings, workers=workers, progress=progress)
+    manifest = json.loads((stage / MANIFEST).read_text())
+    identity = {key: manifest[key] for key in ("format", "source", "settings", "listing")}
+    if PROGRESS in present and json.loads(store.get(PROGRESS)) != identity:
+        raise ConfigError(
+            f"--out {url} holds an unfinished upload of another source or with other settings; name another prefix"
+        )
+    store.put(PROGRESS, json.dumps(identity).encode())
+    from tqdm import tqdm
+
+    files = [f"{split}/{shard['name']}" for split, entry in manifest["splits"].items() for shard in entry["shards"]]
+    files += [f"{split}/{INDEX}" for split in manifest["splits"]] + ([UNREADABLE] if manifest["unreadable"] else [])
+    total = sum((stage / name).stat().st_size for name in files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="uploading", disable=not progress) as bar:
+        for name in files:
+            size = (stage / name).stat().st_size
+            if present.get(name) != size:
+                store.upload(stage / name, name)
+            bar.update(size)
+    store.put(MANIFEST, (stage / MANIFEST).read_bytes())
+    store.delete(PROGRESS)
+    shutil.rmtree(stage, ignore_errors=True)
+    return dataclasses.replace(summary, out=url)
+
+
+def _identity(source: Path, settings: PrepareSettings, splits: dict[str, ImageFolder]) -> dict[str, Any]:
+    """What makes two prepares the same: format, source, settings and what the source lists."""
+    return {
+        "format": FORMAT, "source": os.fspath(source.resolve()), "settings": dataclasses.asdict(settings),
+        "listing": listing_digest(splits),
+    }  # fmt: skip

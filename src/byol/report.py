@@ -27,7 +27,7 @@ from byol import rundir
 from byol.checkpoint import list_checkpoints
 from byol.config import finite_number
 from byol.curate import centre_distances, kmeans, nearest
-from byol.data import labelled, load_split
+from byol.data import labelled, load_split, use_cache
 from byol.distributed import resolve_device
 from byol.errors import DataError
 from byol.evaluate.common import extract_features, load_encoder_from_run
@@ -141,6 +141,7 @@ def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[floa
 def _views_picture(path: Path, config: Any) -> None:
     """``views.png``: a row of images, then a row of their T views and one of their T′ views."""
     d = config.data
+    use_cache(d.cache_dir, d.cache_bytes)
     samples = view_samples(config, load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels))
     count = samples.images.shape[0]
     fig, axes = plt.subplots(3, count, figsize=(1.2 * count + 0.8, 4.2), dpi=110, squeeze=False)
@@ -163,6 +164,7 @@ def _embedding_pictures(out: Path, run_dir: Path, config: Any, progress: bool) -
     them; ``clusters.png``, the images nearest the centre of each k-means cluster. Returns the names drawn."""
     d = config.data
     name, data_dir = d.evaluation()
+    use_cache(d.cache_dir, d.cache_bytes)
     test = load_split(name, "test", data_dir, d.image_size, d.labels if name == d.dataset else "auto")
     chosen = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.train.seed))[:MAP_IMAGES]
     test = test.subset(chosen.sort().values)

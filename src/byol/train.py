@@ -41,7 +41,7 @@ from byol.checkpoint import (
     run_config,
 )
 from byol.config import Config, apply_overrides, validate
-from byol.data import Batch, Dataset, TrainBatches, labelled, load_split
+from byol.data import Batch, Dataset, TrainBatches, labelled, load_split, use_cache
 from byol.distributed import DistributedContext, convert_batchnorm, current_context
 from byol.ema import target_ema, update_target
 from byol.errors import CheckpointError, ConfigError, NonFiniteError, first_line, quoted
@@ -380,6 +380,7 @@ def _run(
     _check_config(config, context)
     seed_everything(config.train.seed, config.train.deterministic)
     d = config.data
+    use_cache(d.cache_dir, d.cache_bytes)
     dataset = load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels)
     if config.train.online_probe and not labelled(dataset) and context.is_main:
         log.info("online probe skipped: %s has no labels (pretraining needs none)", _describe(dataset))
@@ -387,7 +388,7 @@ def _run(
     batches = TrainBatches(
         dataset, batch_size=config.optim.batch_size // context.world_size, seed=config.train.seed, device=device,
         views=get_views(a.preset, a.crop_min_scale), image_size=d.image_size, num_workers=d.num_workers,
-        rank=context.rank, world_size=context.world_size,
+        rank=context.rank, world_size=context.world_size, order=d.order, window=d.shard_window,
     )  # fmt: skip
     views = TwoViews(a.preset, d.image_size, mean=dataset.mean, std=dataset.std, crop_min_scale=a.crop_min_scale)
     schedule = Schedule.create(config, batches.steps_per_epoch)

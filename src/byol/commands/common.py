@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from byol.config import MAX_IMAGE_SIZE, PRESETS, Config, local_folder
+from byol.config import MAX_IMAGE_SIZE, PRESETS, Config, data_location, local_folder
 from byol.errors import ConfigError
 from byol.length import configure
 
@@ -118,9 +118,10 @@ def directory(text: str) -> Path:
 
 
 def data_folder(text: str) -> str:
-    """An argparse type: a --data-dir, which may be empty (the dataset's default place) but not a URL."""
+    """An argparse type: a --data-dir, which may be empty (the dataset's default place), a folder, or a prepared
+    set in object storage (s3://, gs://)."""
     try:
-        return local_folder(text, "--data-dir")
+        return data_location(text, "--data-dir")
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from byol.choices import LABELS, UNREADABLE, PrepareSettings
 from byol.commands.common import directory, number, quiet_flag
+from byol.config import data_location
+from byol.errors import ConfigError
 
 DEFAULTS = PrepareSettings()
 
@@ -25,7 +27,10 @@ def add_prepare(sub: Any) -> None:
         "Unreadable files are left out and listed in DIR/unreadable.tsv. Nothing is written into SRC.",
     )
     p.add_argument("source", type=directory, help="folder of images")
-    p.add_argument("--out", type=directory, required=True, help="new or empty folder for the shards")
+    p.add_argument(
+        "--out", type=output_place, required=True,
+        help="new or empty folder for the shards, or s3://BUCKET/PREFIX (gs://…) to upload them to",
+    )  # fmt: skip
     side = number(int, 32, 8192, "a side in [32, 8192] px")
     p.add_argument("--max-side", type=side, default=DEFAULTS.max_side,
                    help=f"longest side an image is stored at (default: {DEFAULTS.max_side})")  # fmt: skip
@@ -47,16 +52,35 @@ def add_prepare(sub: Any) -> None:
     p.set_defaults(handler=prepare)
 
 
+def output_place(text: str) -> Path | str:
+    """An argparse type: --out of prepare, a local folder (:func:`directory`) or a prepared set's URL in object
+    storage (s3://, gs://), kept as text."""
+    from byol.config import URL
+
+    if not URL.match(text):
+        return directory(text)
+    try:
+        data_location(text, "--out")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.prepare import prepare as run
 
     settings = PrepareSettings(args.max_side, args.quality, args.shard_size, args.labels)
-    s = run(Path(args.source), Path(args.out), settings, workers=args.workers, progress=not args.quiet)
+    if isinstance(args.out, str):  # object storage
+        from byol.prepare import prepare_to_store
+
+        s = prepare_to_store(Path(args.source), args.out, settings, workers=args.workers, progress=not args.quiet)
+    else:
+        s = run(Path(args.source), args.out, settings, workers=args.workers, progress=not args.quiet)
     counts = ", ".join(f"{split} {n}" for split, n in s.images.items())
     if s.already:
         print(f"{s.out} is already prepared from this source with these settings ({counts}); nothing to do")
         return 0
-    left_out = f"; {s.unreadable} unreadable file(s) left out, listed in {s.out / UNREADABLE}" if s.unreadable else ""
+    left_out = f"; {s.unreadable} unreadable file(s) left out, listed in {s.out}/{UNREADABLE}" if s.unreadable else ""
     print(
         f"prepared {sum(s.images.values())} images ({counts}) into {s.shards} shard(s), {s.bytes / 1e6:.1f} MB, "
         f"in {s.seconds:.1f} s{left_out}; read it with --dataset imagefolder --data-dir {s.out}"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from byol.data.arrays import ArrayDataset, cifar10, cifar100, fashion_mnist, stl10, synthetic
 from byol.data.folder import ImageFolder
 from byol.data.loaders import Batch, Dataset, Files, TrainBatches, epoch_permutation, eval_batches
-from byol.data.shards import ShardSet, read_manifest
+from byol.data.shards import ShardSet, read_manifest, use_cache
 from byol.errors import ConfigError
 
 
@@ -76,4 +76,5 @@ __all__ = [
     "load_dataset",
     "load_split",
     "split_name",
+    "use_cache",
 ]

@@ -8,13 +8,15 @@ resumed at step k sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,6 +51,61 @@ def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world_size: 
     """The shuffled order of an epoch, identical on every rank; each rank takes every world_size-th index."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator)[rank::world_size]
+
+
+def shard_runs(shard_of: np.ndarray, seed: int, epoch: int, world_size: int) -> list[np.ndarray]:
+    """Order ``shards`` before the shuffle within windows: the epoch's permutation of the shards, their images
+    in stored order, cut into ``world_size`` contiguous runs of ``n // world_size`` images, one per rank (ranks
+    share at most the shard at each cut)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    counts = np.bincount(shard_of)
+    shards = torch.randperm(len(counts), generator=generator).numpy()
+    by_shard = np.argsort(shard_of, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sequence = np.concatenate([by_shard[starts[s] : starts[s] + counts[s]] for s in shards])
+    m = len(shard_of) // world_size
+    return [sequence[r * m : (r + 1) * m] for r in range(world_size)]
+
+
+def shard_permutation(
+    shard_of: np.ndarray, seed: int, epoch: int, window: int, rank: int = 0, world_size: int = 1
+) -> Tensor:
+    """This rank's order of an epoch under data.order shards: its run of :func:`shard_runs`, shuffled within
+    consecutive windows of ``window`` shards' worth of images. A pure function of (index, seed, epoch, window,
+    rank, world size): the same batches from a local copy as from object storage, and on resume."""
+    run = shard_runs(shard_of, seed, epoch, world_size)[rank]
+    state = np.random.SeedSequence([seed, epoch, rank, world_size]).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(state))
+    size = max(1, round(window * len(shard_of) / (int(shard_of.max()) + 1)))
+    order = torch.from_numpy(run.astype(np.int64))
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        order[start : start + size] = chunk[torch.randperm(len(chunk), generator=generator)]
+    return order
+
+
+def first_uses(shards: np.ndarray) -> list[int]:
+    """The distinct shard numbers of a run in the order they are first read."""
+    _, first = np.unique(shards, return_index=True)
+    return [int(shards[i]) for i in sorted(first)]
+
+
+@contextlib.contextmanager
+def streaming(dataset: Dataset, plan: list[list[int]], mine: list[int], window: int) -> Iterator[Callable[[], None]]:
+    """For a prepared set in object storage: tells its cache the node's plan (``plan[r]``: the shards local rank
+    r reads, in order, this epoch then the next) and yields ``start``, which begins fetching this rank's shards
+    (``mine``) ahead of the readers; call it once the DataLoader has forked. The prefetcher stops on exit.
+    Elsewhere a no-op."""
+    shared = getattr(dataset, "remote", None)
+    if shared is None:
+        yield lambda: None
+        return
+    entries = shared.entries
+    shared.cache.plan([[entries[s].digest for s in run] for run in plan], window)
+    try:
+        yield lambda: shared.cache.prefetch([entries[s] for s in mine])
+    finally:
+        shared.cache.stop()
 
 
 MMAP_THRESHOLD = 128 * 1024  # bytes: larger allocations get their own mapping, returned to the system when freed
@@ -126,9 +183,12 @@ class TrainBatches:
         num_workers: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        order: str = "global",
+        window: int = 4,
     ) -> None:
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.by_shards, self.window = resolve_order(order, dataset) == "shards", window
         self.steps_per_epoch = len(dataset) // world_size // batch_size
         if self.steps_per_epoch == 0:
             raise DataError(
@@ -143,13 +203,34 @@ class TrainBatches:
             if views is None:
                 raise ValueError("image folders need the view configs to crop at decode time")
             self.crops = FolderCrops(dataset, size=image_size, views=views, seed=seed)
+        if isinstance(dataset, ShardSet):
+            self.shard_of = np.asarray(dataset.index["shard"])
+            check_budget(dataset, self.by_shards, window, local_ranks(rank, world_size))
 
     def order(self, epoch: int) -> Tensor:
-        """This rank's (steps_per_epoch, batch_size) dataset indices of ``epoch``. Step s of every rank together
-        is images [s·B, (s+1)·B) of the epoch's permutation (B the global batch) whatever the world size, so a
-        run resumed on another number of ranks trains on the same batches."""
-        order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
+        """This rank's (steps_per_epoch, batch_size) dataset indices of ``epoch``. Order global: step s of every
+        rank together is images [s·B, (s+1)·B) of the epoch's permutation (B the global batch) whatever the
+        world size, so a run resumed on another number of ranks trains on the same batches. Order shards:
+        :func:`shard_permutation` (the same batches for the same world size)."""
+        if self.by_shards:
+            order = shard_permutation(self.shard_of, self.seed, epoch, self.window, self.rank, self.world_size)
+        else:
+            order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
         return order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
+
+    def plan(self, epoch: int, start_step: int) -> tuple[list[list[int]], list[int]]:
+        """The shards each rank of this node reads this epoch and the next, in order, and this rank's from
+        ``start_step`` on (see :func:`streaming`)."""
+        if not self.by_shards:  # every batch reads from every shard
+            everything = list(range(len(self.dataset.shards)))  # type: ignore[union-attr]
+            return [everything], everything
+        plan = []
+        for r in local_ranks(self.rank, self.world_size):
+            now = shard_runs(self.shard_of, self.seed, epoch, self.world_size)[r]
+            later = shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)[r]
+            plan.append(first_uses(self.shard_of[now]) + first_uses(self.shard_of[later]))
+        mine = first_uses(self.shard_of[self.order(epoch)[start_step:].reshape(-1).numpy()])
+        return plan, mine
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from its ``start_step``-th on."""
@@ -159,14 +240,55 @@ class TrainBatches:
                 yield Batch(self.images[indices], self.labels[indices])
             return
         self.crops.epoch = epoch
-        loader = crops_loader(
-            self.crops, self.num_workers, batch_sampler=BatchOrder(order), pin_memory=self.device.type == "cuda"
+        plan, mine = self.plan(epoch, start_step) if isinstance(self.dataset, ShardSet) else ([], [])
+        with streaming(self.dataset, plan, mine, self.window) as start_fetching:
+            loader = crops_loader(
+                self.crops, self.num_workers, batch_sampler=BatchOrder(order), pin_memory=self.device.type == "cuda"
+            )
+            start_fetching()
+            for crop1, crop2, labels, skipped, indices in loader:
+                yield Batch(
+                    crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
+                    second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped, indices=indices,
+                )  # fmt: skip
+
+
+def resolve_order(order: str, dataset: Dataset) -> str:
+    """data.order for ``dataset``: auto is shards for a prepared set in object storage and global elsewhere;
+    shards needs a prepared set (its index says which shard holds each image)."""
+    if order == "auto":
+        return "shards" if getattr(dataset, "remote", None) is not None else "global"
+    if order == "shards" and not isinstance(dataset, ShardSet):
+        raise DataError(
+            "data.order shards reads a set `byol prepare` wrote (shard by shard); this dataset is not one: use "
+            "data.order global or auto, or prepare the folder"
         )
-        for crop1, crop2, labels, skipped, indices in loader:
-            yield Batch(
-                crop1.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
-                second_crop=crop2.to(self.device, non_blocking=True), skipped=skipped, indices=indices,
-            )  # fmt: skip
+    return order
+
+
+def local_ranks(rank: int, world_size: int) -> range:
+    """The ranks on this node (torchrun's LOCAL_RANK and LOCAL_WORLD_SIZE; one rank when they are unset)."""
+    local = int(os.environ.get("LOCAL_RANK", 0)) if world_size > 1 else 0
+    size = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if world_size > 1 else 1
+    return range(rank - local, min(world_size, rank - local + size))
+
+
+def check_budget(dataset: ShardSet, by_shards: bool, window: int, ranks: range) -> None:
+    """A cache that cannot hold what the order reads at once is refused before any step: order global reads
+    every shard in every batch (the whole set must fit), order shards about 2·window + 1 shards per rank of the
+    node (the window being read, the one before it, one being fetched)."""
+    if dataset.remote is None:
+        return
+    cache, sizes = dataset.remote.cache, [entry.size for entry in dataset.remote.entries]
+    need = sum(sizes) if not by_shards else (2 * window + 1) * max(sizes) * len(ranks)
+    if cache.budget < need:
+        what = f"{2 * window + 1} shards of up to {max(sizes)} bytes per rank on this node"
+        if not by_shards:
+            what = "the whole set (data.order global reads every shard in every batch)"
+        raise DataError(
+            f"data.cache_bytes {cache.budget} cannot hold {what}, {need} bytes; raise data.cache_bytes"
+            + (", or lower data.shard_window" if by_shards else ", or use data.order shards")
+        )
 
 
 def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...], Tensor]:
@@ -192,11 +314,14 @@ def eval_batches(
                 dataset.labels[start : start + batch_size].to(device),
             )
         return
-    loader = crops_loader(FolderCrops(dataset, size=image_size, views=None), num_workers, batch_size=batch_size)
-    failures = 0
-    for crop, _, labels, skipped, indices in loader:
-        failures = failures + len(skipped) if not len(indices) else len(skipped)
-        if failures >= decode.MAX_CONSECUTIVE_FAILURES:
-            raise DataError(f"{failures} unreadable images in a row in {dataset.name}: the dataset looks broken")
-        if len(indices):
-            yield Batch(crop.to(device), labels.to(device), skipped=skipped, indices=indices)
+    sequence = first_uses(np.asarray(dataset.index["shard"])) if isinstance(dataset, ShardSet) else []
+    with streaming(dataset, [sequence], sequence, 1) as start_fetching:
+        loader = crops_loader(FolderCrops(dataset, size=image_size, views=None), num_workers, batch_size=batch_size)
+        start_fetching()
+        failures = 0
+        for crop, _, labels, skipped, indices in loader:
+            failures = failures + len(skipped) if not len(indices) else len(skipped)
+            if failures >= decode.MAX_CONSECUTIVE_FAILURES:
+                raise DataError(f"{failures} unreadable images in a row in {dataset.name}: the dataset looks broken")
+            if len(indices):
+                yield Batch(crop.to(device), labels.to(device), skipped=skipped, indices=indices)

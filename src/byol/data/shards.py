@@ -23,10 +23,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from byol.data import remote
+from byol.data.cache import Entry, ShardCache
 from byol.data.folder import IMAGENET_MEAN, IMAGENET_STD, SPLITS
 from byol.errors import DataError, quoted
-from byol.files import user_cache_dir, write_json
+from byol.files import atomic_write, user_cache_dir, write_json
 
 FORMAT = "byol-shards/1"
 MANIFEST = "manifest.json"
@@ -59,7 +63,10 @@ def key_name(key: int) -> str:
 def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a prepared folder; None when ``data_dir`` is not one (no ``manifest.json``, or one of
     another tool in a folder of images). A manifest of a prepared folder that is cut, edited or incomplete is
-    refused in one line naming it: a folder with a split's ``index.npy`` is a prepared folder."""
+    refused in one line naming it: a folder with a split's ``index.npy`` is a prepared folder. A URL
+    (``s3://…``) is a prepared set in object storage: its manifest must be there."""
+    if isinstance(data_dir, str) and remote.is_url(data_dir):
+        return _remote_manifest(remote.Store(remote.parse(data_dir)))
     path = Path(data_dir) / MANIFEST
     try:
         manifest = json.loads(path.read_bytes())
@@ -75,6 +82,65 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
     if problem:
         raise DataError(f"prepared folder: {quoted(path)} is incomplete or edited ({problem}); prepare it again")
     return manifest
+
+
+def _remote_manifest(store: remote.Store) -> dict[str, Any]:
+    url = store.location.url(MANIFEST)
+    try:
+        manifest = json.loads(store.get(MANIFEST))
+    except ValueError as e:
+        raise DataError(f"prepared set: {url} cannot be read ({e}); prepare the set again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{url} is not the manifest of a set `byol prepare` wrote")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"prepared set: {url} is incomplete or edited ({problem}); prepare it again")
+    return manifest
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where shards read from object storage are kept (``""``: ``~/.cache/byol/shards``) and how many bytes
+    they may take (0: the whole prepared set plus one shard, or 80% of the free disk if that is less)."""
+
+    folder: str = ""
+    budget: int = 0
+
+
+_settings = CacheSettings()
+_caches: dict[Path, ShardCache] = {}
+
+
+def use_cache(folder: str, budget: int) -> None:
+    """The cache settings of this process's commands (``data.cache_dir``, ``data.cache_bytes``)."""
+    global _settings
+    _settings = CacheSettings(folder, budget)
+
+
+def shard_cache(manifest: dict[str, Any]) -> ShardCache:
+    """This process's cache at the configured folder (one object per folder: its plan and position are shared
+    by every split read from it)."""
+    root = Path(_settings.folder or user_cache_dir() / "shards").expanduser().resolve()
+    if root not in _caches:
+        root.mkdir(parents=True, exist_ok=True)
+        budget = _settings.budget
+        if not budget:
+            largest = max(shard["bytes"] for entry in manifest["splits"].values() for shard in entry["shards"])
+            whole = sum(entry["bytes"] for entry in manifest["splits"].values()) + largest
+            free = shutil.disk_usage(root).free
+            budget = min(whole, ShardCache(root, 0).usage() + int(0.8 * free))
+        _caches[root] = ShardCache(root, budget)
+    return _caches[root]
+
+
+@dataclass(frozen=True, eq=False)
+class RemoteShards:
+    """A split's shards in object storage: where they are, the cache they are read through, and for each shard
+    (by number) its :class:`~byol.data.cache.Entry`."""
+
+    store: remote.Store
+    cache: ShardCache
+    entries: tuple[Entry, ...]
 
 
 def _manifest_problem(manifest: dict[str, Any]) -> str:
@@ -183,9 +249,20 @@ class ShardSet:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
+    remote: RemoteShards | None = None  # shards in object storage, read through a local cache
+    where: str = ""  # the split's folder or URL, as messages name it
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def shard_bytes(self) -> int:
+        """The bytes of the split's shards."""
+        return (
+            sum(entry.size for entry in self.remote.entries)
+            if self.remote
+            else sum((self.root / name).stat().st_size for name in self.shards)
+        )
 
     def read(self, index: int) -> io.BytesIO:
         """The stored JPEG of image ``index``, as a file Pillow opens. The tar header in front of it is read with
@@ -195,7 +272,11 @@ class ShardSet:
         size, offset = int(row["size"]), int(row["offset"])
         shard = self.root / self.shards[row["shard"]]
         start = max(0, offset - tarfile.BLOCKSIZE)
-        data = os.pread(_FILES.fd(os.fspath(shard)), size + offset - start, start)
+        if self.remote is None:
+            data = os.pread(_FILES.fd(os.fspath(shard)), size + offset - start, start)
+        else:  # from the node's cache, fetched first if it is not there
+            with self.remote.cache.opened(self.remote.entries[row["shard"]]) as fd:
+                data = os.pread(fd, size + offset - start, start)
         if len(data) != size + offset - start:  # a shard shorter than its index says: damaged, or being copied
             raise OSError(f"shard {self.shards[row['shard']]} ends {size + offset - start - len(data)} bytes early")
         header = data[: offset - start]
@@ -210,7 +291,7 @@ class ShardSet:
     def describe(self, index: int) -> str:
         """Image ``index`` in messages: its shard and member."""
         row = self.index[index]
-        return f"{self.root / self.shards[row['shard']]}:{key_name(int(row['key']))}.jpg"
+        return f"{self.where or self.root}/{self.shards[row['shard']]}:{key_name(int(row['key']))}.jpg"
 
     def subset(self, indices: Tensor) -> ShardSet:
         chosen = indices.numpy()
@@ -224,41 +305,90 @@ class ShardSet:
         manifest = manifest if manifest is not None else read_manifest(data_dir)
         if manifest is None:
             raise DataError(f"{quoted(data_dir)} is not a folder `byol prepare` wrote (no {MANIFEST} in it)")
-        if split not in SPLITS:
-            raise DataError(f"prepared folder: unknown split {quoted(split)}; valid splits are {', '.join(SPLITS)}")
-        splits: dict[str, Any] = manifest["splits"]
-        classes = tuple(manifest.get("classes", ()))
-        others = [name for name in splits if name != "train"]
-        chosen = split if split in splits else (others[0] if split != "train" and others else None)
-        if chosen is None and not classes:
-            chosen = "train"
-        if chosen is None:
-            raise DataError(
-                f"prepared folder {quoted(data_dir)} has no {split} split (it has {', '.join(splits)}); "
-                "prepare a source folder with that split"
-            )
-        entry, root = splits[chosen], Path(data_dir) / chosen
-        try:
-            index = np.load(root / INDEX, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise DataError(f"prepared folder: cannot read {quoted(root / INDEX)} ({e}); prepare it again") from None
-        shards = tuple(shard["name"] for shard in entry["shards"])
-        if "index_sha256" in entry and file_digest(root / INDEX) != entry["index_sha256"]:
-            raise DataError(
-                f"prepared folder: {quoted(root / INDEX)} is not the index {MANIFEST} was written with (edited, or "
-                "another split's); prepare it again"
-            )
-        verify_split(root, entry)
+        chosen = _choose_split(manifest, data_dir, split)
+        entry, shards = (
+            manifest["splits"][chosen],
+            tuple(shard["name"] for shard in manifest["splits"][chosen]["shards"]),
+        )
+        store, where = None, ""
+        if remote.is_url(data_dir):
+            store = remote.Store(remote.parse(data_dir))
+            where, root = store.location.url(chosen), shard_cache(manifest).root / "index"
+            index = _remote_index(store, chosen, entry, root)
+            remote.check_objects(store, {f"{chosen}/{shard['name']}": shard["bytes"] for shard in entry["shards"]})
+        else:
+            root = Path(data_dir) / chosen
+            try:
+                index = np.load(root / INDEX, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise DataError(
+                    f"prepared folder: cannot read {quoted(root / INDEX)} ({e}); prepare it again"
+                ) from None
+            if "index_sha256" in entry and file_digest(root / INDEX) != entry["index_sha256"]:
+                raise DataError(
+                    f"prepared folder: {quoted(root / INDEX)} is not the index {MANIFEST} was written with (edited, "
+                    "or another split's); prepare it again"
+                )
+            verify_split(root, entry)
         if index.dtype != ROW or index.ndim != 1 or len(index) != entry["images"]:
             raise DataError(
-                f"prepared folder: {quoted(root / INDEX)} does not match {MANIFEST} ({len(index)} rows of "
+                f"prepared folder: {quoted(where or root / INDEX)} does not match {MANIFEST} ({len(index)} rows of "
                 f"{index.dtype}, expected {entry['images']} of {ROW}); prepare it again"
             )
+        classes = tuple(manifest.get("classes", ()))
         labels = torch.from_numpy(np.array(index["label"], dtype=np.int64))
         if len(index) and (int(index["shard"].max()) >= len(shards) or int(labels.max()) >= max(len(classes), 1)):
-            raise DataError(f"prepared folder: {quoted(root / INDEX)} points past its shards or classes")
+            raise DataError(f"prepared folder: {quoted(where or root / INDEX)} points past its shards or classes")
         note = entry["note"] if chosen == split else f"{chosen} (the prepared folder has no {split} split)"
+        shared = None
+        if store is not None:
+            cache = shard_cache(manifest)
+            shared = RemoteShards(store, cache, tuple(
+                Entry(shard["sha256"], shard["bytes"], functools.partial(store.fetch, f"{chosen}/{shard['name']}",
+                                                                         shard["bytes"]))
+                for shard in entry["shards"]
+            ))  # fmt: skip
         return cls(
             name="imagefolder", root=root, shards=shards, index=index, labels=labels, classes=classes,
-            split_note=f"{note}; prepared in {root}", layout=f"prepared, {manifest['layout']}",
+            split_note=f"{note}; prepared in {where or root}", layout=f"prepared, {manifest['layout']}",
+            remote=shared, where=where,
         )  # fmt: skip
+
+
+def _choose_split(manifest: dict[str, Any], data_dir: str, split: str) -> str:
+    """The split of a prepared set that plays ``split``: itself; an evaluation split the set lacks is its other
+    evaluation split (val for test, or the reverse); an unlabelled set trains and embeds on its one split."""
+    if split not in SPLITS:
+        raise DataError(f"prepared folder: unknown split {quoted(split)}; valid splits are {', '.join(SPLITS)}")
+    splits: dict[str, Any] = manifest["splits"]
+    others = [name for name in splits if name != "train"]
+    chosen = split if split in splits else (others[0] if split != "train" and others else None)
+    if chosen is None and not manifest.get("classes"):
+        chosen = "train"
+    if chosen is None:
+        raise DataError(
+            f"prepared folder {quoted(data_dir)} has no {split} split (it has {', '.join(splits)}); "
+            "prepare a source folder with that split"
+        )
+    return chosen
+
+
+def _remote_index(store: remote.Store, split: str, entry: dict[str, Any], folder: Path) -> np.ndarray:
+    """A split's index from object storage, kept in the cache's index folder under its SHA-256 (fetched once,
+    checked against the manifest before use), memory-mapped."""
+    digest = entry.get("index_sha256")
+    if not isinstance(digest, str):
+        raise DataError(f"prepared set {store.location.url()} has no index digest in its manifest; prepare it again")
+    path = folder / f"{digest}.npy"
+    if not path.is_file():
+        data = store.get(f"{split}/{INDEX}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise DataError(
+                f"{store.location.url(f'{split}/{INDEX}')} does not match the SHA-256 in {MANIFEST} (replaced or "
+                "cut short); prepare the set again"
+            )
+        atomic_write(path, lambda f: f.write(data))
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"prepared set: cannot read {quoted(path)} ({e}); remove it and run again") from None

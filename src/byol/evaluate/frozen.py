@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from byol.config import Config
-from byol.data import Dataset, Files, ImageFolder, labelled, load_split
+from byol.data import Dataset, Files, ImageFolder, labelled, load_split, use_cache
 from byol.errors import DataError, quoted
 from byol.evaluate.common import extract_features
 from byol.evaluate.knn import KnnConfig, knn_on_features
@@ -71,6 +71,7 @@ class FrozenEvaluation:
         name, data_dir = d.evaluation()
         same = (name, data_dir) == (d.dataset, d.data_dir)
         labels = d.labels if same else "auto"
+        use_cache(d.cache_dir, d.cache_bytes)
         if train is None or not same:
             train = load_split(name, "train", data_dir, d.image_size, labels)
         require_labels(train)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from byol.checkpoint import CHECKPOINT_DIR
-from byol.data import load_split, split_name
+from byol.data import load_split, split_name, use_cache
 from byol.data.folder import SPLITS
 from byol.data.masks import complete_classes, read_classes, read_split
 from byol.distributed import resolve_device
@@ -78,6 +78,7 @@ def run_evaluation(request: EvaluationRequest, progress: bool = True) -> tuple[d
     labels = run_data.labels if (name, data_dir) == (run_data.dataset, run_data.data_dir) else "auto"
     image_size = request.image_size or run_data.image_size
     device = resolve_device(request.device)
+    use_cache(run_data.cache_dir, run_data.cache_bytes)
     train = load_split(name, "train", data_dir, image_size, labels)
     require_labels(train)
     frozen = FrozenEvaluation(

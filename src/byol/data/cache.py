@@ -1,0 +1,295 @@
+"""A node's cache of whole shards fetched from object storage, kept under a byte budget.
+
+Layout: ``CACHE/objects/<sha256>`` (a shard, named by its content: a shard replaced in the store is another
+file, and two sets sharing a shard share it), ``CACHE/objects/<sha256>.part`` (one being fetched),
+``CACHE/objects/.lock``, and ``CACHE/index/<sha256>.npy`` (each split's index, outside the budget: 30 bytes per
+image).
+
+Rules, which hold for every process of a node at once (DataLoader workers, several ranks): a shard is written
+under its ``.part`` name into space reserved in full before the first byte (``posix_fallocate``), checked
+against the manifest's SHA-256, and only then renamed to its name: a reader never sees a part. The reservation,
+the eviction and the choice of who fetches happen under one file lock (``flock`` on ``.lock``), and the bytes in
+``objects/`` (parts included) never exceed the budget. A reader holds a shared lock on a shard while it reads it,
+so a shard in use is never evicted; a part whose fetching process died (its lock gone) is removed by the next one.
+
+What goes is decided by the known future order (Belady's rule): the order of an epoch is a pure function of
+(manifest, seed, epoch, world size), so :meth:`ShardCache.plan` knows when each shard is next needed, and the
+one needed last goes first. A shard is never evicted for one needed later than itself, so a prefetcher
+(:meth:`ShardCache.prefetch`) runs ahead only as far as the budget allows without throwing away what comes
+sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from byol.errors import DataError, quoted
+
+LOCK = ".lock"
+PART = ".part"
+WAIT_FOR_ROOM = 120.0  # seconds a reader waits for space before the budget is called too small
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A shard the cache may hold: its SHA-256, size, and how to fetch it into an open file (returns the bytes
+    it fetched)."""
+
+    digest: str
+    size: int
+    fetch: Callable[[int, Callable[[int], bool]], int]
+
+
+def file_matches(fd: int, digest: str, size: int) -> bool:
+    """Whether the open file ``fd`` holds ``size`` bytes hashing to ``digest``."""
+    sha = hashlib.sha256()
+    for start in range(0, size, 1 << 20):
+        chunk = os.pread(fd, min(1 << 20, size - start), start)
+        if not chunk:
+            return False
+        sha.update(chunk)
+    return sha.hexdigest() == digest
+
+
+class ShardCache:
+    def __init__(self, root: Path, budget: int) -> None:
+        self.root, self.budget = root, budget
+        self.objects = root / "objects"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        (root / "index").mkdir(exist_ok=True)
+        self.uses: dict[str, list[int]] = {}  # digest -> the positions it is needed at, this epoch and the next
+        self.window = 1
+        self.position = multiprocessing.RawValue("q", 0)  # how far this rank has read; shared with its workers
+        self.fetched = multiprocessing.Value("q", 0)  # bytes this rank (workers included) fetched
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the order ---------------------------------------------------------------------------------------------
+    def plan(self, sequences: Sequence[Sequence[str]], window: int) -> None:
+        """The shards of this node in the order they will be read: ``sequences[r][i]`` is the digest of the i-th
+        shard rank r reads (ranks advance together); the first epoch's sequences then the next's, concatenated.
+        ``window``: how many positions behind the current one are still being read."""
+        uses: dict[str, list[int]] = {}
+        for sequence in sequences:
+            for position, digest in enumerate(sequence):
+                uses.setdefault(digest, []).append(position)
+        self.uses, self.window = uses, window
+        self.position.value = 0
+
+    def advance(self, position: int) -> None:
+        if position > self.position.value:
+            self.position.value = position
+
+    def next_use(self, digest: str) -> float:
+        """When ``digest`` is needed next: its first position not already passed (inf: not in the plan)."""
+        floor = self.position.value - self.window
+        return min((p for p in self.uses.get(digest, ()) if p >= floor), default=math.inf)
+
+    # --- reading -----------------------------------------------------------------------------------------------
+    def path(self, digest: str) -> Path:
+        return self.objects / digest
+
+    @contextlib.contextmanager
+    def opened(self, entry: Entry) -> Iterator[int]:
+        """A descriptor of the cached shard, fetched first if it is not there, locked against eviction while
+        the caller reads it."""
+        if (at := self.next_use(entry.digest)) != math.inf:
+            self.advance(int(at))
+        while True:
+            fd = self._open_cached(entry.digest)
+            if fd is not None:
+                break
+            self.ensure(entry, self.position.value, wait=True)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_cached(self, digest: str) -> int | None:
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_nlink == 0:  # evicted between the open and the lock
+            os.close(fd)
+            return None
+        return fd
+
+    # --- admission ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.objects / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def usage(self) -> int:
+        """Bytes in the cache's objects, parts (reserved in full) included."""
+        total = 0
+        for path in self.objects.iterdir():
+            if path.name != LOCK:
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
+    def ensure(self, entry: Entry, needed_at: float, *, wait: bool) -> bool:
+        """Makes ``entry`` present, fetching it if no other process is; ``needed_at``: its position (what may be
+        evicted for it: only shards needed later). Returns False when ``wait`` is False and there is no room yet;
+        with ``wait`` it waits for room (readers release shards, the position moves on) up to
+        :data:`WAIT_FOR_ROOM` seconds."""
+        if entry.size > self.budget:
+            raise DataError(
+                f"a shard of {entry.size} bytes does not fit the cache's budget of {self.budget} bytes; raise "
+                "data.cache_bytes"
+            )
+        started = time.monotonic()
+        while True:
+            fd, busy = self._reserve(entry, needed_at)
+            if fd is None and not busy:
+                if self.path(entry.digest).exists():
+                    return True
+                if not wait:
+                    return False
+                if time.monotonic() - started > WAIT_FOR_ROOM:
+                    raise DataError(
+                        f"the shard cache in {quoted(self.root)} ({self.budget} bytes) has had no room for "
+                        f"{WAIT_FOR_ROOM:.0f} s: every shard in it is in use; raise data.cache_bytes or lower "
+                        "data.shard_window"
+                    )
+                time.sleep(0.02)
+                continue
+            if busy:  # another process fetches it: wait for its lock on the part, then look again
+                self._wait_for_part(entry.digest)
+                continue
+            assert fd is not None
+            try:
+                part = self.objects / f"{entry.digest}{PART}"
+                fetched = entry.fetch(fd, lambda f: file_matches(f, entry.digest, entry.size))
+                with self.fetched.get_lock():
+                    self.fetched.value += fetched
+                os.rename(part, self.path(entry.digest))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.objects / f"{entry.digest}{PART}")
+                raise
+            finally:
+                os.close(fd)
+            return True
+
+    def _reserve(self, entry: Entry, needed_at: float) -> tuple[int | None, bool]:
+        """Under the cache lock: (a locked, fully reserved part to fetch into, False), or (None, True) when another
+        process fetches it, or (None, False) when it is present or there is no room."""
+        part = self.objects / f"{entry.digest}{PART}"
+        with self._locked():
+            if self.path(entry.digest).exists():
+                return None, False
+            if part.exists():
+                if self._held(part):
+                    return None, True
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()  # its fetcher died
+            if not self._make_room(entry.size, needed_at):
+                return None, False
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                os.posix_fallocate(fd, 0, entry.size)
+            except BaseException:
+                os.close(fd)
+                part.unlink()
+                raise
+            return fd, False
+
+    def _held(self, path: Path) -> bool:
+        """Whether some process holds a lock on ``path`` (a part being fetched, a shard being read)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _wait_for_part(self, digest: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(self.objects / f"{digest}{PART}", os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # blocks until the fetcher closes it
+            finally:
+                os.close(fd)
+
+    def _make_room(self, size: int, needed_at: float) -> bool:
+        """Evicts shards needed later than ``needed_at`` (the one needed last first; in-use ones never) until
+        ``size`` more bytes fit the budget. False (having evicted nothing needed sooner) when they cannot."""
+        used = self.usage()
+        if used + size <= self.budget:
+            return True
+        shards = [p for p in self.objects.iterdir() if p.name != LOCK and not p.name.endswith(PART)]
+        candidates = sorted(
+            ((self.next_use(p.name), p) for p in shards if self.next_use(p.name) > needed_at),
+            key=lambda pair: -pair[0],
+        )
+        for _, path in candidates:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # being read
+                os.close(fd)
+                continue
+            try:
+                freed = os.fstat(fd).st_size
+                path.unlink()
+            finally:
+                os.close(fd)
+            used -= freed
+            if used + size <= self.budget:
+                return True
+        return False
+
+    # --- prefetching -------------------------------------------------------------------------------------------
+    def prefetch(self, entries: Sequence[Entry]) -> None:
+        """Fetches ``entries`` (this rank's shards in the order it reads them) ahead of the readers, in a thread,
+        as far as the budget lets it; :meth:`stop` ends it. Start it after the DataLoader has forked."""
+        self.stop()
+        self._stop = threading.Event()
+
+        def run() -> None:
+            for position, entry in enumerate(entries):
+                while not self._stop.is_set():
+                    try:
+                        if self.ensure(entry, position, wait=False):
+                            break
+                    except Exception:  # the reader that needs it fetches it and reports the error
+                        return
+                    self._stop.wait(0.05)
+                if self._stop.is_set():
+                    return
+
+        self._thread = threading.Thread(target=run, name="byol-prefetch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,264 @@
+"""Prepared sets in object storage: ``s3://BUCKET/PREFIX`` (AWS S3 and every S3-compatible store) and
+``gs://BUCKET/PREFIX`` (Google Cloud Storage through its S3-interoperable endpoint), read and written with boto3
+(``pip install 'byol[cloud]'``).
+
+The endpoint and the credentials come from where every AWS tool takes them: ``AWS_ENDPOINT_URL`` (MinIO, Ceph,
+R2, a local test server), ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE`` and the config files,
+or an instance role. Credentials that expire (an assumed role, SSO) are refreshed by botocore itself: a client is
+made once per process and asks its credential provider again when they run out.
+
+A shard is read whole, as :data:`PARTS_IN_FLIGHT` ranged GETs of :data:`PART_BYTES` in parallel, into a file the
+cache (:mod:`byol.data.cache`) has reserved; it is used only once its SHA-256 is the manifest's. Every request is
+retried by botocore (its "standard" mode: timeouts, 5xx, 503 SlowDown, with jittered exponential backoff); on top
+of that a whole shard whose body was cut short, stalled, or whose bytes do not hash to the manifest's digest is
+fetched again, :data:`ATTEMPTS` times in all, and then the command stops with one line naming the object. Nothing
+is ever skipped: a shard either arrives intact or the run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from byol.errors import ConfigError, DataError, first_line
+
+# scheme -> the endpoint it means when AWS_ENDPOINT_URL is unset (None: boto3's own, AWS)
+SCHEMES = {"s3": None, "gs": "https://storage.googleapis.com"}
+URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
+PART_BYTES = 8 << 20  # one ranged GET
+PARTS_IN_FLIGHT = 8  # ranged GETs of one shard at a time
+ATTEMPTS = 5  # whole-object fetches before a shard is given up (each request retried by botocore too)
+REQUEST_ATTEMPTS = 6  # botocore's attempts per request (standard retry mode)
+TIMEOUT_ENV = "BYOL_S3_TIMEOUT"  # seconds without a byte before a request counts as stalled
+TIMEOUT = 20.0
+
+
+def is_url(text: str) -> bool:
+    return bool(URL.match(text))
+
+
+def is_remote(text: str) -> bool:
+    """Whether ``text`` names a prepared set in object storage this package reads."""
+    match = URL.match(text)
+    return match is not None and match["scheme"].lower() in SCHEMES
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a prepared set lives: ``scheme://bucket/prefix`` (prefix without a trailing slash)."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def url(self, name: str = "") -> str:
+        return (
+            f"{self.scheme}://{self.bucket}/{self.key(name)}"
+            if name
+            else f"{self.scheme}://{self.bucket}/{self.prefix}"
+        )
+
+
+def parse(url: str, what: str = "--data-dir") -> Location:
+    """The location a URL names; one line naming what is valid for anything else."""
+    match = URL.match(url)
+    valid = ", ".join(f"{scheme}://BUCKET/PREFIX" for scheme in SCHEMES)
+    if not match or match["scheme"].lower() not in SCHEMES:
+        raise ConfigError(f"{what} {url!r}: only object storage at {valid} or a local folder is read")
+    bucket, _, prefix = match["rest"].partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(f"{what} {url!r} names no valid bucket; write {valid}")
+    return Location(match["scheme"].lower(), bucket, prefix.strip("/"))
+
+
+class Store:
+    """One prepared set's objects. The boto3 client is made on first use in each process (a forked DataLoader
+    worker makes its own: clients are not shared across a fork)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self._client: Any = None
+        self._pid = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned worker makes its own client
+        return {"location": self.location, "_client": None, "_pid": 0}
+
+    def client(self) -> Any:
+        if self._client is None or self._pid != os.getpid():
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise ConfigError(
+                    f"{self.location.url()} is in object storage, which needs boto3: pip install 'byol[cloud]'"
+                ) from None
+            timeout = float(os.environ.get(TIMEOUT_ENV) or TIMEOUT)
+            config = Config(
+                retries={"max_attempts": REQUEST_ATTEMPTS, "mode": "standard"},
+                connect_timeout=timeout, read_timeout=timeout, max_pool_connections=4 * PARTS_IN_FLIGHT,
+            )  # fmt: skip
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            endpoint = endpoint or SCHEMES[self.location.scheme]
+            logging.getLogger("botocore").setLevel(logging.WARNING)  # "found credentials in ..." on every client
+            session = boto3.session.Session()
+            self._client = session.client("s3", endpoint_url=endpoint, config=config)
+            self._pid = os.getpid()
+        return self._client
+
+    def _call(self, name: str, call: Callable[[Any], Any]) -> Any:
+        """``call(client)``, its errors as one line naming the object (:func:`explain`)."""
+        try:
+            return call(self.client())
+        except ConfigError:
+            raise
+        except Exception as e:  # botocore's errors have no common base short of Exception
+            raise explain(e, self.location, name) from None
+
+    def get(self, name: str) -> bytes:
+        """A small object whole (a manifest, an index), re-read while its body arrives cut short."""
+        key = self.location.key(name)
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._call(name, lambda c: c.get_object(Bucket=self.location.bucket, Key=key)["Body"].read())
+            except DataError as e:
+                if attempt == ATTEMPTS - 1 or not getattr(e, "transient", False):
+                    raise
+                _backoff(attempt)
+        raise AssertionError("unreachable")
+
+    def size(self, name: str) -> int:
+        """The size of an object (a HEAD); a missing one is one line naming it."""
+        key = self.location.key(name)
+        return int(self._call(name, lambda c: c.head_object(Bucket=self.location.bucket, Key=key))["ContentLength"])
+
+    def fetch(self, name: str, size: int, fd: int, verify: Callable[[int], bool]) -> int:
+        """Object ``name`` (``size`` bytes) into the open file ``fd`` by parallel ranged GETs, until
+        ``verify(fd)`` accepts its bytes; returns the bytes fetched (retries included). Cut, stalled or wrong
+        bytes are fetched again, :data:`ATTEMPTS` times in all; then one line naming the object."""
+        key, fetched = self.location.key(name), 0
+        ranges = [(start, min(start + PART_BYTES, size) - 1) for start in range(0, size, PART_BYTES)]
+        problem = ""
+
+        def part(span: tuple[int, int]) -> int:
+            start, end = span
+            body = self._call(
+                name, lambda c: c.get_object(Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{end}")
+            )["Body"]
+            try:
+                data = body.read()
+            except Exception as e:  # a body cut short or stalled mid-way: botocore raises after the headers
+                raise explain(e, self.location, name) from None
+            finally:
+                body.close()
+            if len(data) != end - start + 1:
+                raise DataError(f"{self.location.url(name)}: {len(data)} bytes of {end - start + 1} arrived")
+            os.pwrite(fd, data, start)
+            return len(data)
+
+        for attempt in range(ATTEMPTS):
+            try:
+                with ThreadPoolExecutor(min(PARTS_IN_FLIGHT, len(ranges) or 1)) as pool:
+                    fetched += sum(pool.map(part, ranges))
+                if verify(fd):
+                    return fetched
+                problem = "its bytes do not match the SHA-256 in the manifest"
+            except DataError as e:
+                if not getattr(e, "transient", True):
+                    raise
+                problem = str(e)
+            _backoff(attempt)
+        raise DataError(
+            f"{self.location.url(name)} could not be fetched intact in {ATTEMPTS} attempts (last: {problem}); "
+            "check the store, or prepare the set again if the object changed"
+        )
+
+    def upload(self, path: Path, name: str) -> None:
+        """A local file to object ``name`` (multipart for a large one: the object appears whole or not at all)."""
+        key = self.location.key(name)
+        self._call(name, lambda c: c.upload_file(os.fspath(path), self.location.bucket, key))
+
+    def put(self, name: str, data: bytes) -> None:
+        key = self.location.key(name)
+        self._call(name, lambda c: c.put_object(Bucket=self.location.bucket, Key=key, Body=data))
+
+    def delete(self, name: str) -> None:
+        key = self.location.key(name)
+        self._call(name, lambda c: c.delete_object(Bucket=self.location.bucket, Key=key))
+
+    def listing(self) -> dict[str, int]:
+        """The objects under the prefix, by name relative to it, with their sizes."""
+        prefix = self.location.key("")
+
+        def pages(client: Any) -> dict[str, int]:
+            found = {}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.location.bucket, Prefix=prefix):
+                for item in page.get("Contents", ()):
+                    found[item["Key"][len(prefix) :]] = int(item["Size"])
+            return found
+
+        return dict(self._call("", pages))
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def explain(error: Exception, location: Location, name: str) -> DataError:
+    """A boto3/botocore error as one line naming the object and what to do. ``transient`` on the result: worth
+    another attempt (a body cut short, a stall, a 5xx after botocore's own retries)."""
+    from botocore import exceptions as b
+
+    url = location.url(name)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    transient = False
+    if isinstance(error, b.NoCredentialsError | b.PartialCredentialsError | b.CredentialRetrievalError):
+        text = (
+            f"no credentials to read {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run "
+            "where an instance role applies (the AWS credential chain)"
+        )
+    elif isinstance(error, b.EndpointConnectionError | b.ConnectTimeoutError):
+        text = f"cannot reach the object store {endpoint} for {url} ({first_line(error)}); check AWS_ENDPOINT_URL"
+        transient = True
+    elif isinstance(error, b.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code == "NoSuchBucket":
+            text = f"bucket {location.bucket!r} does not exist at {endpoint} (for {url}); check the URL and endpoint"
+        elif code in ("NoSuchKey", "404", "NotFound"):
+            text = f"{url} does not exist; check the URL (a prepared set has manifest.json at its top)"
+        elif code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+            text = f"access to {url} was refused ({code}); check the credentials and the bucket's policy"
+        else:
+            text = f"{url}: the store answered {code or status} ({first_line(error)})"
+            transient = status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError")
+    else:  # a body cut short, a stall, a connection closed mid-way
+        text = f"{url}: {type(error).__name__}: {first_line(error)}"
+        transient = True
+    result = DataError(text)
+    result.transient = transient  # type: ignore[attr-defined]
+    return result
+
+
+def check_objects(store: Store, sizes: dict[str, int]) -> None:
+    """Every object of ``sizes`` (name -> bytes) is there at its size, checked by one listing of the prefix; the
+    first that is not is named in one line."""
+    present = store.listing()
+    for name, size in sizes.items():
+        if name not in present:
+            raise DataError(f"{store.location.url(name)} does not exist (the manifest lists it); prepare the set again")
+        if present[name] != size:
+            raise DataError(
+                f"{store.location.url(name)} is {present[name]} bytes, not the {size} the manifest records "
+                "(replaced or cut short); prepare the set again"
+            )
