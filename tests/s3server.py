@@ -6,8 +6,8 @@ end with it; the proxy counts the bytes it serves to ranged GETs (the shards a c
 from __future__ import annotations
 
 import http.client
-import logging
 import http.server
+import logging
 import socket
 import threading
 import time
@@ -22,6 +22,9 @@ SLOW_DOWN = (
 )
 
 
+FAULTS = ("slow_down", "cut", "stall", "flip")
+
+
 @dataclass
 class Faults:
     """What the proxy does to the next requests. Counters count down as they are spent; ``every``: apply the
@@ -34,7 +37,7 @@ class Faults:
     stall: int = 0  # stall this many GET bodies for ``stall_seconds`` after half of it
     stall_seconds: float = 5.0
     flip: int = 0  # flip one byte of this many ranged GET bodies
-    every: int = 0
+    every: int = 0  # with it, the faults take turns: one in every ``every`` GETs, in the order of FAULTS
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     served: int = 0  # bytes sent to ranged GETs (the shards; manifests, indexes and listings are whole GETs)
     gets: int = 0
@@ -42,7 +45,9 @@ class Faults:
 
     def take(self, name: str) -> bool:
         with self.lock:
-            if getattr(self, name) <= 0 or (self.every and self.gets % self.every):
+            if getattr(self, name) <= 0:
+                return False
+            if self.every and (self.gets % self.every or FAULTS[self.gets // self.every % len(FAULTS)] != name):
                 return False
             setattr(self, name, getattr(self, name) - 1)
             self.injected[name] = self.injected.get(name, 0) + 1

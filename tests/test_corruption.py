@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from byol.cli import build_parser, main
 from byol.commands.common import data_folder, directory
+from byol.commands.data import output_place
 from byol.config import apply_overrides, flatten, get_preset
 from byol.data import load_dataset
 from byol.errors import DataError
@@ -374,7 +375,7 @@ def _numeric_flags(parser: argparse.ArgumentParser, words: tuple[str, ...] = ())
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 found += _numeric_flags(sub, (*words, name))
-        elif action.type is not None and action.type not in (Path, directory, data_folder, str):
+        elif action.type is not None and action.type not in (Path, directory, data_folder, output_place, str):
             bounds = getattr(action.type, "bounds", None)
             assert bounds is not None and math.isfinite(bounds[1]), f"{words} {action.option_strings} is unbounded"
             found.append((words, tuple(filled), action.option_strings[0], bounds))

@@ -18,7 +18,7 @@ from conftest import assert_all_end, assert_same_networks, child_pids, logged_st
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from s3server import S3_ENV, Faults, make_bucket, s3_server
+from s3server import S3_ENV, make_bucket, s3_server
 
 from byol.augment import get_views
 from byol.checkpoint import latest_checkpoint, load_checkpoint
@@ -171,7 +171,9 @@ def _byol(args, capsys):
         ("s3://x/set", r"names no valid bucket"),
     ],
 )
-def test_a_bad_location_is_one_line_exit_2_before_anything_is_written(store, cache, tmp_path, capsys, data_dir, message):
+def test_a_bad_location_is_one_line_exit_2_before_anything_is_written(
+    store, cache, tmp_path, capsys, data_dir, message
+):
     run = tmp_path / "run"
     code, err = _byol(["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", data_dir,
                        "--run-dir", str(run), "--quiet"], capsys)  # fmt: skip
@@ -194,7 +196,7 @@ def test_a_cache_too_small_for_the_order_is_refused_before_any_step(store, tmp_p
     use_cache(str(tmp_path / "cache"), 10_000)
     try:
         dataset = load_split("imagefolder", "pretrain", "s3://bkt/set", 16)
-        for order, what in (("global", "the whole set"), ("shards", "9 shards")):
+        for order, what in (("global", "the whole set"), ("shards", "11 shards")):
             with pytest.raises(DataError, match=f"data.cache_bytes 10000 cannot hold {what}"):
                 TrainBatches(dataset, batch_size=8, seed=0, device=CPU, views=VIEWS, image_size=16, order=order)
     finally:
@@ -236,7 +238,7 @@ def test_the_cache_never_holds_more_than_its_budget_and_evicts_what_is_needed_la
     log: list[int] = []
     entries = [_entry(bytes([i]) * size, log) for i, size in enumerate(sizes)]
     sequence = [r % len(entries) for r in reads]
-    cache.plan([[entries[i].digest for i in sequence]], window=0)
+    cache.plan([[entries[i].digest for i in sequence]], [], window=0)
     peak = 0
     for position, i in enumerate(sequence):
         cache.advance(position)
@@ -305,3 +307,32 @@ def test_a_run_from_the_store_killed_and_resumed_ends_with_the_uninterrupted_wei
     assert a["step"] == 3 * 7  # 57 train images, batches of 8
     assert_same_networks(a, b)
     assert json.loads((run / "config.json").read_text())["data"]["order"] == "auto"
+
+
+def test_a_process_forked_while_another_thread_holds_the_cache_lock_does_not_inherit_it(tmp_path):
+    """A DataLoader forks its workers while the prefetch threads work: a flock lives as long as any copy of its
+    descriptor, so a child that kept the copy would hold the cache's lock for good (every reader then waits)."""
+    import multiprocessing
+
+    cache = ShardCache(tmp_path, 10**6)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with cache._locked():
+            holding.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    child = multiprocessing.get_context("fork").Process(target=_lock_and_exit, args=(cache,))
+    child.start()
+    release.set()
+    thread.join()
+    child.join(timeout=20)
+    assert child.exitcode == 0  # it took the lock once the parent's thread let it go
+
+
+def _lock_and_exit(cache):
+    with cache._locked():
+        pass

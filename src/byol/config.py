@@ -461,6 +461,19 @@ def data_location(text: str, what: str) -> str:
     return text
 
 
+def _check_streaming(data: DataConfig) -> None:
+    """The data's places (folders or object storage; the cache a local folder) and how a prepared set streams."""
+    data_location(data.data_dir, "data.data_dir")
+    data_location(data.eval_dir, "data.eval_dir")
+    local_folder(data.cache_dir, "data.cache_dir")
+    if data.order not in ORDERS:
+        raise ConfigError(f"data.order: {data.order!r} is not valid; choose one of {', '.join(ORDERS)}")
+    if not 1 <= data.shard_window <= 4096:
+        raise ConfigError(f"data.shard_window = {data.shard_window!r} must lie in [1, 4096]")
+    if not 0 <= data.cache_bytes <= 2**60:
+        raise ConfigError(f"data.cache_bytes = {data.cache_bytes!r} must lie in [0, 2^60] (0: the whole set)")
+
+
 def validate(config: Config) -> Config:
     """Refuses impossible or unknown values, naming the field and what it accepts. Returns the config."""
     from byol.augment import PRESETS as AUGMENT_PRESETS  # local: augment imports errors, not config
@@ -471,9 +484,7 @@ def validate(config: Config) -> Config:
     for key, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} must be a finite number")
-    data_location(config.data.data_dir, "data.data_dir")
-    data_location(config.data.eval_dir, "data.eval_dir")
-    local_folder(config.data.cache_dir, "data.cache_dir")
+    _check_streaming(config.data)
     m, o, t, d, tr = config.model, config.optim, config.target, config.data, config.train
     choices: list[tuple[str, object, tuple[object, ...]]] = [
         ("model.depth", m.depth, tuple(BLOCKS_PER_STAGE)),
@@ -490,7 +501,6 @@ def validate(config: Config) -> Config:
         ("data.dataset", d.dataset, tuple(DATASETS)),
         ("data.eval_dataset", d.eval_dataset, ("", *DATASETS)),
         ("data.labels", d.labels, LABELS),
-        ("data.order", d.order, ORDERS),
         ("augment.preset", config.augment.preset, tuple(AUGMENT_PRESETS)),
     ]
     choices += [("train.loggers", name, TRACKERS) for name in names(tr.loggers)]
@@ -536,12 +546,6 @@ def validate(config: Config) -> Config:
         ),
         ("data.image_size", d.image_size <= MAX_IMAGE_SIZE, f"must be <= {MAX_IMAGE_SIZE}"),
         ("data.num_workers", 0 <= d.num_workers <= 256, "must lie in [0, 256]"),
-        ("data.shard_window", 1 <= d.shard_window <= 4096, "must lie in [1, 4096]"),
-        (
-            "data.cache_bytes",
-            0 <= d.cache_bytes <= 2**60,
-            "must lie in [0, 2^60] (0: the whole set, or 80% of free disk)",
-        ),
         ("optim.batch_size", o.batch_size <= 2**20, "must be <= 2^20"),
         ("augment.crop_min_scale", 0 < config.augment.crop_min_scale <= 1, "must lie in (0, 1]"),
         ("train.epochs", 0 < tr.epochs <= 1e6, "must lie in (0, 1e6]"),

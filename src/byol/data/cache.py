@@ -37,7 +37,43 @@ from byol.errors import DataError, quoted
 
 LOCK = ".lock"
 PART = ".part"
+PREFETCH_THREADS = 4  # shards fetched at once ahead of the readers (each in parallel ranged parts)
 WAIT_FOR_ROOM = 120.0  # seconds a reader waits for space before the budget is called too small
+
+
+_HELD: set[int] = set()  # descriptors this process has open here (each may carry a lock)
+_FORKING = threading.Lock()  # held across a fork, and while a descriptor is opened or closed
+
+
+def _open(path: Path, flags: int, mode: int = 0o644) -> int:
+    with _FORKING:
+        fd = os.open(path, flags, mode)
+        _HELD.add(fd)
+    return fd
+
+
+def _close(fd: int) -> None:
+    with _FORKING:
+        _HELD.discard(fd)
+        os.close(fd)
+
+
+def _forget_in_child() -> None:
+    """A forked child closes its copies of the descriptors its parent had open here: a lock (flock) belongs to
+    the open file, which lives as long as any copy of its descriptor, so a DataLoader worker forked while a
+    prefetch thread held the cache's lock, or had just opened it, would otherwise hold it for good. The fork
+    waits for an open or a close under way (:data:`_FORKING`), so no descriptor escapes the list."""
+    global _FORKING
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+    _FORKING = threading.Lock()
+
+
+os.register_at_fork(
+    before=lambda: _FORKING.acquire(), after_in_parent=lambda: _FORKING.release(), after_in_child=_forget_in_child
+)
 
 
 @dataclass(frozen=True)
@@ -68,22 +104,30 @@ class ShardCache:
         self.objects.mkdir(parents=True, exist_ok=True)
         (root / "index").mkdir(exist_ok=True)
         self.uses: dict[str, list[int]] = {}  # digest -> the positions it is needed at, this epoch and the next
+        self.current: dict[str, int] = {}  # digest -> its position this epoch
+        self.horizon = 0  # the first position of the next epoch
         self.window = 1
         self.position = multiprocessing.RawValue("q", 0)  # how far this rank has read; shared with its workers
         self.fetched = multiprocessing.Value("q", 0)  # bytes this rank (workers included) fetched
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # --- the order ---------------------------------------------------------------------------------------------
-    def plan(self, sequences: Sequence[Sequence[str]], window: int) -> None:
-        """The shards of this node in the order they will be read: ``sequences[r][i]`` is the digest of the i-th
-        shard rank r reads (ranks advance together); the first epoch's sequences then the next's, concatenated.
-        ``window``: how many positions behind the current one are still being read."""
+    def plan(self, now: Sequence[Sequence[str]], later: Sequence[Sequence[str]], window: int) -> None:
+        """The shards of this node in the order they will be read: ``now[r][i]`` is the digest of the i-th shard
+        rank r reads this epoch (ranks advance together), ``later`` the same for the next epoch. ``window``: how
+        many positions behind the current one are still being read."""
         uses: dict[str, list[int]] = {}
-        for sequence in sequences:
+        self.current = {}
+        for sequence in now:
             for position, digest in enumerate(sequence):
                 uses.setdefault(digest, []).append(position)
-        self.uses, self.window = uses, window
+                self.current.setdefault(digest, position)
+        offset = max((len(s) for s in now), default=0)
+        for sequence in later:
+            for position, digest in enumerate(sequence):
+                uses.setdefault(digest, []).append(offset + position)
+        self.uses, self.window, self.horizon = uses, window, offset
         self.position.value = 0
 
     def advance(self, position: int) -> None:
@@ -103,8 +147,8 @@ class ShardCache:
     def opened(self, entry: Entry) -> Iterator[int]:
         """A descriptor of the cached shard, fetched first if it is not there, locked against eviction while
         the caller reads it."""
-        if (at := self.next_use(entry.digest)) != math.inf:
-            self.advance(int(at))
+        if entry.digest in self.current:  # a late read of an earlier shard leaves the position where it is
+            self.advance(self.current[entry.digest])
         while True:
             fd = self._open_cached(entry.digest)
             if fd is not None:
@@ -113,28 +157,28 @@ class ShardCache:
         try:
             yield fd
         finally:
-            os.close(fd)
+            _close(fd)
 
     def _open_cached(self, digest: str) -> int | None:
         try:
-            fd = os.open(self.path(digest), os.O_RDONLY)
+            fd = _open(self.path(digest), os.O_RDONLY)
         except FileNotFoundError:
             return None
         fcntl.flock(fd, fcntl.LOCK_SH)
         if os.fstat(fd).st_nlink == 0:  # evicted between the open and the lock
-            os.close(fd)
+            _close(fd)
             return None
         return fd
 
     # --- admission ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.objects / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(self.objects / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)
+            _close(fd)
 
     def usage(self) -> int:
         """Bytes in the cache's objects, parts (reserved in full) included."""
@@ -147,9 +191,9 @@ class ShardCache:
 
     def ensure(self, entry: Entry, needed_at: float, *, wait: bool) -> bool:
         """Makes ``entry`` present, fetching it if no other process is; ``needed_at``: its position (what may be
-        evicted for it: only shards needed later). Returns False when ``wait`` is False and there is no room yet;
-        with ``wait`` it waits for room (readers release shards, the position moves on) up to
-        :data:`WAIT_FOR_ROOM` seconds."""
+        evicted for it: only shards needed later). Without ``wait`` (a prefetch) only shards not needed again
+        this epoch may go, and False says there is no room yet; with ``wait`` (a reader) it waits for room
+        (readers release shards, the position moves on) up to :data:`WAIT_FOR_ROOM` seconds."""
         if entry.size > self.budget:
             raise DataError(
                 f"a shard of {entry.size} bytes does not fit the cache's budget of {self.budget} bytes; raise "
@@ -157,7 +201,7 @@ class ShardCache:
             )
         started = time.monotonic()
         while True:
-            fd, busy = self._reserve(entry, needed_at)
+            fd, busy = self._reserve(entry, needed_at if wait else max(needed_at, self.horizon - 0.5))
             if fd is None and not busy:
                 if self.path(entry.digest).exists():
                     return True
@@ -186,7 +230,7 @@ class ShardCache:
                     os.unlink(self.objects / f"{entry.digest}{PART}")
                 raise
             finally:
-                os.close(fd)
+                _close(fd)
             return True
 
     def _reserve(self, entry: Entry, needed_at: float) -> tuple[int | None, bool]:
@@ -203,12 +247,12 @@ class ShardCache:
                     part.unlink()  # its fetcher died
             if not self._make_room(entry.size, needed_at):
                 return None, False
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = _open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             try:
                 os.posix_fallocate(fd, 0, entry.size)
             except BaseException:
-                os.close(fd)
+                _close(fd)
                 part.unlink()
                 raise
             return fd, False
@@ -216,7 +260,7 @@ class ShardCache:
     def _held(self, path: Path) -> bool:
         """Whether some process holds a lock on ``path`` (a part being fetched, a shard being read)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open(path, os.O_RDONLY)
         except FileNotFoundError:
             return False
         try:
@@ -225,15 +269,15 @@ class ShardCache:
         except BlockingIOError:
             return True
         finally:
-            os.close(fd)
+            _close(fd)
 
     def _wait_for_part(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            fd = os.open(self.objects / f"{digest}{PART}", os.O_RDONLY)
+            fd = _open(self.objects / f"{digest}{PART}", os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # blocks until the fetcher closes it
             finally:
-                os.close(fd)
+                _close(fd)
 
     def _make_room(self, size: int, needed_at: float) -> bool:
         """Evicts shards needed later than ``needed_at`` (the one needed last first; in-use ones never) until
@@ -248,48 +292,54 @@ class ShardCache:
         )
         for _, path in candidates:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = _open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # being read
-                os.close(fd)
+                _close(fd)
                 continue
             try:
                 freed = os.fstat(fd).st_size
                 path.unlink()
             finally:
-                os.close(fd)
+                _close(fd)
             used -= freed
             if used + size <= self.budget:
                 return True
         return False
 
     # --- prefetching -------------------------------------------------------------------------------------------
-    def prefetch(self, entries: Sequence[Entry]) -> None:
-        """Fetches ``entries`` (this rank's shards in the order it reads them) ahead of the readers, in a thread,
-        as far as the budget lets it; :meth:`stop` ends it. Start it after the DataLoader has forked."""
+    def prefetch(self, entries: Sequence[Entry], positions: Sequence[int]) -> None:
+        """Fetches ``entries`` (this rank's shards in the order it reads them, at ``positions`` of the plan) ahead
+        of the readers, :data:`PREFETCH_THREADS` at a time, as far as the budget lets it; :meth:`stop` ends it.
+        Start it after the DataLoader has forked."""
         self.stop()
         self._stop = threading.Event()
 
-        def run() -> None:
-            for position, entry in enumerate(entries):
+        def run(mine: Sequence[tuple[Entry, int]]) -> None:
+            for entry, position in mine:
                 while not self._stop.is_set():
                     try:
                         if self.ensure(entry, position, wait=False):
                             break
                     except Exception:  # the reader that needs it fetches it and reports the error
                         return
-                    self._stop.wait(0.05)
+                    self._stop.wait(0.02)
                 if self._stop.is_set():
                     return
 
-        self._thread = threading.Thread(target=run, name="byol-prefetch", daemon=True)
-        self._thread.start()
+        pairs = list(zip(entries, positions, strict=True))
+        self._threads = [
+            threading.Thread(target=run, args=(pairs[k::PREFETCH_THREADS],), name="byol-prefetch", daemon=True)
+            for k in range(PREFETCH_THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,20 +91,34 @@ def first_uses(shards: np.ndarray) -> list[int]:
     return [int(shards[i]) for i in sorted(first)]
 
 
+@dataclass
+class Plan:
+    """The shards the ranks of this node read, in order: ``now[r]`` this epoch (local rank r), ``later[r]`` the
+    next; ``mine`` this rank's still to read, from position ``first`` of its sequence on, and ``behind`` how many
+    shards behind the newest read may still be read."""
+
+    now: list[list[int]]
+    later: list[list[int]]
+    mine: list[int]
+    first: int
+    behind: int
+
+
 @contextlib.contextmanager
-def streaming(dataset: Dataset, plan: list[list[int]], mine: list[int], window: int) -> Iterator[Callable[[], None]]:
-    """For a prepared set in object storage: tells its cache the node's plan (``plan[r]``: the shards local rank
-    r reads, in order, this epoch then the next) and yields ``start``, which begins fetching this rank's shards
-    (``mine``) ahead of the readers; call it once the DataLoader has forked. The prefetcher stops on exit.
-    Elsewhere a no-op."""
+def streaming(dataset: Dataset, plan: Plan | None) -> Iterator[Callable[[], None]]:
+    """For a prepared set in object storage: tells its cache the node's ``plan`` and yields ``start``, which
+    begins fetching this rank's shards ahead of the readers; call it once the DataLoader has forked. The
+    prefetchers stop on exit. Elsewhere a no-op."""
     shared = getattr(dataset, "remote", None)
-    if shared is None:
+    if shared is None or plan is None:
         yield lambda: None
         return
     entries = shared.entries
-    shared.cache.plan([[entries[s].digest for s in run] for run in plan], window)
+    digests = [[[entries[s].digest for s in run] for run in runs] for runs in (plan.now, plan.later)]
+    shared.cache.plan(digests[0], digests[1], plan.behind)
+    positions = [plan.first + i for i in range(len(plan.mine))]
     try:
-        yield lambda: shared.cache.prefetch([entries[s] for s in mine])
+        yield lambda: shared.cache.prefetch([entries[s] for s in plan.mine], positions)
     finally:
         shared.cache.stop()
 
@@ -205,7 +220,11 @@ class TrainBatches:
             self.crops = FolderCrops(dataset, size=image_size, views=views, seed=seed)
         if isinstance(dataset, ShardSet):
             self.shard_of = np.asarray(dataset.index["shard"])
-            check_budget(dataset, self.by_shards, window, local_ranks(rank, world_size))
+            # the shards behind the newest read that a reader may still be reading: a window, and the batches the
+            # DataLoader has in flight (two per worker, torch's prefetch_factor, and the one being consumed)
+            in_flight = (2 * num_workers + 1) * batch_size * (int(self.shard_of.max()) + 1) / len(self.shard_of)
+            self.behind = window + math.ceil(in_flight)
+            check_budget(dataset, self.by_shards, window, self.behind, local_ranks(rank, world_size))
 
     def order(self, epoch: int) -> Tensor:
         """This rank's (steps_per_epoch, batch_size) dataset indices of ``epoch``. Order global: step s of every
@@ -218,19 +237,22 @@ class TrainBatches:
             order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
         return order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
 
-    def plan(self, epoch: int, start_step: int) -> tuple[list[list[int]], list[int]]:
+    def plan(self, epoch: int, start_step: int) -> Plan:
         """The shards each rank of this node reads this epoch and the next, in order, and this rank's from
         ``start_step`` on (see :func:`streaming`)."""
         if not self.by_shards:  # every batch reads from every shard
             everything = list(range(len(self.dataset.shards)))  # type: ignore[union-attr]
-            return [everything], everything
-        plan = []
+            return Plan([everything], [everything], everything, 0, len(everything))
+        now, later = [], []
         for r in local_ranks(self.rank, self.world_size):
-            now = shard_runs(self.shard_of, self.seed, epoch, self.world_size)[r]
-            later = shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)[r]
-            plan.append(first_uses(self.shard_of[now]) + first_uses(self.shard_of[later]))
+            order = (
+                self.order(epoch) if r == self.rank else shard_runs(self.shard_of, self.seed, epoch, self.world_size)[r]
+            )
+            now.append(first_uses(self.shard_of[np.asarray(order).reshape(-1)]))
+            later.append(first_uses(self.shard_of[shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)[r]]))
         mine = first_uses(self.shard_of[self.order(epoch)[start_step:].reshape(-1).numpy()])
-        return plan, mine
+        sequence = now[self.rank - local_ranks(self.rank, self.world_size).start]
+        return Plan(now, later, mine, sequence.index(mine[0]) if mine else 0, self.behind)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from its ``start_step``-th on."""
@@ -240,8 +262,9 @@ class TrainBatches:
                 yield Batch(self.images[indices], self.labels[indices])
             return
         self.crops.epoch = epoch
-        plan, mine = self.plan(epoch, start_step) if isinstance(self.dataset, ShardSet) else ([], [])
-        with streaming(self.dataset, plan, mine, self.window) as start_fetching:
+        with streaming(self.dataset, self.plan(epoch, start_step) if isinstance(self.dataset, ShardSet) else None) as (
+            start_fetching
+        ):
             loader = crops_loader(
                 self.crops, self.num_workers, batch_sampler=BatchOrder(order), pin_memory=self.device.type == "cuda"
             )
@@ -273,16 +296,17 @@ def local_ranks(rank: int, world_size: int) -> range:
     return range(rank - local, min(world_size, rank - local + size))
 
 
-def check_budget(dataset: ShardSet, by_shards: bool, window: int, ranks: range) -> None:
+def check_budget(dataset: ShardSet, by_shards: bool, window: int, behind: int, ranks: range) -> None:
     """A cache that cannot hold what the order reads at once is refused before any step: order global reads
-    every shard in every batch (the whole set must fit), order shards about 2·window + 1 shards per rank of the
-    node (the window being read, the one before it, one being fetched)."""
+    every shard in every batch (the whole set must fit), order shards ``behind + window + 1`` shards per rank
+    of the node (those still being read, the next window, one being fetched)."""
     if dataset.remote is None:
         return
     cache, sizes = dataset.remote.cache, [entry.size for entry in dataset.remote.entries]
-    need = sum(sizes) if not by_shards else (2 * window + 1) * max(sizes) * len(ranks)
+    shards = behind + window + 1
+    need = sum(sizes) if not by_shards else min(sum(sizes), shards * max(sizes) * len(ranks))
     if cache.budget < need:
-        what = f"{2 * window + 1} shards of up to {max(sizes)} bytes per rank on this node"
+        what = f"{shards} shards of up to {max(sizes)} bytes per rank on this node"
         if not by_shards:
             what = "the whole set (data.order global reads every shard in every batch)"
         raise DataError(
@@ -315,7 +339,7 @@ def eval_batches(
             )
         return
     sequence = first_uses(np.asarray(dataset.index["shard"])) if isinstance(dataset, ShardSet) else []
-    with streaming(dataset, [sequence], sequence, 1) as start_fetching:
+    with streaming(dataset, Plan([sequence], [], sequence, 0, 1) if sequence else None) as start_fetching:
         loader = crops_loader(FolderCrops(dataset, size=image_size, views=None), num_workers, batch_size=batch_size)
         start_fetching()
         failures = 0

@@ -9,9 +9,10 @@ made once per process and asks its credential provider again when they run out.
 
 A shard is read whole, as :data:`PARTS_IN_FLIGHT` ranged GETs of :data:`PART_BYTES` in parallel, into a file the
 cache (:mod:`byol.data.cache`) has reserved; it is used only once its SHA-256 is the manifest's. Every request is
-retried by botocore (its "standard" mode: timeouts, 5xx, 503 SlowDown, with jittered exponential backoff); on top
-of that a whole shard whose body was cut short, stalled, or whose bytes do not hash to the manifest's digest is
-fetched again, :data:`ATTEMPTS` times in all, and then the command stops with one line naming the object. Nothing
+retried here (timeouts, 5xx, 503 SlowDown, a body cut short or stalled; with jittered exponential backoff from
+0.1 s, :data:`ATTEMPTS` times in all; botocore's own retries are off, so the attempts do not multiply), and a
+whole shard whose bytes do not hash to the manifest's digest is fetched again, :data:`ATTEMPTS` times in all;
+then the command stops with one line naming the object. Nothing
 is ever skipped: a shard either arrives intact or the run ends.
 """
 
@@ -35,8 +36,7 @@ SCHEMES = {"s3": None, "gs": "https://storage.googleapis.com"}
 URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 PART_BYTES = 8 << 20  # one ranged GET
 PARTS_IN_FLIGHT = 8  # ranged GETs of one shard at a time
-ATTEMPTS = 5  # whole-object fetches before a shard is given up (each request retried by botocore too)
-REQUEST_ATTEMPTS = 6  # botocore's attempts per request (standard retry mode)
+ATTEMPTS = 6  # attempts of a request (timeouts, 5xx, SlowDown), and of a whole shard (cut, stalled, wrong bytes)
 TIMEOUT_ENV = "BYOL_S3_TIMEOUT"  # seconds without a byte before a request counts as stalled
 TIMEOUT = 20.0
 
@@ -105,7 +105,7 @@ class Store:
                 ) from None
             timeout = float(os.environ.get(TIMEOUT_ENV) or TIMEOUT)
             config = Config(
-                retries={"max_attempts": REQUEST_ATTEMPTS, "mode": "standard"},
+                retries={"max_attempts": 1, "mode": "standard"},  # retried by _call, with this module's backoff
                 connect_timeout=timeout, read_timeout=timeout, max_pool_connections=4 * PARTS_IN_FLIGHT,
             )  # fmt: skip
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -117,25 +117,25 @@ class Store:
         return self._client
 
     def _call(self, name: str, call: Callable[[Any], Any]) -> Any:
-        """``call(client)``, its errors as one line naming the object (:func:`explain`)."""
-        try:
-            return call(self.client())
-        except ConfigError:
-            raise
-        except Exception as e:  # botocore's errors have no common base short of Exception
-            raise explain(e, self.location, name) from None
-
-    def get(self, name: str) -> bytes:
-        """A small object whole (a manifest, an index), re-read while its body arrives cut short."""
-        key = self.location.key(name)
+        """``call(client)``, retried with jittered exponential backoff while it fails in a way worth another
+        attempt (a timeout, a 5xx, 503 SlowDown: :func:`explain`'s ``transient``), :data:`ATTEMPTS` times in all;
+        its errors as one line naming the object."""
         for attempt in range(ATTEMPTS):
             try:
-                return self._call(name, lambda c: c.get_object(Bucket=self.location.bucket, Key=key)["Body"].read())
-            except DataError as e:
-                if attempt == ATTEMPTS - 1 or not getattr(e, "transient", False):
-                    raise
-                _backoff(attempt)
+                return call(self.client())
+            except ConfigError:
+                raise
+            except Exception as e:  # botocore's errors have no common base short of Exception
+                error = explain(e, self.location, name)
+                if attempt == ATTEMPTS - 1 or not getattr(error, "transient", False):
+                    raise error from None
+            _backoff(attempt)
         raise AssertionError("unreachable")
+
+    def get(self, name: str) -> bytes:
+        """A small object whole (a manifest, an index)."""
+        key = self.location.key(name)
+        return bytes(self._call(name, lambda c: _body(c.get_object(Bucket=self.location.bucket, Key=key))))
 
     def size(self, name: str) -> int:
         """The size of an object (a HEAD); a missing one is one line naming it."""
@@ -144,43 +144,32 @@ class Store:
 
     def fetch(self, name: str, size: int, fd: int, verify: Callable[[int], bool]) -> int:
         """Object ``name`` (``size`` bytes) into the open file ``fd`` by parallel ranged GETs, until
-        ``verify(fd)`` accepts its bytes; returns the bytes fetched (retries included). Cut, stalled or wrong
-        bytes are fetched again, :data:`ATTEMPTS` times in all; then one line naming the object."""
+        ``verify(fd)`` accepts its bytes; returns the bytes fetched (retries included). A part cut short or
+        stalled is asked for again (:meth:`_call`); a shard whose bytes are wrong is fetched again, :data:`ATTEMPTS`
+        times in all; then one line naming the object."""
         key, fetched = self.location.key(name), 0
         ranges = [(start, min(start + PART_BYTES, size) - 1) for start in range(0, size, PART_BYTES)]
-        problem = ""
 
         def part(span: tuple[int, int]) -> int:
             start, end = span
-            body = self._call(
-                name, lambda c: c.get_object(Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{end}")
-            )["Body"]
-            try:
-                data = body.read()
-            except Exception as e:  # a body cut short or stalled mid-way: botocore raises after the headers
-                raise explain(e, self.location, name) from None
-            finally:
-                body.close()
-            if len(data) != end - start + 1:
-                raise DataError(f"{self.location.url(name)}: {len(data)} bytes of {end - start + 1} arrived")
+            data = self._call(name, lambda c: _body(
+                c.get_object(Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{end}"), end - start + 1
+            ))  # fmt: skip
             os.pwrite(fd, data, start)
             return len(data)
 
-        for attempt in range(ATTEMPTS):
-            try:
-                with ThreadPoolExecutor(min(PARTS_IN_FLIGHT, len(ranges) or 1)) as pool:
+        for attempt in range(ATTEMPTS):  # each request retried by _call; here, bytes that arrived wrong
+            if len(ranges) == 1:
+                fetched += part(ranges[0])
+            else:
+                with ThreadPoolExecutor(min(PARTS_IN_FLIGHT, len(ranges))) as pool:
                     fetched += sum(pool.map(part, ranges))
-                if verify(fd):
-                    return fetched
-                problem = "its bytes do not match the SHA-256 in the manifest"
-            except DataError as e:
-                if not getattr(e, "transient", True):
-                    raise
-                problem = str(e)
+            if verify(fd):
+                return fetched
             _backoff(attempt)
         raise DataError(
-            f"{self.location.url(name)} could not be fetched intact in {ATTEMPTS} attempts (last: {problem}); "
-            "check the store, or prepare the set again if the object changed"
+            f"{self.location.url(name)} could not be fetched intact in {ATTEMPTS} attempts (its bytes do not match "
+            "the SHA-256 in the manifest); check the store, or prepare the set again if the object changed"
         )
 
     def upload(self, path: Path, name: str) -> None:
@@ -210,8 +199,26 @@ class Store:
         return dict(self._call("", pages))
 
 
+class ShortBody(Exception):
+    """A body that ended before its length."""
+
+
+def _body(response: dict[str, Any], size: int | None = None) -> bytes:
+    """The whole body of a GET (botocore raises on one cut short of its Content-Length; ``size``: the bytes it
+    must hold besides)."""
+    body = response["Body"]
+    try:
+        data = body.read()
+    finally:
+        body.close()
+    if size is not None and len(data) != size:
+        raise ShortBody(f"{len(data)} bytes of {size} arrived")
+    return bytes(data)
+
+
 def _backoff(attempt: int) -> None:
-    time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random() / 2))
+    """Sleeps 0.05–0.1 s after a first failure, doubling each time up to 3.2–6.4 s (full jitter's upper half)."""
+    time.sleep(min(6.4, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 def explain(error: Exception, location: Location, name: str) -> DataError:

@@ -1,0 +1,162 @@
+"""Prepared shards read from object storage against the same shards on local disk (issue 50), in one process.
+
+    .venv/bin/python benchmarks/object_storage.py [--images 4000] [--workers 2]
+
+The photos: ``--images`` ImageNet-like JPEGs (random crops of scikit-learn's and, where ``make peers`` unpacked
+them, scikit-image's photos, long side 500 px; benchmarks/photos.py), prepared with ``byol prepare`` at
+``--max-side 320`` in shards of 64 images, once locally and once uploaded (``byol prepare --out s3://…``) to
+moto's S3 server on 127.0.0.1 behind the fault-injecting proxy of tests/s3server.py, set to 50 ms per request
+and 100 MB/s for everything. Both run in this process's threads, on the same cores as the reader: a real store
+costs the reader nothing of its CPU, so the remote figures here are, if anything, low.
+
+Each pass is one epoch of the training DataLoader (``--workers`` workers, both views' crops at 112 px, data.order
+shards with a window of 2 shards, batches of 32, no training: the data path alone, the hardest case for hiding a fetch):
+
+- local: the prepared folder on disk;
+- cold: the store, an empty cache able to hold the set (first epoch); img/s over the whole epoch and from the
+  first batch on (the fetch of the first window is the time to the first batch), bytes fetched;
+- warm: the same again, the cache full (second epoch): bytes fetched;
+- quarter: an empty cache of a quarter of the set's bytes: the most bytes it held, polled every 2 ms;
+- faults: an empty cache, with one GET in every 7 answered 503 SlowDown, cut short, stalled 3 s (the client
+  gives up after 1 s) or given a flipped byte, round-robin: the batches are compared with the local pass's, bit
+  for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "tests")]
+from photos import imagenet_like, source_photos  # noqa: E402
+from s3server import S3_ENV, Faults, make_bucket, s3_server  # noqa: E402
+
+from byol.augment import get_views  # noqa: E402
+from byol.choices import PrepareSettings  # noqa: E402
+from byol.data import TrainBatches, load_split, use_cache  # noqa: E402
+from byol.prepare import prepare, prepare_to_store  # noqa: E402
+
+SETTINGS = PrepareSettings(max_side=320, shard_images=64)
+SIZE, BATCH, WINDOW = 112, 32, 2
+
+
+def photo_folder(folder: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    photos = source_photos()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"photo-{i:05d}.jpg"
+        if not path.exists():
+            imagenet_like(photos[rng.integers(len(photos))], rng).save(path, quality=int(rng.integers(85, 96)))
+    return folder
+
+
+def epoch(data_dir: str, workers: int, usage_of: Path | None = None) -> dict[str, object]:
+    """One epoch; img/s overall and from the first batch on, seconds to the first batch, each batch's digest,
+    and (``usage_of``: a cache folder) the most bytes in its objects/ folder while it ran."""
+    dataset = load_split("imagefolder", "pretrain", data_dir, SIZE)
+    batches = TrainBatches(
+        dataset, batch_size=BATCH, seed=0, device=torch.device("cpu"), views=get_views("byol"), image_size=SIZE,
+        num_workers=workers, order="shards", window=WINDOW,
+    )  # fmt: skip
+    peak, done = [0], threading.Event()
+
+    def poll() -> None:  # under the cache's lock: a snapshot between two of its changes
+        cache = dataset.remote.cache if dataset.remote is not None else None
+        while usage_of is not None and cache is not None and not done.is_set():
+            with cache._locked():
+                peak[0] = max(peak[0], cache.usage())
+            done.wait(0.002)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    digests, images = [], 0
+    start = time.perf_counter()
+    first = 0.0
+    for batch in batches.epoch(0):
+        if not digests:
+            first = time.perf_counter() - start
+        digest = hashlib.sha256(batch.images.numpy().tobytes() + batch.second_crop.numpy().tobytes())
+        digests.append(digest.hexdigest())
+        images += len(batch.images)
+    seconds = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    after_first = (images - BATCH) / (seconds - first)
+    return {"images": images, "seconds": seconds, "img_s": images / seconds, "after_first_img_s": after_first,
+            "first_batch_s": first, "digests": digests, "peak": peak[0], "dataset": dataset}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "byol-object-storage")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    source = photo_folder(args.work / "photos", args.images)
+    local = args.work / "local"
+    if not (local / "manifest.json").exists():
+        prepare(source, local, SETTINGS, workers=0, progress=False)
+    total = sum(p.stat().st_size for p in (local / "train").glob("*.tar"))
+    print(f"{args.images} photos prepared: {total / 1e6:.1f} MB in {len(list((local / 'train').glob('*.tar')))} "
+          f"train shards; CPU: {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")  # fmt: skip
+    os.environ.update(S3_ENV, BYOL_S3_TIMEOUT="1")
+    with s3_server(Faults()) as (endpoint, faults):
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        make_bucket(endpoint, "bench")
+        prepare_to_store(source, "s3://bench/photos", SETTINGS, workers=0, progress=False)
+        faults.latency, faults.bandwidth = 0.05, 100e6
+        rows = []
+
+        def run(name: str, data_dir: str, cache: Path | None, budget: int = 0) -> dict[str, object]:
+            if cache is not None:
+                use_cache(str(cache), budget)
+            served = faults.served
+            result = epoch(data_dir, args.workers, cache)
+            result["fetched"] = faults.served - served
+            rows.append((name, result))
+            return result
+
+        base = run("local", str(local), None)
+        cache = args.work / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        cold = run("cold (1st epoch)", "s3://bench/photos", cache)
+        warm = run("warm (2nd epoch)", "s3://bench/photos", cache)
+        quarter_cache = args.work / "cache-quarter"
+        shutil.rmtree(quarter_cache, ignore_errors=True)
+        quarter = run("quarter budget", "s3://bench/photos", quarter_cache, total // 4)
+        fault_cache = args.work / "cache-faults"
+        shutil.rmtree(fault_cache, ignore_errors=True)
+        faults.slow_down = faults.cut = faults.stall = faults.flip = 10**6
+        faults.every, faults.stall_seconds = 7, 3.0
+        faulty = run("faults", "s3://bench/photos", fault_cache)
+        faults.slow_down = faults.cut = faults.stall = faults.flip = 0
+        injected = dict(faults.injected)
+
+    print(f"\n{'pass':<18} {'img/s':>7} {'after 1st':>9} {'1st batch s':>11} {'fetched/set':>11} {'peak cache MB':>13}")
+    for name, r in rows:
+        print(f"{name:<18} {r['img_s']:7.1f} {r['after_first_img_s']:9.1f} {r['first_batch_s']:11.2f} "
+              f"{r['fetched'] / total:11.3f} {r['peak'] / 1e6:13.1f}")  # fmt: skip
+    wrong = sum(a != b for a, b in zip(faulty["digests"], base["digests"], strict=True))
+    print(f"\ncold / local from the first batch on: {cold['after_first_img_s'] / base['after_first_img_s']:.3f}; "
+          f"whole epoch: {cold['img_s'] / base['img_s']:.3f}")  # fmt: skip
+    print(f"warm epoch fetched {warm['fetched']} bytes; quarter budget {total // 4} bytes, peak {quarter['peak']}")
+    print(f"faults injected {injected}; batches differing from the local read: {wrong} of {len(base['digests'])}; "
+          f"faults / clean cold throughput: {faulty['img_s'] / cold['img_s']:.3f}")  # fmt: skip
+    same = all(r["digests"] == base["digests"] for _, r in rows)
+    print(f"every pass read the local pass's batches bit for bit: {same}")
+
+
+if __name__ == "__main__":
+    main()
