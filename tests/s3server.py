@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import logging
+import os
 import socket
 import threading
 import time
@@ -187,3 +188,49 @@ def make_bucket(endpoint: str, name: str) -> Any:
     )  # fmt: skip
     client.create_bucket(Bucket=name)
     return client
+
+
+class ServerProcess:
+    """:func:`s3_server` in a child process, so that its threads take nothing of this process's interpreter
+    (a benchmark's reader should pay for the network, not for the store): ``set(**fields)`` changes its
+    :class:`Faults`, ``stats()`` reads them back. It ends with the ``with`` block, or with this process."""
+
+    def __enter__(self) -> ServerProcess:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, os.getpid()), daemon=True)
+        self.process.start()
+        self.endpoint = self.conn.recv()
+        return self
+
+    def set(self, **fields: Any) -> None:
+        self.conn.send(("set", fields))
+        self.conn.recv()
+
+    def stats(self) -> dict[str, Any]:
+        self.conn.send(("stats", {}))
+        return dict(self.conn.recv())
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.send(("stop", {}))
+        self.process.join(timeout=10)
+
+
+def _serve(conn: Any, parent: int) -> None:
+    from byol.processes import die_with_parent
+
+    die_with_parent(parent)
+    with s3_server() as (endpoint, faults):
+        conn.send(endpoint)
+        while True:
+            command, fields = conn.recv()
+            if command == "stop":
+                return
+            if command == "set":
+                for key, value in fields.items():
+                    setattr(faults, key, value)
+                conn.send(None)
+            else:
+                conn.send({"served": faults.served, "gets": faults.gets, "injected": dict(faults.injected)})
