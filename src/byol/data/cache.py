@@ -37,7 +37,7 @@ from byol.errors import DataError, quoted
 
 LOCK = ".lock"
 PART = ".part"
-PREFETCH_THREADS = 4  # shards fetched at once ahead of the readers (each in parallel ranged parts)
+PREFETCH_THREADS = 8  # shards fetched at once ahead of the readers (each in parallel ranged parts)
 WAIT_FOR_ROOM = 120.0  # seconds a reader waits for space before the budget is called too small
 
 
@@ -224,7 +224,8 @@ class ShardCache:
                 fetched = entry.fetch(fd, lambda f: file_matches(f, entry.digest, entry.size))
                 with self.fetched.get_lock():
                     self.fetched.value += fetched
-                os.rename(part, self.path(entry.digest))
+                with self._locked():  # a listing that ran beside the rename could miss the file and over-admit
+                    os.rename(part, self.path(entry.digest))
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(self.objects / f"{entry.digest}{PART}")
@@ -318,8 +319,15 @@ class ShardCache:
         self.stop()
         self._stop = threading.Event()
 
-        def run(mine: Sequence[tuple[Entry, int]]) -> None:
-            for entry, position in mine:
+        pending = iter(list(zip(entries, positions, strict=True)))
+        taking = threading.Lock()
+
+        def run() -> None:  # each thread takes the next shard in order: one that stalls holds up only itself
+            while not self._stop.is_set():
+                with taking:
+                    entry, position = next(pending, (None, 0))
+                if entry is None:
+                    return
                 while not self._stop.is_set():
                     try:
                         if self.ensure(entry, position, wait=False):
@@ -327,13 +335,9 @@ class ShardCache:
                     except Exception:  # the reader that needs it fetches it and reports the error
                         return
                     self._stop.wait(0.02)
-                if self._stop.is_set():
-                    return
 
-        pairs = list(zip(entries, positions, strict=True))
         self._threads = [
-            threading.Thread(target=run, args=(pairs[k::PREFETCH_THREADS],), name="byol-prefetch", daemon=True)
-            for k in range(PREFETCH_THREADS)
+            threading.Thread(target=run, name="byol-prefetch", daemon=True) for _ in range(PREFETCH_THREADS)
         ]
         for thread in self._threads:
             thread.start()
