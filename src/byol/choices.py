@@ -30,9 +30,11 @@ UNREADABLE = "unreadable.tsv"
 @dataclass(frozen=True)
 class PrepareSettings:
     """How `byol prepare` stores images: long side at most ``max_side`` px, JPEG ``quality``, ``shard_images``
-    per shard; ``labels`` as the folder reader takes it (:data:`LABELS`)."""
+    per shard; ``labels`` as the folder reader takes it (:data:`LABELS`); ``shuffle``: shards hold a seeded
+    permutation of the listing (every class in every shard), not runs of it."""
 
     max_side: int = 512
     quality: int = 90
     shard_images: int = 2000
     labels: str = "auto"
+    shuffle: bool = True

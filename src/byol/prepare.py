@@ -7,8 +7,10 @@ applied), as a JPEG whose long side is at most ``max_side``: a JPEG that already
 small enough) is stored byte for byte; anything else is decoded at the JPEG scale nearest above that size, resized
 (Lanczos) and encoded at ``quality``. A file that cannot be decoded is left out and named in ``unreadable.tsv``.
 
-Shard k of a split holds images [k·n, (k+1)·n) of its listing (n = ``shard_images``), so shards are written in
-parallel, one process each, and independently. A shard is done once its tar and its part file (its index rows,
+Shard k of a split holds images [k·n, (k+1)·n) of a seeded permutation of its listing (n = ``shard_images``;
+with ``shuffle`` off, of the listing itself), each under its key, its place in the listing; the index lists them
+by key, so image i of a prepared set is image i of the folder. Shards are written in parallel, one process each,
+and independently. A shard is done once its tar and its part file (its index rows,
 digest and unreadable files) are in place, both written atomically; a killed run resumes where it stopped with
 the same command, keeping finished shards. Nothing is written into the source; the output folder must be new,
 empty, or one this command started from the same source and settings.
@@ -55,11 +57,11 @@ EVAL_SPLITS = ("val", "test")
 
 @dataclass(frozen=True)
 class Job:
-    """One shard to write: images ``first`` to ``first + len(paths)`` of ``split``'s listing."""
+    """One shard to write: the images of ``split``'s listing at ``keys`` (their places in the listing)."""
 
     split: str
     number: int
-    first: int
+    keys: tuple[int, ...]
     paths: tuple[str, ...]
     relative: tuple[str, ...]
     labels: tuple[int, ...]
@@ -92,14 +94,21 @@ def source_splits(source: Path, labels: str) -> dict[str, ImageFolder]:
 
 
 def plan(splits: dict[str, ImageFolder], settings: PrepareSettings) -> list[Job]:
+    """The shards of each split: ``shard_images`` images each, in the listing's order, or (``shuffle``) in a
+    seeded permutation of it, so that a shard of a folder laid out by class holds every class (what a reader that
+    streams a few shards at a time needs: data.order shards, webdataset)."""
     jobs = []
     for split, folder in splits.items():
         n = settings.shard_images
+        order = np.arange(len(folder))
+        if settings.shuffle:
+            order = np.random.default_rng(len(folder)).permutation(len(folder))
         for number, first in enumerate(range(0, len(folder), n)):
-            paths = folder.paths[first : first + n]
+            keys = order[first : first + n].tolist()
+            paths = tuple(folder.paths[k] for k in keys)
             jobs.append(Job(
-                split, number, first, paths, tuple(os.path.relpath(p, folder.root) for p in paths),
-                tuple(folder.labels[first : first + n].tolist()), folder.classes,
+                split, number, tuple(keys), paths, tuple(os.path.relpath(p, folder.root) for p in paths),
+                tuple(int(folder.labels[k]) for k in keys), folder.classes,
             ))  # fmt: skip
     return jobs
 
@@ -161,15 +170,15 @@ def write_shard(job: Job, out: Path, settings: PrepareSettings) -> dict[str, Any
 
     def write(file: Any) -> None:
         with tarfile.open(fileobj=file, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for k, (source, relative, label) in enumerate(zip(job.paths, job.relative, job.labels, strict=True)):
-                key = key_name(job.first + k)
+            for place, source, relative, label in zip(job.keys, job.paths, job.relative, job.labels, strict=True):
+                key = key_name(place)
                 try:
                     data, (width, height), original = encode(source, settings)
                 except DECODE_ERRORS as e:
                     unreadable.append((relative, str(e).replace("\t", " ").replace("\n", " ")))
                 else:
                     offset = _member(tar, f"{key}.jpg", data)
-                    rows.append((job.number, offset, len(data), label, width, height, job.first + k))
+                    rows.append((job.number, offset, len(data), label, width, height, place))
                     about = {"source": relative, "width": original[0], "height": original[1]}
                     if label >= 0:  # a labelled set: the class index as WebDataset's .cls, its name in .json
                         _member(tar, f"{key}.cls", str(label).encode())
@@ -321,7 +330,7 @@ def _finish(
     unreadable: list[str] = []
     for split, folder in splits.items():
         mine = [parts[job.split, job.number] for job in jobs if job.split == split]
-        rows = np.array([tuple(row) for part in mine for row in part["rows"]], dtype=ROW)
+        rows = np.sort(np.array([tuple(row) for part in mine for row in part["rows"]], dtype=ROW), order="key")
         unreadable += [f"{split}/{path}\t{why}" for part in mine for path, why in part["unreadable"]]
         if not len(rows):
             raise DataError(f"no image of the {split} split of {quoted(folder.root)} could be read")

@@ -46,6 +46,11 @@ def add_prepare(sub: Any) -> None:
         default=DEFAULTS.labels,
         help="auto: class folders where the source is laid out by class; folders; none (default: auto)",
     )
+    p.add_argument(
+        "--no-shuffle", action="store_true",
+        help="store images in the listing's order (default: a seeded permutation, so that each shard holds every "
+        "class and a reader of a few shards at a time sees a mixed sample)",
+    )  # fmt: skip
     p.add_argument("--workers", type=number(int, 0, 1024, "a process count in [0, 1024]"), default=0,
                    help="processes (default 0: one per core)")  # fmt: skip
     quiet_flag(p)
@@ -69,7 +74,7 @@ def output_place(text: str) -> Path | str:
 def prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from byol.prepare import prepare as run
 
-    settings = PrepareSettings(args.max_side, args.quality, args.shard_size, args.labels)
+    settings = PrepareSettings(args.max_side, args.quality, args.shard_size, args.labels, not args.no_shuffle)
     if isinstance(args.out, str):  # object storage
         from byol.prepare import prepare_to_store
 
