@@ -336,3 +336,16 @@ def test_a_process_forked_while_another_thread_holds_the_cache_lock_does_not_inh
 def _lock_and_exit(cache):
     with cache._locked():
         pass
+
+
+def test_a_run_pretrained_from_the_store_is_evaluated_and_embedded_from_it(store, cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", "s3://bkt/set",
+                 "--data.image_size", "16", "--optim.batch_size", "8", "--epochs", "1", "--run-dir", str(run),
+                 "--quiet", "--data.cache_dir", str(cache)]) == 0  # fmt: skip
+    assert main(["knn", str(run), "--quiet"]) == 0
+    assert main(["embed", str(run), "--out", str(tmp_path / "e.npz")]) == 0
+    embedded = np.load(tmp_path / "e.npz")
+    _, _, _, _, local = store
+    assert len(embedded["features"]) == len(load_split("imagefolder", "test", str(local), 16))
+    capsys.readouterr()
