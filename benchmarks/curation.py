@@ -103,10 +103,11 @@ def planted_set(images: np.ndarray, folder: Path, plants: int, seed: int) -> lis
     return pairs
 
 
-def _embed(encoder: str, folder: Path, out: Path) -> None:
+def _embed(encoder: str, folder: Path, out: Path, crops: bool = False) -> None:
     if not out.exists():
         subprocess.run([*BYOL, "embed", encoder, "--dataset", "imagefolder", "--data-dir", str(folder),
-                        "--split", "train", "--out", str(out), "--quiet"], check=True)  # fmt: skip
+                        "--split", "train", "--out", str(out), "--quiet", *(["--copy-crops"] if crops else [])],
+                       check=True)  # fmt: skip
 
 
 def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, float, float, int]]:
@@ -117,6 +118,11 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     planted = np.array([[where[a], where[b]] for a, b in (tuple(p) for p in truth)])
     x = _unit(np.asarray(e.features))
     sims = x @ x.T
+    if e.crops is not None:  # as near_pairs scores them: the best of full · full and full · each crop of the other
+        crops = _unit(np.asarray(e.crops, dtype=np.float32))
+        for k in range(crops.shape[1]):
+            against = x @ crops[:, k].T
+            np.maximum(sims, np.maximum(against, against.T), out=sims)
     np.fill_diagonal(sims, -1.0)
     rows = []
     for t in thresholds:
@@ -129,7 +135,7 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     return rows
 
 
-def bench_duplicates(encoder: str, cifar: Path, work: Path) -> None:
+def bench_duplicates(encoder: str, cifar: Path, work: Path, crops: bool = False) -> None:
     train, _ = _cifar(cifar, [f"data_batch_{i}" for i in range(1, 6)])
     test, _ = _cifar(cifar, ["test_batch"])
     sets = {"calibration": (train[:5000], 250, 1), "scoring": (test, 500, 2)}
@@ -139,11 +145,13 @@ def bench_duplicates(encoder: str, cifar: Path, work: Path) -> None:
         pairs_file = work / f"dups-{name}.json"
         if not pairs_file.exists():
             pairs_file.write_text(json.dumps(planted_set(images, folder, plants, seed)))
-        _embed(encoder, folder, work / f"dups-{name}.npz")
+        npz = work / f"dups-{name}{'-crops' if crops else ''}.npz"
+        _embed(encoder, folder, npz, crops)
         planted = {frozenset(p) for p in json.loads(pairs_file.read_text())}
-        found[name] = (read_embeddings(work / f"dups-{name}.npz"), planted)
+        found[name] = (read_embeddings(npz), planted)
     e, truth = found["calibration"]
-    table = _scores(e, truth, np.round(np.arange(0.90, 0.9995, 0.0025), 4))
+    table = _scores(e, truth, np.round(np.arange(0.90, 0.9995, 0.0025), 4) if not crops else
+                    np.round(np.arange(0.990, 0.99991, 0.0005), 4))  # fmt: skip
     best = max(table, key=lambda r: 2 * r[1] * r[2] / max(r[1] + r[2], 1e-9))
     print("calibration set (5,000 CIFAR-10 train images + 250 planted): threshold, precision, recall, pairs")
     for t, p, r, n in table:
@@ -201,12 +209,13 @@ def main() -> None:
     parser.add_argument("--cifar", type=Path, help="folder holding cifar-10-batches-py/")
     parser.add_argument("--counts", default="10,100,1000")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--copy-crops", action="store_true", help="duplicates: embed with --copy-crops")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "search":
         bench_search(args.work)
     elif args.what == "duplicates":
-        bench_duplicates(args.encoder, args.cifar, args.work)
+        bench_duplicates(args.encoder, args.cifar, args.work, args.copy_crops)
     else:
         bench_select(args.encoder, args.cifar, args.work, [int(c) for c in args.counts.split(",")], args.seeds)
 

@@ -47,6 +47,27 @@ def test_near_pairs_and_groups_match_the_brute_force(features, threshold, chunk)
     assert all(where[i] == where[j] for i, j in found)  # a pair never spans two groups
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 40), m=st.integers(1, 30), k=st.integers(1, 5),
+       threshold=st.floats(-1.0, 1.0), chunk=st.integers(1, 40))  # fmt: skip
+def test_near_pairs_with_copy_crops_take_the_best_of_whole_and_crop_matches(seed, n, m, k, threshold, chunk):
+    rng = np.random.default_rng(seed)
+    a, a_crops = rng.standard_normal((n, 6)), rng.standard_normal((n, k, 6))
+    b, b_crops = rng.standard_normal((m, 6)), rng.standard_normal((m, k, 6))
+    b[0] = a_crops[n - 1, k - 1] * 2  # a copy cropped out of a: its whole image is one of a's crops
+    ua, ub, ca, cb = _unit(a), _unit(b), _unit(a_crops), _unit(b_crops)
+    best = np.maximum.reduce([ua @ ub.T, *[ua @ cb[:, c].T for c in range(k)], *[ca[:, c] @ ub.T for c in range(k)]])
+    found = {(i, j): s for i, j, s in near_pairs(a, b, threshold, chunk, a_crops, b_crops)}
+    sure = {(i, j) for i in range(n) for j in range(m) if best[i, j] >= threshold + 1e-5}
+    unsure = {(i, j) for i in range(n) for j in range(m) if abs(best[i, j] - threshold) < 1e-5}
+    assert sure <= set(found) <= sure | unsure
+    assert all(abs(s - best[i, j]) < 1e-5 for (i, j), s in found.items())
+    assert best[n - 1, 0] == pytest.approx(1.0, abs=1e-5)  # the cropped copy meets its crop
+    within = {(i, j) for i, j, _ in near_pairs(a, None, threshold, chunk, a_crops)}
+    square = np.maximum.reduce([ua @ ua.T, *[ua @ ca[:, c].T for c in range(k)], *[ca[:, c] @ ua.T for c in range(k)]])
+    assert {(i, j) for i in range(n) for j in range(i + 1, n) if square[i, j] >= threshold + 1e-5} <= within
+
+
 @settings(max_examples=20, deadline=None)
 @given(features=FEATURES, chunk=st.integers(1, 64))
 def test_typicality_is_the_inverse_mean_distance_to_the_20_nearest_whatever_the_chunk(features, chunk):
@@ -125,6 +146,22 @@ def test_search_by_row_by_path_and_by_a_new_image(embedded, photos, tmp_path, ca
     (best,) = json.loads((tmp_path / "o.json").read_text())["neighbours"]
     assert best["row"] == row and best["similarity"] == pytest.approx(1.0, abs=1e-5)
     assert "similarity" in capsys.readouterr().out
+
+
+def test_embed_copy_crops_finds_a_cropped_copy_that_whole_images_miss(finished_run, photos, tmp_path):
+    big = np.asarray(Image.open(photos / "p03.png")).repeat(4, 0).repeat(4, 1)  # 96 px: a crop keeps its detail
+    Image.fromarray(big).save(photos / "p03.png")
+    Image.fromarray(big[4:90, 6:92]).resize((96, 96), Image.Resampling.BICUBIC).save(photos / "p03-cropped.png")
+    encoder, out = str(finished_run.parent / "enc.safetensors"), tmp_path / "crops.npz"
+    assert main(["embed", encoder, "--dataset", "imagefolder", "--data-dir", str(photos), "--split", "train",
+                 "--out", str(out), "--quiet", "--copy-crops"]) == 0  # fmt: skip
+    e = read_embeddings(out)
+    assert e.crops is not None and e.crops.shape == (len(e), 49, e.features.shape[1])
+    rows = [[n.rsplit("/", 1)[-1] for n in e.names].index(f) for f in ("p03.png", "p03-cropped.png")]
+    whole = float(_unit(np.asarray(e.features[rows[0]])) @ _unit(np.asarray(e.features[rows[1]])))
+    ((_, _, with_crops),) = [p for p in near_pairs(np.asarray(e.features), None, -1.0, None, e.crops)
+                             if sorted(p[:2]) == sorted(rows)]  # fmt: skip
+    assert with_crops > whole  # one of the 49 crops of the photo is closer to the copy than the whole photo
 
 
 def test_duplicates_finds_the_copy_exactly_and_the_leak_across_sets(embedded, finished_run, photos, tmp_path):

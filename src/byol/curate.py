@@ -26,6 +26,8 @@ from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
+COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy crops (`byol embed --copy-crops`)
+COPY_SIDE, COPY_GRID = 0.9, 7  # copy crops: 90% of the side at a 7x7 grid of positions (every 1/60 of the side)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
 
@@ -41,6 +43,7 @@ class Embeddings:
     index: np.ndarray
     digests: list[str]  # "" where the .npz predates them
     source: dict[str, Any]
+    crops: np.ndarray | None = None  # (N, K, D) features of each image's copy crops, where embed made them
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -82,6 +85,7 @@ def read_embeddings(path: Path) -> Embeddings:
             if "features" not in keys:
                 raise DataError(f"{quoted(path)} has no features array; it is not a `byol embed` file")
             features = _member(path, "features")
+            crops = _member(path, "copy_crops") if "copy_crops" in keys else None
             n = features.shape[0] if features.ndim == 2 else -1
             small = {k: arrays[k] for k in ("labels", "index", "paths", "digests", "source") if k in keys}
     except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
@@ -90,17 +94,19 @@ def read_embeddings(path: Path) -> Embeddings:
         raise DataError(f"{quoted(path)}: features must be a non-empty (N, D) float array, got {features.shape}")
     if any(len(small[k]) != n for k in ("labels", "index", "paths", "digests") if k in small):
         raise DataError(f"{quoted(path)}: its arrays have different lengths; the file is damaged")
+    if crops is not None and (crops.ndim != 3 or crops.shape[0] != n or crops.shape[2] != features.shape[1]):
+        raise DataError(f"{quoted(path)}: copy_crops {crops.shape} do not match features {features.shape}")
     source = json.loads(str(small["source"])) if "source" in small else {}
     index = small.get("index", np.arange(n))
     names = [str(p) for p in small["paths"]] if "paths" in small else [
         f"{source.get('dataset', 'image')} {source.get('split', '')} #{i}" for i in index.tolist()]  # fmt: skip
-    return Embeddings(path, features, names, small.get("labels", np.full(n, -1)), index,
-                      [str(d) for d in small["digests"]] if "digests" in small else [""] * n, source)  # fmt: skip
+    digests = [str(d) for d in small["digests"]] if "digests" in small else [""] * n
+    return Embeddings(path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
 
 
 def row_norms(features: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
@@ -136,17 +142,36 @@ def nearest(
     return best_s, best_i
 
 
+def copy_boxes(box: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
+    """The copy crops of a box (left, top, right, bottom): :data:`COPY_SIDE` of its sides at a
+    :data:`COPY_GRID` x :data:`COPY_GRID` grid of positions, row by row."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    steps = np.linspace(0.0, 1.0 - COPY_SIDE, COPY_GRID).tolist()
+    return [(left + x * width, top + y * height, left + (x + COPY_SIDE) * width, top + (y + COPY_SIDE) * height)
+            for y in steps for x in steps]  # fmt: skip
+
+
 def near_pairs(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int | None = None
-) -> list[tuple[int, int, float]]:
+    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int | None = None,
+    a_crops: np.ndarray | None = None, b_crops: np.ndarray | None = None,
+) -> list[tuple[int, int, float]]:  # fmt: skip
     """Every pair (i in a, j in b) with cosine similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j.
-    Scored ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB)."""
+    Scored ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB). With copy
+    crops (``a_crops``, and ``b_crops`` unless ``b`` is None), a pair's similarity is the best of its two full
+    images' and of each full image against each crop of the other: a crop of a photo meets the photo's own crop."""
     ua = _unit(a)
     ub = ua if b is None else _unit(b)
+    ca = None if a_crops is None else _unit(np.asarray(a_crops, dtype=np.float32))
+    cb = ca if b is None else (None if b_crops is None else _unit(np.asarray(b_crops, dtype=np.float32)))
     chunk = chunk or max(1, (1 << 24) // max(len(ub), 1))
     pairs: list[tuple[int, int, float]] = []
     for start in range(0, len(ua), chunk):
         sims = ua[start : start + chunk] @ ub.T
+        if ca is not None and cb is not None:
+            for k in range(ca.shape[1]):
+                np.maximum(sims, ua[start : start + chunk] @ cb[:, k].T, out=sims)
+                np.maximum(sims, ca[start : start + chunk, k] @ ub.T, out=sims)
         rows, cols = np.nonzero(sims >= threshold)
         keep = (rows + start < cols) if b is None else np.ones(len(rows), dtype=bool)
         rows, cols = rows[keep], cols[keep]
@@ -285,17 +310,19 @@ def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -
         if other.features.shape[1] != e.features.shape[1]:
             raise ConfigError(f"{quoted(other.path)} holds {other.features.shape[1]}-d features and {quoted(e.path)} "
                               f"{e.features.shape[1]}-d: compare features of one encoder")  # fmt: skip
-        best_s, best_i = nearest(other.features, np.asarray(e.features), 1)
+        best: dict[int, tuple[int, float]] = {}
+        crops = (e.crops, other.crops) if e.crops is not None and other.crops is not None else (None, None)
+        for i, j, s in near_pairs(np.asarray(e.features), np.asarray(other.features), threshold, None, *crops):
+            if s > best.get(i, (0, -2.0))[1]:
+                best[i] = (j, s)
         digests = {d: j for j, d in enumerate(other.digests) if d}
-        twins = []
         for i in range(len(e)):
-            j, s = int(best_i[i, 0]), float(best_s[i, 0])
             if e.digests[i] and e.digests[i] in digests:
-                j, s = digests[e.digests[i]], 1.0
-            if s >= threshold:
-                twins.append({"row": i, "path": e.names[i], "other_row": j, "other": other.names[j], "similarity": s})
+                best[i] = (digests[e.digests[i]], 1.0)
+        twins = [{"row": i, "path": e.names[i], "other_row": j, "other": other.names[j], "similarity": s}
+                 for i, (j, s) in sorted(best.items())]  # fmt: skip
         return {"twins": sorted(twins, key=lambda t: -t["similarity"])}
-    pairs = [(i, j) for i, j, _ in near_pairs(np.asarray(e.features), None, threshold)]
+    pairs = [(i, j) for i, j, _ in near_pairs(np.asarray(e.features), None, threshold, None, e.crops)]
     by_digest: dict[str, list[int]] = {}
     for i, digest in enumerate(e.digests):
         if digest:

@@ -293,11 +293,14 @@ def embed(
     data_dir: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    copy_crops: bool = False,
 ) -> tuple[Path, tuple[int, ...]]:
     """Features of every readable image of a dataset split, from a run / checkpoint or an exported encoder, to
     ONE .npz file (written atomically: a kill leaves the old file or the new one, never a mix): ``features``
     (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
-    image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning)."""
+    image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
+    ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
+    (:func:`byol.curate.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md)."""
     source, out = Path(source), Path(out)
     if out.suffix != ".npz":
         raise ConfigError(
@@ -335,5 +338,63 @@ def embed(
     source_record = {"encoder": str(source.resolve()), "dataset": name, "split": images_split, "data_dir": data_dir,
                      "image_size": data.image_size, "labels": data.labels}  # fmt: skip
     arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
+    if copy_crops:
+        arrays["copy_crops"] = crop_features(pretrained.encoder, images, found.indices, data.image_size,
+                                             resolve_device(device), progress)  # fmt: skip
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     return out, tuple(found.features.shape)
+
+
+class _CopyCrops(torch.utils.data.Dataset):
+    """The copy crops of image files: (K, C, size, size) uint8 per image, cut from the decoded pixels around the
+    evaluation's centre crop (a crop of a crop would be blurred: cut at the input size, they found far fewer)."""
+
+    def __init__(self, files: Any, indices: list[int], size: int) -> None:
+        self.files, self.indices, self.size = files, indices, size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from byol.curate import copy_boxes
+        from byol.data.decode import centre_box, decode_crops
+
+        crops = decode_crops(self.files.read(self.indices[i]), self.size, lambda w, h: copy_boxes(centre_box(w, h)))
+        return torch.stack(crops)
+
+
+def crop_features(
+    encoder: torch.nn.Module, images: Any, indices: torch.Tensor, image_size: int, device: torch.device, progress: bool
+) -> np.ndarray:
+    """(N, K, D) float32 features of each image's copy crops (:func:`byol.curate.copy_boxes`), for the rows
+    ``indices`` of ``images``, unaugmented, the encoder in inference mode."""
+    from tqdm import tqdm
+
+    from byol.augment.pipeline import evaluation_view
+    from byol.curate import copy_boxes
+
+    rows = indices.tolist()
+    if isinstance(images, Files):
+        batches: Any = torch.utils.data.DataLoader(_CopyCrops(images, rows, image_size), batch_size=16)
+    else:  # in memory: whole pixels of each crop, resized with antialiasing
+        pixels = images.images[indices]
+        _, _, height, width = pixels.shape
+        boxes = [tuple(round(v) for v in box) for box in copy_boxes((0, 0, width, height))]
+        batches = (
+            torch.stack([
+                torch.nn.functional.interpolate(
+                    chunk[:, :, top:bottom, left:right].float(), size=(image_size, image_size), mode="bilinear",
+                    antialias=True, align_corners=False,
+                ).round().clamp(0, 255).to(torch.uint8)
+                for left, top, right, bottom in boxes
+            ], 1)
+            for chunk in pixels.split(16)
+        )  # fmt: skip
+    encoder = encoder.eval().to(device)
+    out = []
+    with torch.no_grad():
+        for crops in tqdm(batches, total=-(-len(rows) // 16), desc="copy crops", disable=not progress):
+            n, k = crops.shape[:2]
+            x = evaluation_view(crops.flatten(0, 1).to(device), image_size, images.mean, images.std)
+            out.append(encoder(x).float().cpu().view(n, k, -1))
+    return torch.cat(out).numpy()

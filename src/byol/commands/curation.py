@@ -42,7 +42,8 @@ def add_duplicates(sub: Any) -> None:
     p.add_argument("--against", type=Path, help="another .npz (e.g. the test split): report twins across the two")
     p.add_argument("--threshold", type=similarity, default=None,
                    help="cosine similarity from which two images are near-duplicates (default: "
-                   "byol.curate.DUPLICATE_THRESHOLD; docs/curation.md says how it was chosen)")  # fmt: skip
+                   "byol.curate.DUPLICATE_THRESHOLD, or COPY_THRESHOLD where embed added --copy-crops; "
+                   "docs/curation.md says how they were chosen)")  # fmt: skip
     p.set_defaults(handler=duplicates)
 
 
@@ -121,12 +122,15 @@ def search(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def duplicates(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from byol.curate import DUPLICATE_THRESHOLD, find_duplicates, read_embeddings
+    from byol.curate import COPY_THRESHOLD, DUPLICATE_THRESHOLD, find_duplicates, read_embeddings
 
     e = read_embeddings(args.embeddings)
     other = read_embeddings(args.against) if args.against else None
     out = _checked_out(args, "duplicates", [args.embeddings, *([args.against] if args.against else [])])
-    threshold = DUPLICATE_THRESHOLD if args.threshold is None else args.threshold
+    default = (
+        COPY_THRESHOLD if e.crops is not None and (other is None or other.crops is not None) else DUPLICATE_THRESHOLD
+    )
+    threshold = default if args.threshold is None else args.threshold
     result = find_duplicates(e, other, threshold)
     if other is None:
         print(f"{len(result['groups'])} group(s) of near-duplicates at similarity >= {threshold:g} "

@@ -193,6 +193,9 @@ def add_embed(sub: Any) -> None:
     p.add_argument("--split", help="split (default: test; an unlabelled image folder: every image)")
     p.add_argument("--data-dir", dest="data_dir", type=data_folder, help="directory of the dataset's files")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--copy-crops", action="store_true",
+                   help="also the features of 49 crops of 90%% of each image, which `byol duplicates` matches "
+                   "against whole images to find cropped copies (about 49x the time, and 49x the features' bytes)")  # fmt: skip
     quiet_flag(p)
     p.set_defaults(handler=embed)
 
@@ -202,7 +205,7 @@ def embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     path, shape = embed(
         args.source, args.out, dataset=args.dataset or "", split=args.split or "", data_dir=args.data_dir,
-        device=args.device, progress=not args.quiet,
+        device=args.device, progress=not args.quiet, copy_crops=args.copy_crops,
     )  # fmt: skip
     print(f"features {shape} written to {path} (with their labels and images)")
     return 0
