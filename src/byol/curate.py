@@ -27,7 +27,6 @@ from byol.errors import ConfigError, DataError, quoted
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
 COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy crops (`byol embed --copy-crops`)
-COPY_SIDE, COPY_GRID = 0.9, 7  # copy crops: 90% of the side at a 7x7 grid of positions (every 1/60 of the side)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
 
@@ -140,16 +139,6 @@ def nearest(
         best_s[first : first + len(qs)] = np.take_along_axis(top_s, order, 1)
         best_i[first : first + len(qs)] = np.take_along_axis(top, order, 1)
     return best_s, best_i
-
-
-def copy_boxes(box: tuple[float, float, float, float]) -> list[tuple[float, float, float, float]]:
-    """The copy crops of a box (left, top, right, bottom): :data:`COPY_SIDE` of its sides at a
-    :data:`COPY_GRID` x :data:`COPY_GRID` grid of positions, row by row."""
-    left, top, right, bottom = box
-    width, height = right - left, bottom - top
-    steps = np.linspace(0.0, 1.0 - COPY_SIDE, COPY_GRID).tolist()
-    return [(left + x * width, top + y * height, left + (x + COPY_SIDE) * width, top + (y + COPY_SIDE) * height)
-            for y in steps for x in steps]  # fmt: skip
 
 
 def near_pairs(

@@ -300,7 +300,7 @@ def embed(
     (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
     image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
-    (:func:`byol.curate.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md)."""
+    (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md)."""
     source, out = Path(source), Path(out)
     if out.suffix != ".npz":
         raise ConfigError(
@@ -356,8 +356,7 @@ class _CopyCrops(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from byol.curate import copy_boxes
-        from byol.data.decode import centre_box, decode_crops
+        from byol.data.decode import centre_box, copy_boxes, decode_crops
 
         crops = decode_crops(self.files.read(self.indices[i]), self.size, lambda w, h: copy_boxes(centre_box(w, h)))
         return torch.stack(crops)
@@ -366,12 +365,12 @@ class _CopyCrops(torch.utils.data.Dataset):
 def crop_features(
     encoder: torch.nn.Module, images: Any, indices: torch.Tensor, image_size: int, device: torch.device, progress: bool
 ) -> np.ndarray:
-    """(N, K, D) float32 features of each image's copy crops (:func:`byol.curate.copy_boxes`), for the rows
+    """(N, K, D) float32 features of each image's copy crops (:func:`byol.data.decode.copy_boxes`), for the rows
     ``indices`` of ``images``, unaugmented, the encoder in inference mode."""
     from tqdm import tqdm
 
     from byol.augment.pipeline import evaluation_view
-    from byol.curate import copy_boxes
+    from byol.data.decode import copy_boxes
 
     rows = indices.tolist()
     if isinstance(images, Files):

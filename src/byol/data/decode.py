@@ -177,6 +177,19 @@ def centre_box(width: int, height: int) -> Box:
     return (left, top, left + side, top + side)
 
 
+COPY_SIDE, COPY_GRID = 0.9, 7  # copy crops: 90% of the side at a 7x7 grid of positions (every 1/60 of the side)
+
+
+def copy_boxes(box: Box) -> list[Box]:
+    """The copy crops of a box (left, top, right, bottom): :data:`COPY_SIDE` of its sides at a
+    :data:`COPY_GRID` x :data:`COPY_GRID` grid of positions, row by row."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    steps = np.linspace(0.0, 1.0 - COPY_SIDE, COPY_GRID).tolist()
+    return [(left + x * width, top + y * height, left + (x + COPY_SIDE) * width, top + (y + COPY_SIDE) * height)
+            for y in steps for x in steps]  # fmt: skip
+
+
 # An item: crop 1, crop 2 (empty for the centre crop), label, the files skipped for it, the image's index.
 Item = tuple[Tensor, Tensor, int, tuple[str, ...], int]
 EMPTY = torch.empty(0, dtype=torch.uint8)
