@@ -338,6 +338,7 @@ def _lock_and_exit(cache):
         pass
 
 
+@pytest.mark.slow  # end to end, about 3 s: the default suite reads the store through the loaders above
 def test_a_run_pretrained_from_the_store_is_evaluated_and_embedded_from_it(store, cache, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["pretrain", "--preset", "tiny", "--dataset", "imagefolder", "--data-dir", "s3://bkt/set",
