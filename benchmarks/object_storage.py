@@ -52,6 +52,12 @@ SETTINGS = PrepareSettings(max_side=320, shard_images=64)
 SIZE, BATCH, WINDOW = 112, 32, 2
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used: what the emulated store takes from the 2 cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def photo_folder(folder: Path, count: int) -> Path:
     rng = np.random.default_rng(0)
     photos = source_photos()
@@ -128,9 +134,10 @@ def main() -> None:
                 if fresh:
                     shutil.rmtree(cache, ignore_errors=True)
                 use_cache(str(cache), budget)
-            served = server.stats()["served"]
+            served, busy = server.stats()["served"], cpu_seconds(server.process.pid)
             result = epoch(data_dir, args.workers, cache if budget else None)  # the budget's passes: polled
             result["fetched"] = server.stats()["served"] - served
+            result["store_cpu"] = cpu_seconds(server.process.pid) - busy
             rows.append((name, result))
             return result
 
@@ -149,10 +156,11 @@ def main() -> None:
     cold_rate = float(np.median([r["after_first_img_s"] for n, r in rows if n.startswith("cold")]))
     cold_whole = float(np.median([r["img_s"] for n, r in rows if n.startswith("cold")]))
     local_whole = float(np.median([r["img_s"] for n, r in rows if n == "local"]))
-    print(f"\n{'pass':<18} {'img/s':>7} {'after 1st':>9} {'1st batch s':>11} {'fetched/set':>11} {'peak cache MB':>13}")
+    print(f"\n{'pass':<18} {'img/s':>7} {'after 1st':>9} {'1st batch s':>11} {'fetched/set':>11} {'peak cache MB':>13} "
+          f"{'store CPU s':>11}")  # fmt: skip
     for name, r in rows:
         print(f"{name:<18} {r['img_s']:7.1f} {r['after_first_img_s']:9.1f} {r['first_batch_s']:11.2f} "
-              f"{r['fetched'] / total:11.3f} {r['peak'] / 1e6:13.1f}")  # fmt: skip
+              f"{r['fetched'] / total:11.3f} {r['peak'] / 1e6:13.1f} {r['store_cpu']:11.2f}")  # fmt: skip
     wrong = sum(a != b for a, b in zip(faulty["digests"], base["digests"], strict=True))
     print(f"\ncold / local (medians of {args.repeats}) from the first batch on: {cold_rate / local_rate:.3f}; "
           f"whole epoch: {cold_whole / local_whole:.3f}")  # fmt: skip
