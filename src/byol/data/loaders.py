@@ -114,6 +114,7 @@ def streaming(dataset: Dataset, plan: Plan | None) -> Iterator[Callable[[], None
         yield lambda: None
         return
     entries = shared.entries
+    shared.store.client()  # made here, before the workers fork and the prefetch threads start: they inherit it
     digests = [[[entries[s].digest for s in run] for run in runs] for runs in (plan.now, plan.later)]
     shared.cache.plan(digests[0], digests[1], plan.behind)
     positions = [plan.first + i for i in range(len(plan.mine))]
