@@ -123,6 +123,12 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
         for k in range(crops.shape[1]):
             against = x @ crops[:, k].T
             np.maximum(sims, np.maximum(against, against.T), out=sims)
+    return group_scores(sims, planted, thresholds)
+
+
+def group_scores(sims: np.ndarray, planted: np.ndarray, thresholds) -> list[tuple[float, float, float, int]]:
+    """(threshold, precision, recall, pairs joined) per threshold of the groups `byol duplicates` makes from the
+    similarity matrix ``sims`` (connected components of the pairs at or above it); ``planted``: (P, 2) rows."""
     np.fill_diagonal(sims, -1.0)
     rows = []
     for t in thresholds:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from curation import group_scores  # benchmarks/curation.py: scored as `byol duplicates` groups
 from PIL import Image
 
-from byol.curate import component_labels
 from byol.export import load_pretrained
 
 OFFSETS = np.linspace(0.0, 0.1, 7)  # of the side: every crop that keeps 90% of it, in steps of 1/60
@@ -76,15 +76,7 @@ def main() -> None:
             thresholds = [args.threshold]
         else:
             thresholds = np.quantile(s[np.triu_indices(len(s), 1)][::97], 1 - np.logspace(-6.5, -3, 40))
-        rows = []
-        for t in thresholds:
-            i, j = np.nonzero(np.triu(s >= t, 1))
-            component = component_labels(len(s), i, j)
-            sizes = np.bincount(component)
-            joined = int((sizes * (sizes - 1) // 2).sum())
-            hit = int((component[planted[:, 0]] == component[planted[:, 1]]).sum())
-            p, r = hit / max(joined, 1), hit / len(planted)
-            rows.append((2 * p * r / max(p + r, 1e-9), float(t), p, r))
+        rows = [(2 * p * r / max(p + r, 1e-9), t, p, r) for t, p, r, _ in group_scores(s, planted, thresholds)]
         f1, t, p, r = max(rows)
         print(f"{args.set} set, {name}: threshold {t:.4f}: precision {p:.3f}, recall {r:.3f} (F1 {f1:.3f})")
 

@@ -4,7 +4,12 @@ its choices from here, and the parsers read them without importing torch (`byol 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# s3://, gs://, https://, file://: not a folder of this machine (byol.config refuses it where a folder goes,
+# byol.data.remote reads the scheme and the rest of the ones it serves)
+URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
 
 # byol.data.folder: how an image folder's labels are read (class folders where the layout has them, or none)
 LABELS = ("auto", "folders", "none")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from byol.choices import LABELS, ORDERS
+from byol.choices import LABELS, ORDERS, URL
 from byol.errors import ConfigError
 from byol.files import write_json
 
@@ -435,9 +434,6 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESETS)}")
     return PRESETS[name]()
-
-
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # s3://, gs://, https://, file://: not a folder of this machine
 
 
 def local_folder(text: str, what: str) -> str:

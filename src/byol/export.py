@@ -345,6 +345,9 @@ def embed(
     return out, tuple(found.features.shape)
 
 
+CROP_BATCH = 16  # images whose copy crops go through the encoder at once (16 x 49 crops)
+
+
 class _CopyCrops(torch.utils.data.Dataset):
     """The copy crops of image files: (K, C, size, size) uint8 per image, cut from the decoded pixels around the
     evaluation's centre crop (a crop of a crop would be blurred: cut at the input size, they found far fewer)."""
@@ -374,7 +377,7 @@ def crop_features(
 
     rows = indices.tolist()
     if isinstance(images, Files):
-        batches: Any = torch.utils.data.DataLoader(_CopyCrops(images, rows, image_size), batch_size=16)
+        batches: Any = torch.utils.data.DataLoader(_CopyCrops(images, rows, image_size), batch_size=CROP_BATCH)
     else:  # in memory: whole pixels of each crop, resized with antialiasing
         pixels = images.images[indices]
         _, _, height, width = pixels.shape
@@ -387,12 +390,12 @@ def crop_features(
                 ).round().clamp(0, 255).to(torch.uint8)
                 for left, top, right, bottom in boxes
             ], 1)
-            for chunk in pixels.split(16)
+            for chunk in pixels.split(CROP_BATCH)
         )  # fmt: skip
     encoder = encoder.eval().to(device)
     out = []
     with torch.no_grad():
-        for crops in tqdm(batches, total=-(-len(rows) // 16), desc="copy crops", disable=not progress):
+        for crops in tqdm(batches, total=-(-len(rows) // CROP_BATCH), desc="copy crops", disable=not progress):
             n, k = crops.shape[:2]
             x = evaluation_view(crops.flatten(0, 1).to(device), image_size, images.mean, images.std)
             out.append(encoder(x).float().cpu().view(n, k, -1))

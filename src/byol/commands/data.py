@@ -60,7 +60,7 @@ def add_prepare(sub: Any) -> None:
 def output_place(text: str) -> Path | str:
     """An argparse type: --out of prepare, a local folder (:func:`directory`) or a prepared set's URL in object
     storage (s3://, gs://), kept as text."""
-    from byol.config import URL
+    from byol.choices import URL
 
     if not URL.match(text):
         return directory(text)

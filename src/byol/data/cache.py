@@ -143,6 +143,10 @@ class ShardCache:
     def path(self, digest: str) -> Path:
         return self.objects / digest
 
+    def part(self, digest: str) -> Path:
+        """Where a shard is written while it is fetched."""
+        return self.objects / f"{digest}{PART}"
+
     @contextlib.contextmanager
     def opened(self, entry: Entry) -> Iterator[int]:
         """A descriptor of the cached shard, fetched first if it is not there, locked against eviction while
@@ -219,8 +223,8 @@ class ShardCache:
                 self._wait_for_part(entry.digest)
                 continue
             assert fd is not None
+            part = self.part(entry.digest)
             try:
-                part = self.objects / f"{entry.digest}{PART}"
                 fetched = entry.fetch(fd, lambda f: file_matches(f, entry.digest, entry.size))
                 with self.fetched.get_lock():
                     self.fetched.value += fetched
@@ -228,7 +232,7 @@ class ShardCache:
                     os.rename(part, self.path(entry.digest))
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.unlink(self.objects / f"{entry.digest}{PART}")
+                    os.unlink(part)
                 raise
             finally:
                 _close(fd)
@@ -237,7 +241,7 @@ class ShardCache:
     def _reserve(self, entry: Entry, needed_at: float) -> tuple[int | None, bool]:
         """Under the cache lock: (a locked, fully reserved part to fetch into, False), or (None, True) when another
         process fetches it, or (None, False) when it is present or there is no room."""
-        part = self.objects / f"{entry.digest}{PART}"
+        part = self.part(entry.digest)
         with self._locked():
             if self.path(entry.digest).exists():
                 return None, False
@@ -274,7 +278,7 @@ class ShardCache:
 
     def _wait_for_part(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            fd = _open(self.objects / f"{digest}{PART}", os.O_RDONLY)
+            fd = _open(self.part(digest), os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # blocks until the fetcher closes it
             finally:

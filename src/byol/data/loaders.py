@@ -238,34 +238,34 @@ class TrainBatches:
             order = epoch_permutation(len(self.dataset), self.seed, epoch, rank=self.rank, world_size=self.world_size)
         return order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
 
-    def plan(self, epoch: int, start_step: int) -> Plan:
+    def plan(self, epoch: int, order: Tensor, start_step: int) -> Plan:
         """The shards each rank of this node reads this epoch and the next, in order, and this rank's from
-        ``start_step`` on (see :func:`streaming`)."""
+        ``start_step`` on (see :func:`streaming`); ``order``: this rank's :meth:`order` of ``epoch``."""
         if not self.by_shards:  # every batch reads from every shard
             everything = list(range(len(self.dataset.shards)))  # type: ignore[union-attr]
             return Plan([everything], [everything], everything, 0, len(everything))
+        runs_now = shard_runs(self.shard_of, self.seed, epoch, self.world_size)
+        runs_later = shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)
         now, later = [], []
         for r in local_ranks(self.rank, self.world_size):
-            order = (
-                self.order(epoch) if r == self.rank else shard_runs(self.shard_of, self.seed, epoch, self.world_size)[r]
-            )
-            now.append(first_uses(self.shard_of[np.asarray(order).reshape(-1)]))
-            later.append(first_uses(self.shard_of[shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)[r]]))
-        mine = first_uses(self.shard_of[self.order(epoch)[start_step:].reshape(-1).numpy()])
+            run = order.reshape(-1).numpy() if r == self.rank else runs_now[r]
+            now.append(first_uses(self.shard_of[run]))
+            later.append(first_uses(self.shard_of[runs_later[r]]))
+        mine = first_uses(self.shard_of[order[start_step:].reshape(-1).numpy()])
         sequence = now[self.rank - local_ranks(self.rank, self.world_size).start]
         return Plan(now, later, mine, sequence.index(mine[0]) if mine else 0, self.behind)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from its ``start_step``-th on."""
-        order = self.order(epoch)[start_step:]
+        whole = self.order(epoch)
+        order = whole[start_step:]
         if isinstance(self.dataset, ArrayDataset):
             for indices in order.to(self.device):
                 yield Batch(self.images[indices], self.labels[indices])
             return
         self.crops.epoch = epoch
-        with streaming(self.dataset, self.plan(epoch, start_step) if isinstance(self.dataset, ShardSet) else None) as (
-            start_fetching
-        ):
+        plan = self.plan(epoch, whole, start_step) if isinstance(self.dataset, ShardSet) else None
+        with streaming(self.dataset, plan) as start_fetching:
             loader = crops_loader(
                 self.crops, self.num_workers, batch_sampler=BatchOrder(order), pin_memory=self.device.type == "cuda"
             )

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from byol.choices import URL
 from byol.errors import ConfigError, DataError, first_line
 
 # scheme -> the endpoint it means when AWS_ENDPOINT_URL is unset (None: boto3's own, AWS)
 SCHEMES = {"s3": None, "gs": "https://storage.googleapis.com"}
-URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 PART_BYTES = 8 << 20  # one ranged GET
 PARTS_IN_FLIGHT = 8  # ranged GETs of one shard at a time
 ATTEMPTS = 6  # attempts of a request (timeouts, 5xx, SlowDown), and of a whole shard (cut, stalled, wrong bytes)
@@ -43,12 +43,6 @@ TIMEOUT = 20.0
 
 def is_url(text: str) -> bool:
     return bool(URL.match(text))
-
-
-def is_remote(text: str) -> bool:
-    """Whether ``text`` names a prepared set in object storage this package reads."""
-    match = URL.match(text)
-    return match is not None and match["scheme"].lower() in SCHEMES
 
 
 @dataclass(frozen=True)
@@ -139,11 +133,6 @@ class Store:
         """A small object whole (a manifest, an index)."""
         key = self.location.key(name)
         return bytes(self._call(name, lambda c: _body(c.get_object(Bucket=self.location.bucket, Key=key))))
-
-    def size(self, name: str) -> int:
-        """The size of an object (a HEAD); a missing one is one line naming it."""
-        key = self.location.key(name)
-        return int(self._call(name, lambda c: c.head_object(Bucket=self.location.bucket, Key=key))["ContentLength"])
 
     def fetch(self, name: str, size: int, fd: int, verify: Callable[[int], bool]) -> int:
         """Object ``name`` (``size`` bytes) into the open file ``fd`` by parallel ranged GETs, until

@@ -255,25 +255,17 @@ class ShardSet:
     def __len__(self) -> int:
         return len(self.index)
 
-    @property
-    def shard_bytes(self) -> int:
-        """The bytes of the split's shards."""
-        return (
-            sum(entry.size for entry in self.remote.entries)
-            if self.remote
-            else sum((self.root / name).stat().st_size for name in self.shards)
-        )
-
     def read(self, index: int) -> io.BytesIO:
         """The stored JPEG of image ``index``, as a file Pillow opens. The tar header in front of it is read with
         it (512 bytes more) and must name this image's member and size: an index that does not belong to these
         shards (another split's, an edited one) is refused by name rather than decoded from wrong offsets."""
         row = self.index[index]
         size, offset = int(row["size"]), int(row["offset"])
-        shard = self.root / self.shards[row["shard"]]
+        folder = self.where or self.root  # a set in object storage is named by its URL, read through the cache
+        shard = f"{folder}/{self.shards[row['shard']]}"
         start = max(0, offset - tarfile.BLOCKSIZE)
         if self.remote is None:
-            data = os.pread(_FILES.fd(os.fspath(shard)), size + offset - start, start)
+            data = os.pread(_FILES.fd(shard), size + offset - start, start)
         else:  # from the node's cache, fetched first if it is not there
             with self.remote.cache.opened(self.remote.entries[row["shard"]]) as fd:
                 data = os.pread(fd, size + offset - start, start)
@@ -283,7 +275,7 @@ class ShardSet:
         member = f"{key_name(int(row['key']))}.jpg".encode()
         if header[:100].rstrip(b"\0") != member or header[124:136].rstrip(b"\0 ").lstrip(b"0") != b"%o" % size:
             raise DataError(
-                f"prepared folder: row {index} of {quoted(self.root / INDEX)} does not point at its image "
+                f"prepared folder: row {index} of {quoted(f'{folder}/{INDEX}')} does not point at its image "
                 f"{member.decode()} in {quoted(shard)} (the index does not belong to these shards); prepare it again"
             )
         return io.BytesIO(data[offset - start :])
@@ -310,10 +302,10 @@ class ShardSet:
             manifest["splits"][chosen],
             tuple(shard["name"] for shard in manifest["splits"][chosen]["shards"]),
         )
-        store, where = None, ""
+        store, cache, where = None, None, ""
         if remote.is_url(data_dir):
-            store = remote.Store(remote.parse(data_dir))
-            where, root = store.location.url(chosen), shard_cache(manifest).root / "index"
+            store, cache = remote.Store(remote.parse(data_dir)), shard_cache(manifest)
+            where, root = store.location.url(chosen), cache.root / "index"
             index = _remote_index(store, chosen, entry, root)
             remote.check_objects(store, {f"{chosen}/{shard['name']}": shard["bytes"] for shard in entry["shards"]})
         else:
@@ -341,8 +333,7 @@ class ShardSet:
             raise DataError(f"prepared folder: {quoted(where or root / INDEX)} points past its shards or classes")
         note = entry["note"] if chosen == split else f"{chosen} (the prepared folder has no {split} split)"
         shared = None
-        if store is not None:
-            cache = shard_cache(manifest)
+        if store is not None and cache is not None:
             shared = RemoteShards(store, cache, tuple(
                 Entry(shard["sha256"], shard["bytes"], functools.partial(store.fetch, f"{chosen}/{shard['name']}",
                                                                          shard["bytes"]))
