@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+TYPED_DEPS := torch, numpy, scipy, sklearn, matplotlib, safetensors, tqdm, boto3, botocore, mlflow, wandb, huggingface_hub
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: setup demo test lint test-slow bench peers clean
@@ -20,6 +21,8 @@ $(STAMP): pyproject.toml
 		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "note: could not install dataset-fashion-mnist; the Fashion-MNIST tests will be skipped"; \
 	fi
+	# the dependencies' types into mypy's cache (18 s cold, set-up's work): `make test` then checks src in ~2 s
+	$(BIN)/mypy -c "import $(TYPED_DEPS)" >/dev/null
 	touch $(STAMP)
 
 demo: setup

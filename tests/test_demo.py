@@ -1,5 +1,6 @@
 """`byol demo`: the time-budget plan, the identical evaluation of BYOL and random init, and that BYOL learns."""
 
+import functools
 import json
 import types
 
@@ -44,10 +45,19 @@ def _stop_the_demos_clock(monkeypatch):
     monkeypatch.setattr(demo, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
 
 
+def _no_embedding_map(monkeypatch):
+    """The report without its t-SNE map and neighbour sheets (seconds a run; test_report and the demo's learning
+    test draw them): for the tests of the plan, which read only metrics.jsonl and the summary."""
+    import byol.report
+
+    monkeypatch.setattr(byol.report, "write_report", functools.partial(byol.report.write_report, embedding=False))
+
+
 def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     # tiny: 512 synthetic images in batches of 32, 16 steps an epoch; with a (faked) step time of 1 s (1.1 s in the
     # loop), a 1-minute budget leaves 57 s less the report's reserve for pretraining (the clock stands still during
     # start-up, evaluation and the timing of the kNN monitor, which then cost nothing).
+    _no_embedding_map(monkeypatch)
     _fake_step_time(monkeypatch, 1.0)
     _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(demo, "MIN_REPLAN_STEP", 10**6)  # no re-plan from the loop's own (real) speed
@@ -62,15 +72,18 @@ def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
 
 def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 4 s a step (faked): the re-plan,
-    # after 50 steps (tiny has no warm-up), shortens the run to what is left of the budget at 4.2 s a step
+    # after 20 steps (tiny has no warm-up; the demo waits 50, fewer here to keep the test short), shortens the run
+    # to what is left of the budget at 4.6 s a step
+    _no_embedding_map(monkeypatch)
     _fake_step_time(monkeypatch, 1.0)
     _stop_the_demos_clock(monkeypatch)
     monkeypatch.setattr(Policies, "seconds_per_step", lambda self: 4.0)
+    monkeypatch.setattr(demo, "MIN_REPLAN_STEP", 20)
     run = tmp_path / "demo"
-    # 3 minutes: the plan (8.0 epochs, 128 steps) outlasts the re-plan at step 50, and the re-plan is the shorter
-    summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=3.0)
-    assert summary["loop_seconds_per_step"] == 4.0
-    budget_at_replan = summary["pretrain_budget_s"] + 50 * 4.0 * demo.REPLAN_MARGIN
+    # 2 minutes: the plan (4.7 epochs, 75 steps) outlasts the re-plan at step 20, and the re-plan is the shorter
+    summary = demo.run_demo(run, get_preset("tiny"), progress=False, budget_minutes=2.0)
+    assert summary["loop_seconds_per_step"] == 4.0 and summary["planned_epochs"] == 4.7
+    budget_at_replan = summary["pretrain_budget_s"] + 20 * 4.0 * demo.REPLAN_MARGIN
     assert summary["epochs"] == plan_epochs(4.0 * demo.REPLAN_MARGIN, 16, budget_at_replan)
     assert MIN_EPOCHS <= summary["epochs"] < summary["planned_epochs"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -83,6 +96,7 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
 )
 def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
     _fake_step_time(monkeypatch, 1e6)  # a budget plan would give the minimum (16 steps); the user's length must win
+    _no_embedding_map(monkeypatch)
     run = tmp_path / "demo"
     assert main([*TINY_DEMO, "--run-dir", str(run), *flags]) == 0
     summary = json.loads((run / "demo.json").read_text())

@@ -25,7 +25,7 @@ from byol.checkpoint import latest_checkpoint, load_checkpoint
 from byol.choices import PrepareSettings
 from byol.cli import main
 from byol.data import TrainBatches, load_split, use_cache
-from byol.data.cache import Entry, ShardCache
+from byol.data.cache import LOCK, OWN_NAME, Entry, ShardCache
 from byol.data.loaders import shard_permutation, shard_runs
 from byol.errors import DataError
 from byol.prepare import prepare, prepare_to_store
@@ -246,6 +246,36 @@ def test_the_cache_never_holds_more_than_its_budget_and_evicts_what_is_needed_la
             assert os.pread(fd, entries[i].size, 0) == bytes([i]) * sizes[i]
             peak = max(peak, cache.usage())
     assert peak <= budget and sum(log) == cache.fetched.value
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    foreign=st.dictionaries(
+        st.from_regex(r"[A-Za-z0-9_.-]{1,70}", fullmatch=True).filter(
+            lambda name: name not in (".", "..", LOCK) and not OWN_NAME.fullmatch(name)
+        ),
+        st.integers(0, 20000),
+        max_size=5,
+    ),
+    sizes=st.lists(st.integers(1, 3000), min_size=2, max_size=6),
+)
+def test_files_the_cache_did_not_write_are_neither_counted_nor_evicted(tmp_path_factory, foreign, sizes):
+    """A user-named data.cache_dir whose objects/ already holds files: they stay, byte for byte, and the budget
+    is the cache's own bytes (a foreign file larger than the budget leaves room for the shards)."""
+    root = tmp_path_factory.mktemp("cache")
+    (root / "objects").mkdir()
+    for name, size in foreign.items():
+        (root / "objects" / name).write_bytes(name.encode()[:1] * size)
+    cache = ShardCache(root, max(sizes))  # room for one shard at a time: every read evicts
+    entries = [_entry(bytes([i]) * size, []) for i, size in enumerate(sizes)]
+    cache.plan([[entry.digest for entry in entries]], [], window=0)
+    for position, entry in enumerate(entries):
+        cache.advance(position)
+        with cache.opened(entry) as fd:
+            assert os.pread(fd, entry.size, 0) == bytes([position]) * sizes[position]
+        assert cache.usage() <= max(sizes)
+    for name, size in foreign.items():
+        assert (root / "objects" / name).read_bytes() == name.encode()[:1] * size
 
 
 def test_readers_in_several_processes_fetch_a_shard_once(tmp_path):

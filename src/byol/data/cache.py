@@ -27,6 +27,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from byol.errors import DataError, quoted
 
 LOCK = ".lock"
 PART = ".part"
+OWN_NAME = re.compile(rf"[0-9a-f]{{64}}(?:{re.escape(PART)})?")  # the names it writes: a digest, or its part
 PREFETCH_THREADS = 8  # shards fetched at once ahead of the readers (each in parallel ranged parts)
 WAIT_FOR_ROOM = 120.0  # seconds a reader waits for space before the budget is called too small
 
@@ -184,13 +186,17 @@ class ShardCache:
         finally:
             _close(fd)
 
+    def _own(self) -> list[Path]:
+        """The files of ``objects/`` that the cache wrote (shards and parts). Anything else there (a user's
+        file in a folder they named as data.cache_dir) is neither counted against the budget nor evicted."""
+        return [path for path in self.objects.iterdir() if OWN_NAME.fullmatch(path.name)]
+
     def usage(self) -> int:
         """Bytes in the cache's objects, parts (reserved in full) included."""
         total = 0
-        for path in self.objects.iterdir():
-            if path.name != LOCK:
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
+        for path in self._own():
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
         return total
 
     def ensure(self, entry: Entry, needed_at: float, *, wait: bool) -> bool:
@@ -290,7 +296,7 @@ class ShardCache:
         used = self.usage()
         if used + size <= self.budget:
             return True
-        shards = [p for p in self.objects.iterdir() if p.name != LOCK and not p.name.endswith(PART)]
+        shards = [path for path in self._own() if not path.name.endswith(PART)]
         candidates = sorted(
             ((self.next_use(p.name), p) for p in shards if self.next_use(p.name) > needed_at),
             key=lambda pair: -pair[0],
