@@ -162,6 +162,19 @@ def test_embed_copy_crops_finds_a_cropped_copy_that_whole_images_miss(finished_r
     ((_, _, with_crops),) = [p for p in near_pairs(np.asarray(e.features), None, -1.0, None, e.crops)
                              if sorted(p[:2]) == sorted(rows)]  # fmt: skip
     assert with_crops > whole  # one of the 49 crops of the photo is closer to the copy than the whole photo
+    # the features are of whole images (a copy cropped to 90% would not fit the 224/256 centre crop) and a query
+    # from outside the set is embedded the same way: the photo's own row, at similarity 1
+    assert e.source["view"] == "whole"
+    centre = tmp_path / "centre.npz"
+    assert main(["embed", encoder, "--dataset", "imagefolder", "--data-dir", str(photos), "--split", "train",
+                 "--out", str(centre), "--quiet"]) == 0  # fmt: skip
+    assert read_embeddings(centre).source["view"] == "centre"
+    assert not np.allclose(read_embeddings(centre).features[rows[0]], e.features[rows[0]], atol=1e-4)
+    outside = tmp_path / "query.png"
+    shutil.copy(photos / "p03.png", outside)
+    assert main(["search", str(out), "--query", str(outside), "--k", "1", "--out", str(tmp_path / "q.json")]) == 0
+    (best,) = json.loads((tmp_path / "q.json").read_text())["neighbours"]
+    assert best["row"] == rows[0] and best["similarity"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_duplicates_finds_the_copy_exactly_and_the_leak_across_sets(embedded, finished_run, photos, tmp_path):

@@ -254,8 +254,8 @@ def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int
 
 
 def embed_image(embeddings: Embeddings, image: Path) -> np.ndarray:
-    """The features of an image file that is not in the set, from the encoder and at the size the .npz records
-    (as `byol embed` made them: unaugmented, the encoder in inference mode)."""
+    """The features of an image file that is not in the set, from the encoder, at the size and of the view (centre
+    crop or whole image) the .npz records (as `byol embed` made them: unaugmented, the encoder in inference mode)."""
     import torch
 
     from byol.data.folder import ImageFolder
@@ -271,8 +271,10 @@ def embed_image(embeddings: Embeddings, image: Path) -> np.ndarray:
         )
     pretrained = load_pretrained(Path(encoder_path))
     one = ImageFolder(name="query", root=image.parent, paths=(str(image),), labels=torch.tensor([-1]), classes=())
-    found = extract(pretrained.encoder, one, image_size=int(embeddings.source.get("image_size") or
-                    pretrained.config.data.image_size), device=resolve_device("auto"), progress=False)  # fmt: skip
+    size = int(embeddings.source.get("image_size") or pretrained.config.data.image_size)
+    whole = embeddings.source.get("view") == "whole"
+    found = extract(pretrained.encoder, one, image_size=size, device=resolve_device("auto"), progress=False,
+                    whole=whole)  # fmt: skip
     if len(found.features) != 1:
         raise DataError(f"{quoted(image)} could not be read as an image")
     return found.features.numpy()

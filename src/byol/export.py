@@ -300,7 +300,9 @@ def embed(
     (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
     image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
-    (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md)."""
+    (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md);
+    for copy detection every pixel counts, so ``features`` are then of image files' whole images, not of the
+    evaluation's centre crop (``source`` records ``view``: "whole" or "centre", and a query is embedded alike)."""
     source, out = Path(source), Path(out)
     if out.suffix != ".npz":
         raise ConfigError(
@@ -330,13 +332,15 @@ def embed(
         device=resolve_device(device),
         desc="embedding",
         progress=progress,
+        whole=copy_crops,
     )
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
     if isinstance(images, Files):  # the file of each row (prepared shards: shard and member)
         arrays["paths"] = np.array([images.describe(i) for i in found.indices.tolist()], dtype=str)
     arrays["digests"] = np.array([content_digest(images, i) for i in found.indices.tolist()], dtype=str)
     source_record = {"encoder": str(source.resolve()), "dataset": name, "split": images_split, "data_dir": data_dir,
-                     "image_size": data.image_size, "labels": data.labels}  # fmt: skip
+                     "image_size": data.image_size, "labels": data.labels,
+                     "view": "whole" if copy_crops else "centre"}  # fmt: skip
     arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
     if copy_crops:
         arrays["copy_crops"] = crop_features(pretrained.encoder, images, found.indices, data.image_size,
@@ -349,8 +353,8 @@ CROP_BATCH = 16  # images whose copy crops go through the encoder at once (16 x 
 
 
 class _CopyCrops(torch.utils.data.Dataset):
-    """The copy crops of image files: (K, C, size, size) uint8 per image, cut from the decoded pixels around the
-    evaluation's centre crop (a crop of a crop would be blurred: cut at the input size, they found far fewer)."""
+    """The copy crops of image files: (K, C, size, size) uint8 per image, cut from the decoded pixels of the whole
+    image (a crop of a crop would be blurred: cut at the input size, they found far fewer)."""
 
     def __init__(self, files: Any, indices: list[int], size: int) -> None:
         self.files, self.indices, self.size = files, indices, size
@@ -359,9 +363,9 @@ class _CopyCrops(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from byol.data.decode import centre_box, copy_boxes, decode_crops
+        from byol.data.decode import copy_boxes, decode_crops, whole_box
 
-        crops = decode_crops(self.files.read(self.indices[i]), self.size, lambda w, h: copy_boxes(centre_box(w, h)))
+        crops = decode_crops(self.files.read(self.indices[i]), self.size, lambda w, h: copy_boxes(whole_box(w, h)))
         return torch.stack(crops)
 
 

@@ -177,6 +177,11 @@ def centre_box(width: int, height: int) -> Box:
     return (left, top, left + side, top + side)
 
 
+def whole_box(width: int, height: int) -> Box:
+    """The whole image: what copy detection embeds (``byol embed --copy-crops``), where every pixel counts."""
+    return (0.0, 0.0, float(width), float(height))
+
+
 COPY_SIDE, COPY_GRID = 0.9, 7  # copy crops: 90% of the side at a 7x7 grid of positions (every 1/60 of the side)
 
 
@@ -197,8 +202,8 @@ EMPTY = torch.empty(0, dtype=torch.uint8)
 
 class FolderCrops(torch.utils.data.Dataset):
     """Decoded crops of an :class:`ImageFolder` or of prepared shards (:class:`~byol.data.shards.ShardSet`): two
-    random views (``views`` given) or one centre crop, decoded at the size they need (``reduced=False``: every
-    file decoded in full, the path before that existed).
+    random views (``views`` given) or one centre crop (``whole``: the whole image instead), decoded at the size
+    they need (``reduced=False``: every file decoded in full, the path before that existed).
 
     Random crops are seeded by (seed, epoch, index), so they do not depend on worker count or order. An unreadable
     file is named in a warning and travels with the item as skipped: in training the next readable file stands in
@@ -215,8 +220,10 @@ class FolderCrops(torch.utils.data.Dataset):
         views: tuple[ViewConfig, ViewConfig] | None,
         seed: int = 0,
         reduced: bool = True,
+        whole: bool = False,
     ) -> None:
         self.folder, self.size, self.views, self.seed, self.reduced = folder, size, views, seed, reduced
+        self.whole = whole
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -225,7 +232,8 @@ class FolderCrops(torch.utils.data.Dataset):
     def boxes(self, index: int) -> Callable[[int, int], list[Box]]:
         """The crop boxes of item ``index`` this epoch, as a function of the image's (oriented) size."""
         if self.views is None:
-            return lambda width, height: [centre_box(width, height)]
+            box = whole_box if self.whole else centre_box
+            return lambda width, height: [box(width, height)]
         views = self.views
 
         def draw(width: int, height: int) -> list[Box]:

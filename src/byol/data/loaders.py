@@ -327,9 +327,16 @@ def _collate(items: list[Item]) -> tuple[Tensor, Tensor, Tensor, tuple[str, ...]
 
 
 def eval_batches(
-    dataset: Dataset, *, batch_size: int, device: torch.device, image_size: int, num_workers: int = 0
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    image_size: int,
+    num_workers: int = 0,
+    whole: bool = False,
 ) -> Iterator[Batch]:
-    """Every image once, in order, unaugmented (image folders: centre crop at decode time). An unreadable file
+    """Every image once, in order, unaugmented (image folders: centre crop at decode time, or the whole image
+    with ``whole``; in-memory sets are always whole). An unreadable file
     is left out of its batch (``indices`` says which images a batch holds);
     :data:`~byol.data.decode.MAX_CONSECUTIVE_FAILURES` unreadable files in a row stop with :class:`DataError`."""
     if isinstance(dataset, ArrayDataset):
@@ -341,7 +348,8 @@ def eval_batches(
         return
     sequence = first_uses(np.asarray(dataset.index["shard"])) if isinstance(dataset, ShardSet) else []
     with streaming(dataset, Plan([sequence], [], sequence, 0, 1) if sequence else None) as start_fetching:
-        loader = crops_loader(FolderCrops(dataset, size=image_size, views=None), num_workers, batch_size=batch_size)
+        crops = FolderCrops(dataset, size=image_size, views=None, whole=whole)
+        loader = crops_loader(crops, num_workers, batch_size=batch_size)
         start_fetching()
         failures = 0
         for crop, _, labels, skipped, indices in loader:

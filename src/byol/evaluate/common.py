@@ -109,14 +109,18 @@ def extract(
     desc: str = "features",
     progress: bool = True,
     precision: Precision = FP32,
+    whole: bool = False,
 ) -> Features:
-    """Representations y = f(x) of every image (unaugmented, BN in inference mode), labels and indices."""
+    """Representations y = f(x) of every image (unaugmented, BN in inference mode), labels and indices;
+    ``whole``: of image files' whole images, not the evaluation's centre crop."""
     precision.prepare(encoder.eval().to(device))
     features, labels, indices = [], [], []
     total = (len(dataset) + batch_size - 1) // batch_size
     start, left_out = 0, 0
     for batch in tqdm(
-        eval_batches(dataset, batch_size=batch_size, device=device, image_size=image_size, num_workers=num_workers),
+        eval_batches(
+            dataset, batch_size=batch_size, device=device, image_size=image_size, num_workers=num_workers, whole=whole
+        ),
         total=total,
         desc=desc,
         disable=not progress,
