@@ -26,7 +26,7 @@ from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
-COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy crops (`byol embed --copy-crops`)
+COPY_THRESHOLD = 0.998  # the same, where the .npz holds copy crops (`byol embed --copy-crops`)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
 
