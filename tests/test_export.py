@@ -26,6 +26,20 @@ def test_export_round_trip_gives_identical_features(finished_run, tmp_path, caps
     saved = np.load(tmp_path / "f.npz")
     assert saved["features"].shape == (256, encoder.out_dim) and saved["labels"].shape == (256,)
     assert saved["index"].tolist() == list(range(256))
+    # an in-memory set is embedded whole, and says so: an image file of one of its rows, searched for, is embedded
+    # whole too (not centre-cropped) and finds that row at similarity 1
+    assert json.loads(str(saved["source"]))["view"] == "whole"
+    from PIL import Image
+
+    from byol.data import load_split
+
+    pixels = load_split("synthetic", "test", image_size=16).images[3]
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / "row3.png")
+    found = tmp_path / "found.json"
+    assert main(["search", str(tmp_path / "f.npz"), "--query", str(tmp_path / "row3.png"), "--k", "1",
+                 "--out", str(found)]) == 0  # fmt: skip
+    (best,) = json.loads(found.read_text())["neighbours"]
+    assert best["row"] == 3 and best["similarity"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_tampered_export_is_refused(finished_run, tmp_path):

@@ -15,7 +15,7 @@ import functools
 import json
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +254,9 @@ def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int
 
 
 def embed_image(embeddings: Embeddings, image: Path) -> np.ndarray:
-    """The features of an image file that is not in the set, from the encoder, at the size and of the view (centre
-    crop or whole image) the .npz records (as `byol embed` made them: unaugmented, the encoder in inference mode)."""
+    """The features of an image file that is not in the set, from the encoder, at the size, of the view (centre
+    crop or whole image) and with the normalisation the .npz records (as `byol embed` made them: unaugmented, the
+    encoder in inference mode)."""
     import torch
 
     from byol.data.folder import ImageFolder
@@ -270,9 +271,12 @@ def embed_image(embeddings: Embeddings, image: Path) -> np.ndarray:
             "query by row number, or make the .npz again with `byol embed`"
         )
     pretrained = load_pretrained(Path(encoder_path))
+    s = embeddings.source
     one = ImageFolder(name="query", root=image.parent, paths=(str(image),), labels=torch.tensor([-1]), classes=())
-    size = int(embeddings.source.get("image_size") or pretrained.config.data.image_size)
-    whole = embeddings.source.get("view") == "whole"
+    if "mean" in s and "std" in s:  # the set's normalisation (an .npz from before they were recorded: a folder's)
+        one = replace(one, mean=tuple(s["mean"]), std=tuple(s["std"]))
+    size = int(s.get("image_size") or pretrained.config.data.image_size)
+    whole = s.get("view") == "whole"
     found = extract(pretrained.encoder, one, image_size=size, device=resolve_device("auto"), progress=False,
                     whole=whole)  # fmt: skip
     if len(found.features) != 1:

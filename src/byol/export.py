@@ -302,7 +302,8 @@ def embed(
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
     (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md);
     for copy detection every pixel counts, so ``features`` are then of image files' whole images, not of the
-    evaluation's centre crop (``source`` records ``view``: "whole" or "centre", and a query is embedded alike)."""
+    evaluation's centre crop (``source`` records ``view``: "centre", or "whole" as in-memory sets always are, and
+    a query file is embedded alike, normalised with the set's mean and std, which ``source`` records too)."""
     source, out = Path(source), Path(out)
     if out.suffix != ".npz":
         raise ConfigError(
@@ -340,7 +341,8 @@ def embed(
     arrays["digests"] = np.array([content_digest(images, i) for i in found.indices.tolist()], dtype=str)
     source_record = {"encoder": str(source.resolve()), "dataset": name, "split": images_split, "data_dir": data_dir,
                      "image_size": data.image_size, "labels": data.labels,
-                     "view": "whole" if copy_crops else "centre"}  # fmt: skip
+                     "view": "centre" if isinstance(images, Files) and not copy_crops else "whole",
+                     "mean": list(images.mean), "std": list(images.std)}  # fmt: skip
     arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
     if copy_crops:
         arrays["copy_crops"] = crop_features(pretrained.encoder, images, found.indices, data.image_size,
