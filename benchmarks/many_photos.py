@@ -19,8 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from photos import _crop, source_photos
+from PIL import Image
 
 PER_FOLDER = 1000
 
