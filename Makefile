@@ -29,8 +29,8 @@ demo: setup
 	$(BIN)/byol demo
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src
 
 # pytest-xdist: one worker per core (each computes on one thread, tests/conftest.py)
