@@ -43,6 +43,8 @@ class Faults:
     served: int = 0  # bytes sent to ranged GETs (the shards; manifests, indexes and listings are whole GETs)
     gets: int = 0
     injected: dict[str, int] = field(default_factory=dict)
+    stalling: set[tuple[str, str]] = field(default_factory=set)  # (path, Range) of the GETs being stalled now
+    asked_while_stalled: int = 0  # GETs of a (path, Range) that was being stalled when they came (hedged requests)
 
     def take(self, name: str) -> bool:
         with self.lock:
@@ -79,6 +81,10 @@ def _handler(upstream: tuple[str, int], faults: Faults, bucket: _Bucket) -> type
             pass
 
         def _forward(self) -> None:
+            request = (self.path, self.headers.get("Range") or "")
+            if self.command == "GET":
+                with faults.lock:
+                    faults.asked_while_stalled += request in faults.stalling
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             connection = http.client.HTTPConnection(*upstream, timeout=60)
@@ -104,7 +110,13 @@ def _handler(upstream: tuple[str, int], faults: Faults, bucket: _Bucket) -> type
                 self._send(response.status, headers, data[: len(data) // 2], close=True)
                 return
             if get and len(data) > 1 and faults.take("stall"):
-                self._send(response.status, headers, data[: len(data) // 2], stall=faults.stall_seconds, rest=data)
+                with faults.lock:
+                    faults.stalling.add(request)
+                try:
+                    self._send(response.status, headers, data[: len(data) // 2], stall=faults.stall_seconds, rest=data)
+                finally:
+                    with faults.lock:
+                        faults.stalling.discard(request)
                 return
             self._send(response.status, headers, data, count=response.status == 206)
 

@@ -27,6 +27,7 @@ from byol.cli import main
 from byol.data import TrainBatches, load_split, use_cache
 from byol.data.cache import LOCK, OWN_NAME, Entry, ShardCache
 from byol.data.loaders import shard_permutation, shard_runs
+from byol.data.remote import Store, parse
 from byol.errors import DataError
 from byol.prepare import prepare, prepare_to_store
 
@@ -134,6 +135,29 @@ def test_faults_of_the_store_are_retried_and_no_wrong_byte_is_read(store, cache,
         faults.slow_down = faults.cut = faults.flip = faults.stall = 0
     assert faults.injected == {"slow_down": 3, "cut": 2, "flip": 2, "stall": 1}
     _same(got, expected)
+
+
+def test_a_stalled_part_is_asked_for_again_beside_it_and_the_first_whole_answer_is_used(store, monkeypatch, tmp_path):
+    """A hedged request: a GET stalled for longer than its usual time gets a second GET of the same range while the
+    first still hangs (the client's timeout is far longer than the stall, so only a hedge asks during it), and
+    the bytes are right and counted for both requests."""
+    _, faults, client, _, _ = store
+    monkeypatch.setenv("BYOL_S3_TIMEOUT", "60")
+    remote = Store(parse("s3://bkt/set"))
+    sizes = {name: size for name, size in remote.listing().items() if name.endswith(".tar")}
+    name, size = sorted(sizes.items())[0]
+    expected = client.get_object(Bucket="bkt", Key=f"set/{name}")["Body"].read()
+    fd = os.open(tmp_path / "shard", os.O_RDWR | os.O_CREAT)
+    try:
+        for _ in range(3):  # the usual time of a part, as the process learns it
+            assert remote.fetch(name, size, fd, lambda f: True) == size
+        faults.stall, faults.stall_seconds, faults.asked_while_stalled = 1, 5.0, 0
+        faults.injected.clear()
+        fetched = remote.fetch(name, size, fd, lambda f: os.pread(f, size + 1, 0) == expected)
+    finally:
+        faults.stall = 0
+        os.close(fd)
+    assert faults.injected == {"stall": 1} and faults.asked_while_stalled == 1 and fetched == 2 * size
 
 
 def test_a_shard_replaced_in_the_store_stops_the_run_naming_it(store, cache, monkeypatch):

@@ -12,16 +12,25 @@ cache (:mod:`byol.data.cache`) has reserved; it is used only once its SHA-256 is
 retried here (timeouts, 5xx, 503 SlowDown, a body cut short or stalled; with jittered exponential backoff from
 0.1 s, :data:`ATTEMPTS` times in all; botocore's own retries are off, so the attempts do not multiply), and a
 whole shard whose bytes do not hash to the manifest's digest is fetched again, :data:`ATTEMPTS` times in all;
-then the command stops with one line naming the object. Nothing
-is ever skipped: a shard either arrives intact or the run ends.
+then the command stops with one line naming the object. Nothing is ever skipped: a shard either arrives intact or
+the run ends.
+
+A part that has not arrived after :data:`HEDGE_FACTOR` times the median of this process's recent parts (at least
+:data:`HEDGE_MIN` seconds; :data:`HEDGE_FIRST` before it has any) is asked for a second time beside the first, and
+whichever answer arrives whole first is used (a hedged request): a stalled connection costs its reader that delay,
+not the timeout (20 s without a byte by default).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import queue
 import random
 import re
+import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +48,9 @@ PARTS_IN_FLIGHT = 8  # ranged GETs of one shard at a time
 ATTEMPTS = 6  # attempts of a request (timeouts, 5xx, SlowDown), and of a whole shard (cut, stalled, wrong bytes)
 TIMEOUT_ENV = "BYOL_S3_TIMEOUT"  # seconds without a byte before a request counts as stalled
 TIMEOUT = 20.0
+HEDGE_FACTOR, HEDGE_MIN = 4.0, 0.25  # a second request for a part slower than 4x the median part (>= 0.25 s)
+HEDGE_HISTORY = 32  # recent part durations the median is taken over
+HEDGE_FIRST = 2.0  # seconds before a second request while this process has no part durations yet
 
 
 def is_url(text: str) -> bool:
@@ -86,9 +98,13 @@ class Store:
         self._session: Any = None
         self._client: Any = None
         self._pid = 0
+        self._durations: collections.deque[float] = collections.deque(maxlen=HEDGE_HISTORY)
 
     def __getstate__(self) -> dict[str, Any]:  # a spawned worker makes its own session and client
         return {"location": self.location, "_session": None, "_client": None, "_pid": 0}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _durations=collections.deque(maxlen=HEDGE_HISTORY))
 
     def client(self) -> Any:
         if self._client is None or self._pid != os.getpid():
@@ -144,11 +160,11 @@ class Store:
 
         def part(span: tuple[int, int]) -> int:
             start, end = span
-            data = self._call(name, lambda c: _body(
+            data, requests = self._hedged(name, lambda c: _body(
                 c.get_object(Bucket=self.location.bucket, Key=key, Range=f"bytes={start}-{end}"), end - start + 1
             ))  # fmt: skip
-            os.pwrite(fd, data, start)
-            return len(data)
+            os.pwrite(fd, data, start)  # only the answer used is written: a late one never lands in the file
+            return len(data) * requests  # a hedged part counts the bytes of both requests
 
         for attempt in range(ATTEMPTS):  # each request retried by _call; here, bytes that arrived wrong
             if len(ranges) == 1:
@@ -163,6 +179,36 @@ class Store:
             f"{self.location.url(name)} could not be fetched intact in {ATTEMPTS} attempts (its bytes do not match "
             "the SHA-256 in the manifest); check the store, or prepare the set again if the object changed"
         )
+
+    def _hedged(self, name: str, call: Callable[[Any], bytes]) -> tuple[bytes, int]:
+        """``self._call(name, call)``, asked a second time beside the first when it has not answered after the hedge
+        delay; (the first whole answer, the requests made). Each request runs in a daemon thread: the slower one
+        ends with its own timeout or answer, unused, and never outlives the process."""
+        answers: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+        def request() -> None:
+            started = time.monotonic()
+            try:
+                answers.put((True, self._call(name, call)))
+                self._durations.append(time.monotonic() - started)
+            except BaseException as e:  # handed to the caller's thread
+                answers.put((False, e))
+
+        threading.Thread(target=request, daemon=True).start()
+        requests = 1
+        recent = list(self._durations)  # one C-level copy under the GIL: no lock (a lock held across a fork hangs)
+        delay = max(HEDGE_MIN, HEDGE_FACTOR * statistics.median(recent)) if recent else HEDGE_FIRST
+        try:
+            ok, value = answers.get(timeout=delay)
+        except queue.Empty:
+            threading.Thread(target=request, daemon=True).start()
+            requests = 2
+            ok, value = answers.get()
+            if not ok:  # the first to end failed: the other may still answer
+                ok, value = answers.get()
+        if not ok:
+            raise value
+        return value, requests
 
     def upload(self, path: Path, name: str) -> None:
         """A local file to object ``name`` (multipart for a large one: the object appears whole or not at all)."""
