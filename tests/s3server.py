@@ -35,8 +35,9 @@ class Faults:
     bandwidth: float = 0.0  # bytes per second over all connections (0: no cap)
     slow_down: int = 0  # answer 503 SlowDown to this many GETs
     cut: int = 0  # send this many GET bodies cut in half (the connection then closes)
-    stall: int = 0  # stall this many GET bodies for ``stall_seconds`` after half of it
+    stall: int = 0  # stall this many GET bodies for ``stall_seconds`` (or until ``resume`` is set) after half of it
     stall_seconds: float = 5.0
+    resume: threading.Event = field(default_factory=threading.Event, repr=False)  # ends the stalls now
     flip: int = 0  # flip one byte of this many ranged GET bodies
     every: int = 0  # with it, the faults take turns: one in every ``every`` GETs, in the order of FAULTS
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -143,7 +144,7 @@ def _handler(upstream: tuple[str, int], faults: Faults, bucket: _Bucket) -> type
                             faults.served += len(chunk)
                 if stall:
                     self.wfile.flush()
-                    time.sleep(stall)
+                    faults.resume.wait(stall)
                     self.wfile.write(rest[len(data) :])
             except OSError:  # the client gave up (a stall it timed out on)
                 self.close_connection = True

@@ -191,10 +191,11 @@ class ShardCache:
         file in a folder they named as data.cache_dir) is neither counted against the budget nor evicted."""
         return [path for path in self.objects.iterdir() if OWN_NAME.fullmatch(path.name)]
 
-    def usage(self) -> int:
-        """Bytes in the cache's objects, parts (reserved in full) included."""
+    def usage(self, own: Sequence[Path] | None = None) -> int:
+        """Bytes in the cache's objects (``own``: a listing of them already made), parts (reserved in full)
+        included."""
         total = 0
-        for path in self._own():
+        for path in self._own() if own is None else own:
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
         return total
@@ -293,10 +294,11 @@ class ShardCache:
     def _make_room(self, size: int, needed_at: float) -> bool:
         """Evicts shards needed later than ``needed_at`` (the one needed last first; in-use ones never) until
         ``size`` more bytes fit the budget. False (having evicted nothing needed sooner) when they cannot."""
-        used = self.usage()
+        own = self._own()
+        used = self.usage(own)
         if used + size <= self.budget:
             return True
-        shards = [path for path in self._own() if not path.name.endswith(PART)]
+        shards = [path for path in own if not path.name.endswith(PART)]
         candidates = sorted(
             ((self.next_use(p.name), p) for p in shards if self.next_use(p.name) > needed_at),
             key=lambda pair: -pair[0],

@@ -247,12 +247,13 @@ class TrainBatches:
         runs_now = shard_runs(self.shard_of, self.seed, epoch, self.world_size)
         runs_later = shard_runs(self.shard_of, self.seed, epoch + 1, self.world_size)
         now, later = [], []
-        for r in local_ranks(self.rank, self.world_size):
+        ranks = local_ranks(self.rank, self.world_size)
+        for r in ranks:
             run = order.reshape(-1).numpy() if r == self.rank else runs_now[r]
             now.append(first_uses(self.shard_of[run]))
             later.append(first_uses(self.shard_of[runs_later[r]]))
         mine = first_uses(self.shard_of[order[start_step:].reshape(-1).numpy()])
-        sequence = now[self.rank - local_ranks(self.rank, self.world_size).start]
+        sequence = now[self.rank - ranks.start]
         return Plan(now, later, mine, sequence.index(mine[0]) if mine else 0, self.behind)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
