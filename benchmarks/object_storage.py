@@ -7,7 +7,9 @@ them, scikit-image's photos, long side 500 px; benchmarks/photos.py), prepared w
 ``--max-side 320`` in shards of 64 images, once locally and once uploaded (``byol prepare --out s3://…``) to
 moto's S3 server on 127.0.0.1 behind the fault-injecting proxy of tests/s3server.py, set to 50 ms per request
 and 100 MB/s for everything. Both run in a child process, on the same two cores as the reader: a real store
-costs the reader nothing of its CPU, so the remote figures here are, if anything, low.
+costs the reader nothing of its CPU, so the remote figures here are, if anything, low. ``--split-cores`` gives
+the store a core of its own, as a store on another machine would have, and the reader (and its DataLoader workers)
+the rest, in every pass, local ones included.
 
 Each pass is one epoch of the training DataLoader (``--workers`` workers, both views' crops at 112 px, data.order
 shards with a window of 2 shards, batches of 32, no training: the data path alone, the hardest case for hiding a fetch):
@@ -111,6 +113,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="local and cold passes, taken in turns")
     parser.add_argument("--fault-every", type=int, default=7, help="one GET in this many gets a fault")
+    split = "the store on the last core, the reader and its workers on the others (every pass)"
+    parser.add_argument("--split-cores", action="store_true", help=split)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "byol-object-storage")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -122,7 +126,12 @@ def main() -> None:
     print(f"{args.images} photos prepared: {total / 1e6:.1f} MB in {len(list((local / 'train').glob('*.tar')))} "
           f"train shards; CPU: {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")  # fmt: skip
     os.environ.update(S3_ENV, BYOL_S3_TIMEOUT="1")
-    with ServerProcess() as server:
+    cores = sorted(os.sched_getaffinity(0))
+    store_cores = {cores[-1]} if args.split_cores else None
+    with ServerProcess(store_cores) as server:
+        if args.split_cores:  # as a store on another machine would: it takes none of the reader's cores
+            os.sched_setaffinity(0, set(cores[:-1]))
+            print(f"store on core {cores[-1]}, reader and its workers on {cores[:-1]}")
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint
         make_bucket(server.endpoint, "bench")
         prepare_to_store(source, "s3://bench/photos", SETTINGS, workers=0, progress=False)

@@ -206,14 +206,18 @@ def make_bucket(endpoint: str, name: str) -> Any:
 class ServerProcess:
     """:func:`s3_server` in a child process, so that its threads take nothing of this process's interpreter
     (a benchmark's reader should pay for the network, not for the store): ``set(**fields)`` changes its
-    :class:`Faults`, ``stats()`` reads them back. It ends with the ``with`` block, or with this process."""
+    :class:`Faults`, ``stats()`` reads them back. It ends with the ``with`` block, or with this process.
+    ``cpus``: the cores the server may run on (all, unless given)."""
+
+    def __init__(self, cpus: set[int] | None = None) -> None:
+        self.cpus = cpus
 
     def __enter__(self) -> ServerProcess:
         import multiprocessing
 
         context = multiprocessing.get_context("fork")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, os.getpid()), daemon=True)
+        self.process = context.Process(target=_serve, args=(child, os.getpid(), self.cpus), daemon=True)
         self.process.start()
         self.endpoint = self.conn.recv()
         return self
@@ -231,10 +235,12 @@ class ServerProcess:
         self.process.join(timeout=10)
 
 
-def _serve(conn: Any, parent: int) -> None:
+def _serve(conn: Any, parent: int, cpus: set[int] | None) -> None:
     from byol.processes import die_with_parent
 
     die_with_parent(parent)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     with s3_server() as (endpoint, faults):
         conn.send(endpoint)
         while True:
