@@ -8,7 +8,7 @@ import byol.ablate as ablate
 from byol.ablate import TABLES, Row, format_table, run_table
 from byol.ablate.runner import _resolve
 from byol.ablate.tables import RANDOM_INIT
-from byol.config import get_preset
+from byol.config import apply_overrides, get_preset
 from byol.errors import ConfigError
 
 
@@ -20,8 +20,12 @@ def test_every_table_row_resolves_to_a_valid_config():
     assert _resolve(base, {"optim.base_lr": "x2"}).optim.base_lr == 2 * base.optim.base_lr
 
 
+def one_epoch():  # a scale, as ablate.SCALES holds them: tiny for 16 steps, the grid's work halved
+    return apply_overrides(get_preset("tiny"), {"train.epochs": 1})
+
+
 def test_grid_runs_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch):
-    monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
+    monkeypatch.setitem(ablate.SCALES, "tiny", one_epoch)
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}), RANDOM_INIT)))
     path = run_table("t", "tiny", seeds=[0, 1], out_dir=tmp_path, progress=False)
     text = path.read_text()
@@ -52,7 +56,7 @@ def test_unknown_table_is_refused(tmp_path):
 
 
 def test_a_redefined_row_refuses_the_old_run_directory(tmp_path, monkeypatch):
-    monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
+    monkeypatch.setitem(ablate.SCALES, "tiny", one_epoch)
     monkeypatch.setitem(ablate.TABLES, "t", ablate.Table("test", (Row("τ 0", {"target.base_ema": "0"}),)))
     run_table("t", "tiny", seeds=[0], out_dir=tmp_path, progress=False)
     result = tmp_path / "0" / "seed0" / "result.json"

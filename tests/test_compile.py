@@ -217,6 +217,9 @@ def test_the_cache_is_the_users_cache_directory_and_a_users_own_choice_wins(tmp_
     assert compiling.cache_dir() == compiling.Path.home() / ".cache" / "byol" / "torch-compile"
 
 
+# two fresh interpreters importing torch._dynamo (about 6 s): `make test-slow`; the default suite keeps the cache's
+# placement (the test above) and a run's use of it (test_a_run_records_its_compile_decisions_in_environment_json)
+@pytest.mark.slow
 def test_torchs_own_default_is_replaced_but_a_user_who_chose_it_keeps_it(tmp_path):
     """torch sets TORCHINDUCTOR_CACHE_DIR itself, to /tmp/torchinductor_<user>, the first time torch._dynamo is
     imported (an optimizer imports it: the demo's random-init evaluation did, before the run compiled)."""
@@ -228,7 +231,10 @@ def test_torchs_own_default_is_replaced_but_a_user_who_chose_it_keeps_it(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != compiling.CACHE_ENV} | {"XDG_CACHE_HOME": str(tmp_path)}
     run = functools.partial(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert run(env=env).stdout.split() == ["True", str(tmp_path / "byol" / "torch-compile")]
+    import torch._inductor.runtime.cache_dir_utils  # noqa: F401  (until torch loads it, it cannot have set the path)
+
     default = compiling._torch_default()  # the same path, chosen by the user before byol was loaded: kept
+    assert default is not None
     assert run(env=env | {compiling.CACHE_ENV: default}).stdout.split() == ["True", default]
 
 
@@ -241,6 +247,27 @@ def test_a_run_records_its_compile_decisions_in_environment_json(tmp_path, monke
     assert [r["part"] for r in records] == ["networks", "views"] and all(r["by"] == "rule" for r in records)
     assert all(not r["compile"] and r["steps"] == 8 - compiling.TIMED_STEPS - 1 and r["eager_s"] > 0 for r in records)
     assert not any((tmp_path / "run").rglob("*.so"))  # nothing compiled lands in the run directory
+
+
+def test_a_compiled_step_runs_through_torch_compile_and_is_the_eager_step(tmp_path, monkeypatch):
+    """The default suite's compiled steps: a run with train.compile true, its networks and views captured by
+    torch.compile (dynamo's graphs, guards and graph breaks, byol's wrapper and its records) and run by the eager
+    backend, which executes the captured graphs as they are: the losses are the eager run's. Inductor's generated
+    code (about a minute a compile on these CPUs) is tested by the slow tests below, in `make test-slow`."""
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    base = apply_overrides(get_preset("tiny"), {"train.max_steps": 4, "train.deterministic": True})
+    for setting in ("false", "true"):
+        pretrain(apply_overrides(base, {"train.compile": setting}), tmp_path / setting, progress=False)
+    records = json.loads((tmp_path / "true" / "environment.json").read_text())[-1]["compile"]
+    assert [(r["part"], r["compile"], r["by"]) for r in records] == [
+        ("networks", True, "train.compile"),
+        ("views", True, "train.compile"),
+    ]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # graphs were captured, not skipped
+    eager, compiled = _losses(tmp_path / "false"), _losses(tmp_path / "true")
+    assert len(eager) == 4 and compiled == pytest.approx(eager, abs=1e-5)
 
 
 # --- the views: the fused function is the eager pipeline up to float rounding ---

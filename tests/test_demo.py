@@ -46,8 +46,8 @@ def _stop_the_demos_clock(monkeypatch):
 
 
 def _no_embedding_map(monkeypatch):
-    """The report without its t-SNE map and neighbour sheets (seconds a run; test_report and the demo's learning
-    test draw them): for the tests of the plan, which read only metrics.jsonl and the summary."""
+    """The report without its t-SNE map and neighbour sheets (seconds a run; test_report, test_evaluate and
+    test_folder draw them): the demo's tests read metrics.jsonl, the summary and the curves."""
     import byol.report
 
     monkeypatch.setattr(byol.report, "write_report", functools.partial(byol.report.write_report, embedding=False))
@@ -70,6 +70,9 @@ def test_demo_sizes_the_run_from_the_measured_step_time(tmp_path, monkeypatch):
     assert records[-1]["step"] == round(summary["epochs"] * 16)
 
 
+# a second run of the demo's plan (about 4 s): `make test-slow`; the default suite keeps the plan from the timed
+# steps (the test above) and the plan's arithmetic (test_plan_fits_the_budget_in_whole_quanta)
+@pytest.mark.slow
 def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     # the timed steps say 1 s (1.1 s planned per step), the loop then runs at 4 s a step (faked): the re-plan,
     # after 20 steps (tiny has no warm-up; the demo waits 50, fewer here to keep the test short), shortens the run
@@ -91,9 +94,8 @@ def test_demo_replans_from_the_loops_own_speed(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == summary["epochs"]
 
 
-@pytest.mark.parametrize(
-    "flags", [["--epochs", "2"], pytest.param(["--train.max_steps", "32"], marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # a third demo run (about 4 s): `make test-slow`
+@pytest.mark.parametrize("flags", [["--epochs", "2"], ["--train.max_steps", "32"]])
 def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
     _fake_step_time(monkeypatch, 1e6)  # a budget plan would give the minimum (16 steps); the user's length must win
     _no_embedding_map(monkeypatch)
@@ -104,7 +106,10 @@ def test_a_length_flag_forces_the_length(tmp_path, monkeypatch, capsys, flags):
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 32
 
 
-def test_demo_evaluates_byol_and_random_init_identically_and_the_trained_encoder_beats_random_init(tmp_path, capsys):
+def test_demo_evaluates_byol_and_random_init_identically_and_the_trained_encoder_beats_random_init(
+    tmp_path, capsys, monkeypatch
+):
+    _no_embedding_map(monkeypatch)  # drawn by test_report, test_evaluate and test_folder
     run = tmp_path / "demo"
     # the layout fixed, so nothing depends on timing (the demo otherwise times both and keeps the faster); no flips:
     # a flip maps one grating orientation (the class) onto another's

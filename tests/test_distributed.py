@@ -95,6 +95,9 @@ def test_an_environment_that_describes_no_process_group_is_refused_before_any_wr
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".byol-run", ".lock"]  # nothing written
 
 
+# torchrun and two ranks (about 9 s): `make test-slow`. The default suite keeps a torchrun run (the test above) and
+# a killed command whose workers end with it (test_shards' SIGKILLed prepare)
+@pytest.mark.slow
 def test_ranks_under_a_sigkilled_torchrun_end_with_it(tmp_path):
     """torchrun's agent killed with SIGKILL (a lost node, a scheduler's kill): its ranks end too, instead of
     training on or waiting in a collective for good."""

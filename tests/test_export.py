@@ -61,6 +61,9 @@ def test_export_writes_weights_and_architecture_side_by_side(finished_run, tmp_p
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.safetensors"]  # no temp file left
 
 
+# torch.onnx's export (about 5 s): `make test-slow`; the default suite keeps the safetensors export's round trip
+# and the torchvision layout's (tests/test_interop.py)
+@pytest.mark.slow
 def test_onnx_export_has_a_dynamic_batch_axis_and_agrees_with_the_encoder(finished_run, tmp_path):
     import onnx
     import onnxruntime

@@ -413,6 +413,10 @@ def _rank_reads(rank, port, out, result):
     dist.destroy_process_group()
 
 
+# two spawned gloo ranks (about 7 s): `make test-slow`. The default suite checks the same split in one process, for
+# any world size (test_every_world_size_trains_on_the_same_batches), and ranks reading a store
+# (tests/test_objectstore.py)
+@pytest.mark.slow
 def test_two_ranks_read_disjoint_parts_of_each_epoch(tmp_path):
     out = tmp_path / "prepared"
     prepare(_by_class(tmp_path / "src", per_class=8), out, Settings(shard_images=5), workers=1, progress=False)

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,10 +92,11 @@ def cache_dir() -> Path:
 _USER_SETTING = os.environ.get(CACHE_ENV)
 
 
-def _torch_default() -> str:
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(default_cache_dir())
+def _torch_default() -> str | None:
+    """torch's own default for the variable, where torch may have set it: only its ``cache_dir_utils`` sets it, so
+    while that module is not loaded the variable is not torch's doing (and loading it here would cost 1.5 s)."""
+    utils = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+    return None if utils is None else os.path.abspath(utils.default_cache_dir())
 
 
 def use_cache() -> Path:

@@ -41,6 +41,7 @@ from byol.visualize import MAP_IMAGES, dataset_thumbnails, embedding_map, pictur
 
 plt = pyplot()
 QUERIES, NEIGHBOURS, CLUSTERS = 6, 7, 8  # the neighbours picture: 6 queries, 7 neighbours each; 8 clusters
+VIEW_THUMBNAIL = 64  # views.png: the fewest pixels a side of each picture is drawn with
 
 STEP_KEYS = ("step", "epoch", "byol_loss", "tau", "lr", "proj_std")  # what every training record holds
 RESULT_KEYS = {"protocol": str, "dataset": str, "init": str, "top1": float, "top5": float, "mean_per_class": float}
@@ -139,22 +140,19 @@ def _plot(path: Path, title: str, ylabel: str, series: list[tuple[str, list[floa
 
 
 def _views_picture(path: Path, config: Any) -> None:
-    """``views.png``: a row of images, then a row of their T views and one of their T′ views."""
+    """``views.png``: a row of images, then a row of their T views and one of their T′ views, as one mosaic
+    (pixels enlarged to at least 64 on a side, each shown whole)."""
     d = config.data
     use_cache(d.cache_dir, d.cache_bytes)
     samples = view_samples(config, load_split(d.dataset, "pretrain", d.data_dir, d.image_size, d.labels))
-    count = samples.images.shape[0]
-    fig, axes = plt.subplots(3, count, figsize=(1.2 * count + 0.8, 4.2), dpi=110, squeeze=False)
-    for row, (name, images) in enumerate(zip(("image", "T (view 1)", "T′ (view 2)"), samples, strict=True)):
-        for column in range(count):
-            ax = axes[row, column]
-            ax.imshow(images[column].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(name, fontsize=9)
-    fig.suptitle(f"views of augment preset '{config.augment.preset}' at {d.image_size} px, seed {config.train.seed}")
-    fig.tight_layout()
-    save_png(fig, path)
+    scale = -(-VIEW_THUMBNAIL // d.image_size)  # whole pixels: nearest, never blurred
+    rows = []
+    for name, images in zip(("image", "T (view 1)", "T′ (view 2)"), samples, strict=True):
+        pictures = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pictures = pictures.repeat(scale, axis=1).repeat(scale, axis=2)
+        rows.append((name, list(pictures), [""] * len(pictures)))
+    title = f"views of augment preset '{config.augment.preset}' at {d.image_size} px, seed {config.train.seed}"
+    picture_rows(path, rows, title)
 
 
 def _embedding_pictures(out: Path, run_dir: Path, config: Any, progress: bool) -> list[str]:
