@@ -20,12 +20,14 @@ from byol.seeding import set_rng_state
 from byol.train import pretrain
 
 RUN = ["pretrain", "--preset", "tiny", "--dataset", "synthetic", "--quiet", "--train.checkpoint_every", "1",
-       "--train.deterministic", "true", "--train.keep_checkpoints", "2", "--epochs", "2"]  # fmt: skip
-STEPS = 32  # 2 epochs of 16 steps: the kill points below reach about step 18 (each kill overshoots by a step or two)
+       "--train.deterministic", "true", "--train.keep_checkpoints", "2"]  # fmt: skip
+STEPS = 32  # 2 epochs of 16 steps: the six kill points below reach about step 18 (each overshoots by a step or two)
 
 
-def _args(run_dir, resume):
-    return ["pretrain", "--run-dir", str(run_dir), "--resume"] if resume else [*RUN, "--run-dir", str(run_dir)]
+def _args(run_dir, resume, steps=STEPS):
+    if resume:
+        return ["pretrain", "--run-dir", str(run_dir), "--resume"]
+    return [*RUN, "--train.max_steps", str(steps), "--run-dir", str(run_dir)]
 
 
 def _final(run_dir):
@@ -43,11 +45,15 @@ KILLS = [("logged", 3), ("mid-save", 3), ("logged", 5), ("mid-save", 1), ("logge
 
 # each kill starts a process (about 2.5 s): the default suite kills once, in the middle of a checkpoint's write (the
 # run dies between steps too, and its resume replays the steps since the last whole checkpoint); `make test-slow`
-# kills six times, three of them right after a logged step
-@pytest.mark.parametrize("kills", [KILLS[1:2], pytest.param(KILLS, marks=pytest.mark.slow)], ids=["1-kill", "6-kills"])
-def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path, caplog, kills):
+# kills six times, three of them right after a logged step. One kill needs a short run (12 steps, not 32)
+@pytest.mark.parametrize(
+    ("kills", "steps"),
+    [(KILLS[1:2], 12), pytest.param(KILLS, STEPS, marks=pytest.mark.slow)],
+    ids=["1-kill", "6-kills"],
+)
+def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path, caplog, kills, steps):
     reference = tmp_path / "reference"  # uninterrupted, in this process (the same code and threads as a child's)
-    assert main(_args(reference, resume=False)) == 0
+    assert main(_args(reference, resume=False, steps=steps)) == 0
     ref_state, ref_log = _final(reference)
 
     run = tmp_path / "killed"
@@ -57,10 +63,10 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path, caplog, ki
         step = (int(checkpoints[-1].stem[5:]) if checkpoints else 0) + ahead
         marker = tmp_path / f"stalled-{i}"
         if when == "mid-save":
-            proc = start_byol(_args(run, bool(checkpoints)), stall_at_step=step, marker=marker)
+            proc = start_byol(_args(run, bool(checkpoints), steps), stall_at_step=step, marker=marker)
             reached = wait_until(marker.exists, proc, f"the save of checkpoint {step}")
         else:
-            proc = start_byol(_args(run, bool(checkpoints)))
+            proc = start_byol(_args(run, bool(checkpoints), steps))
             reached = wait_until(lambda s=step: logged_steps(run) >= s, proc, f"step {step} in metrics.jsonl")
         assert reached, proc.stderr.read()  # the kill points lie far before the last step: the run cannot end first
         proc.send_signal(signal.SIGKILL)
@@ -72,10 +78,10 @@ def test_sigkill_at_progress_points_resumes_bit_identically(tmp_path, caplog, ki
     resumed_at = int(list_checkpoints(run)[-1].stem[5:])
     with caplog.at_level(logging.INFO):  # the last resume in this process, as the reference ran
         assert main(_args(run, resume=True)) == 0
-    assert killed == len(kills) and f"resuming {run} at step {resumed_at} of {STEPS}" in caplog.text
+    assert killed == len(kills) and f"resuming {run} at step {resumed_at} of {steps}" in caplog.text
     assert not list((run / "checkpoints").glob(".*tmp*"))  # the interrupted writes' temporary files were removed
     state, log = _final(run)
-    assert state["step"] == ref_state["step"] == STEPS
+    assert state["step"] == ref_state["step"] == steps
     for network in ("online", "target"):
         for name, tensor in ref_state[network].items():
             assert torch.equal(state[network][name], tensor), (network, name)
