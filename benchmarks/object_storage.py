@@ -53,6 +53,7 @@ from s3server import S3_ENV, ServerProcess, make_bucket  # noqa: E402
 from byol.augment import get_views  # noqa: E402
 from byol.choices import PrepareSettings  # noqa: E402
 from byol.data import TrainBatches, load_split, use_cache  # noqa: E402
+from byol.data.loaders import shards_at_once  # noqa: E402
 from byol.prepare import prepare, prepare_to_store  # noqa: E402
 
 SHARD_IMAGES = 64  # far smaller than `byol prepare`'s default (2000): many shards, many requests, the hard case
@@ -76,14 +77,20 @@ def photo_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def epoch(data_dir: str, workers: int, usage_of: Path | None = None) -> dict[str, object]:
-    """One epoch; img/s overall and from the first batch on, seconds to the first batch, each batch's digest,
-    and (``usage_of``: a cache folder) the most bytes in its objects/ folder while it ran."""
+def train_batches(data_dir: str, workers: int) -> TrainBatches:
+    """The training loader every pass reads (its cache's budget checked against what it holds at once)."""
     dataset = load_split("imagefolder", "pretrain", data_dir, SIZE)
-    batches = TrainBatches(
+    return TrainBatches(
         dataset, batch_size=BATCH, seed=0, device=torch.device("cpu"), views=get_views("byol"), image_size=SIZE,
         num_workers=workers, order="shards", window=WINDOW,
     )  # fmt: skip
+
+
+def epoch(data_dir: str, workers: int, usage_of: Path | None = None) -> dict[str, object]:
+    """One epoch; img/s overall and from the first batch on, seconds to the first batch, each batch's digest,
+    and (``usage_of``: a cache folder) the most bytes in its objects/ folder while it ran."""
+    batches = train_batches(data_dir, workers)
+    dataset = batches.dataset
     peak, done = [0], threading.Event()
 
     def poll() -> None:  # under the cache's lock: a snapshot between two of its changes
@@ -131,8 +138,9 @@ def main() -> None:
     local = args.work / f"local-{args.shard_images}"
     if not (local / "manifest.json").exists():
         prepare(source, local, settings, workers=0, progress=False)
-    total = sum(p.stat().st_size for p in (local / "train").glob("*.tar"))
-    print(f"{args.images} photos prepared: {total / 1e6:.1f} MB in {len(list((local / 'train').glob('*.tar')))} "
+    shard_bytes = [p.stat().st_size for p in (local / "train").glob("*.tar")]
+    total = sum(shard_bytes)
+    print(f"{args.images} photos prepared: {total / 1e6:.1f} MB in {len(shard_bytes)} "
           f"train shards; CPU: {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")  # fmt: skip
     os.environ.update(S3_ENV, BYOL_S3_TIMEOUT="1")
     cores = sorted(os.sched_getaffinity(0))
@@ -166,8 +174,8 @@ def main() -> None:
             run("local", str(local), None)
             run("cold (1st epoch)", "s3://bench/photos", args.work / f"cache-{repeat}")
         warm = run("warm (2nd epoch)", "s3://bench/photos", args.work / f"cache-{args.repeats - 1}", fresh=False)
-        largest = max(p.stat().st_size for p in (local / "train").glob("*.tar"))
-        budget = max(total // 4, 6 * largest)  # a quarter, or the least the loader accepts for 2 windows of 2 ranks
+        least = shards_at_once(WINDOW, train_batches(str(local), args.workers).behind) * max(shard_bytes)
+        budget = max(total // 4, min(total, least))  # a quarter, or the least the loader accepts (large shards)
         quarter = run("quarter budget", "s3://bench/photos", args.work / "cache-quarter", budget)
         server.set(slow_down=10**6, cut=10**6, stall=10**6, flip=10**6, every=args.fault_every, stall_seconds=3.0)
         faulty = run("faults", "s3://bench/photos", args.work / "cache-faults", 2 * total)

@@ -298,14 +298,20 @@ def local_ranks(rank: int, world_size: int) -> range:
     return range(rank - local, min(world_size, rank - local + size))
 
 
+def shards_at_once(window: int, behind: int) -> int:
+    """The shards one rank of order shards holds in the cache at once: those still being read (``behind``), the
+    next window, one being fetched."""
+    return behind + window + 1
+
+
 def check_budget(dataset: ShardSet, by_shards: bool, window: int, behind: int, ranks: range) -> None:
     """A cache that cannot hold what the order reads at once is refused before any step: order global reads
-    every shard in every batch (the whole set must fit), order shards ``behind + window + 1`` shards per rank
-    of the node (those still being read, the next window, one being fetched)."""
+    every shard in every batch (the whole set must fit), order shards :func:`shards_at_once` per rank of the
+    node."""
     if dataset.remote is None:
         return
     cache, sizes = dataset.remote.cache, [entry.size for entry in dataset.remote.entries]
-    shards = behind + window + 1
+    shards = shards_at_once(window, behind)
     need = sum(sizes) if not by_shards else min(sum(sizes), shards * max(sizes) * len(ranks))
     if cache.budget < need:
         what = f"{shards} shards of up to {max(sizes)} bytes per rank on this node"
