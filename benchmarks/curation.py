@@ -7,7 +7,7 @@
     # select: which N CIFAR-10 train images to label; a linear classifier on them, test top-1, 5 seeds
     .venv/bin/python benchmarks/curation.py select --encoder RUN --cifar /tmp/c10 --work /tmp/cur
 
-duplicates: a calibration set (5,000 CIFAR-10 train images, 250 of them planted again, changed) chooses the
+duplicates: a calibration set (10,000 CIFAR-10 train images, 500 of them planted again, changed) chooses the
 threshold, the one with the best F1 of planted pairs; the scoring set (the 10,000 test images, 500 planted) is
 scored at that threshold and at the package's default. A planted copy is the original re-encoded as JPEG (quality
 70), resized (to 24 px and back to 32), cropped to 90% of its side (and resized back), or recoloured (brightness and
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from byol.curate import _unit, component_labels, nearest, read_embeddings, select
+from byol.curate import _unit, best_match, component_labels, nearest, read_embeddings, select
 
 BYOL = [sys.executable, "-m", "byol"]
 
@@ -117,13 +117,11 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     where = {n: i for i, n in enumerate(names)}
     planted = np.array([[where[a], where[b]] for a, b in (tuple(p) for p in truth)])
     x = _unit(np.asarray(e.features))
-    sims = x @ x.T
-    if e.crops is not None:  # as near_pairs scores them: the best of full · full and full · each crop of the other
-        crops = _unit(np.asarray(e.crops, dtype=np.float32))
-        for k in range(crops.shape[1]):
-            against = x @ crops[:, k].T
-            np.maximum(sims, np.maximum(against, against.T), out=sims)
-    return group_scores(sims, planted, thresholds)
+    if e.crops is None or e.normalised is None:
+        return group_scores(x @ x.T, planted, thresholds)
+    crops, normal = _unit(np.asarray(e.crops)), _unit(np.asarray(e.normalised))  # as near_pairs scores a pair
+    sims = best_match(x, x, crops, crops) + best_match(normal[:, 0], normal[:, 0], normal[:, 1:], normal[:, 1:])
+    return group_scores(sims / 2, planted, thresholds)
 
 
 def group_scores(sims: np.ndarray, planted: np.ndarray, thresholds) -> list[tuple[float, float, float, int]]:
@@ -144,7 +142,7 @@ def group_scores(sims: np.ndarray, planted: np.ndarray, thresholds) -> list[tupl
 def bench_duplicates(encoder: str, cifar: Path, work: Path, crops: bool = False) -> None:
     train, _ = _cifar(cifar, [f"data_batch_{i}" for i in range(1, 6)])
     test, _ = _cifar(cifar, ["test_batch"])
-    sets = {"calibration": (train[:5000], 250, 1), "scoring": (test, 500, 2)}
+    sets = {"calibration": (train[:10000], 500, 1), "scoring": (test, 500, 2)}  # of one size: as many strangers meet
     found = {}
     for name, (images, plants, seed) in sets.items():
         folder = work / f"dups-{name}"
@@ -157,15 +155,15 @@ def bench_duplicates(encoder: str, cifar: Path, work: Path, crops: bool = False)
         found[name] = (read_embeddings(npz), planted)
     e, truth = found["calibration"]
     table = _scores(e, truth, np.round(np.arange(0.90, 0.9995, 0.0025), 4) if not crops else
-                    np.round(np.arange(0.990, 0.99991, 0.0005), 4))  # fmt: skip
+                    np.round(np.arange(0.990, 0.99991, 0.00025), 5))  # fmt: skip
     best = max(table, key=lambda r: 2 * r[1] * r[2] / max(r[1] + r[2], 1e-9))
-    print("calibration set (5,000 CIFAR-10 train images + 250 planted): threshold, precision, recall, pairs")
+    print("calibration set (10,000 CIFAR-10 train images + 500 planted): threshold, precision, recall, pairs")
     for t, p, r, n in table:
-        print(f"  {t:.4f}  {p:.3f}  {r:.3f}  {n}{'   <- best F1' if t == best[0] else ''}")
+        print(f"  {t:.5f}  {p:.3f}  {r:.3f}  {n}{'   <- best F1' if t == best[0] else ''}")
     e, truth = found["scoring"]
     ((_, p, r, n),) = _scores(e, truth, [best[0]])
     print(
-        f"scoring set (10,000 CIFAR-10 test images + 500 planted) at {best[0]:.4f}: precision {p:.3f}, "
+        f"scoring set (10,000 CIFAR-10 test images + 500 planted) at {best[0]:.5f}: precision {p:.3f}, "
         f"recall {r:.3f} ({n} pairs joined, {len(truth)} planted)"
     )
 

@@ -6,12 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import torch
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from byol.cli import main
-from byol.curate import _unit, groups, near_pairs, nearest, read_embeddings, select, typicality
+from byol.curate import _unit, best_match, copy_views, groups, near_pairs, nearest, read_embeddings, select, typicality
+from byol.data.decode import LUMA_WEIGHTS, NORMAL_LUMA, colour_normalised
 
 FEATURES = st.tuples(st.integers(1, 120), st.integers(1, 12), st.integers(0, 2**31 - 1)).map(
     lambda t: np.random.default_rng(t[2]).standard_normal((t[0], t[1])).astype(np.float32) * 3
@@ -50,22 +52,34 @@ def test_near_pairs_and_groups_match_the_brute_force(features, threshold, chunk)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 40), m=st.integers(1, 30), k=st.integers(1, 5),
        threshold=st.floats(-1.0, 1.0), chunk=st.integers(1, 40))  # fmt: skip
-def test_near_pairs_with_copy_crops_take_the_best_of_whole_and_crop_matches(seed, n, m, k, threshold, chunk):
+def test_near_pairs_with_copy_views_average_the_best_plain_and_colour_normalised_matches(seed, n, m, k, threshold,
+                                                                                        chunk):  # fmt: skip
     rng = np.random.default_rng(seed)
-    a, a_crops = rng.standard_normal((n, 6)), rng.standard_normal((n, k, 6))
-    b, b_crops = rng.standard_normal((m, 6)), rng.standard_normal((m, k, 6))
-    b[0] = a_crops[n - 1, k - 1] * 2  # a copy cropped out of a: its whole image is one of a's crops
-    ua, ub, ca, cb = _unit(a), _unit(b), _unit(a_crops), _unit(b_crops)
-    best = np.maximum.reduce([ua @ ub.T, *[ua @ cb[:, c].T for c in range(k)], *[ca[:, c] @ ub.T for c in range(k)]])
-    found = {(i, j): s for i, j, s in near_pairs(a, b, threshold, chunk, a_crops, b_crops)}
-    sure = {(i, j) for i in range(n) for j in range(m) if best[i, j] >= threshold + 1e-5}
-    unsure = {(i, j) for i in range(n) for j in range(m) if abs(best[i, j] - threshold) < 1e-5}
+    a, a_crops, a_normal = (rng.standard_normal(shape) for shape in ((n, 6), (n, k, 6), (n, k + 1, 6)))
+    b, b_crops, b_normal = (rng.standard_normal(shape) for shape in ((m, 6), (m, k, 6), (m, k + 1, 6)))
+    b[0] = a_crops[n - 1, k - 1] * 2  # a copy cropped out of a: its whole image is one of a's crops,
+    b_normal[0, 0] = a_normal[n - 1, k] * 3  # and so is its colour-normalised whole image
+
+    def best(whole_a, whole_b, crops_a, crops_b):  # the best of whole · whole, whole · crop, crop · whole
+        wa, wb, ca, cb = _unit(whole_a), _unit(whole_b), _unit(crops_a), _unit(crops_b)
+        views = [wa @ wb.T, *[wa @ cb[:, c].T for c in range(k)], *[ca[:, c] @ wb.T for c in range(k)]]
+        return np.maximum.reduce(views)
+
+    def expected(x, x_crops, x_normal, y, y_crops, y_normal):
+        plain = best(x, y, x_crops, y_crops)
+        return (plain + best(x_normal[:, 0], y_normal[:, 0], x_normal[:, 1:], y_normal[:, 1:])) / 2
+
+    score = expected(a, a_crops, a_normal, b, b_crops, b_normal)
+    found = {(i, j): s for i, j, s in near_pairs(a, b, threshold, chunk, (a_crops, a_normal), (b_crops, b_normal))}
+    sure = {(i, j) for i in range(n) for j in range(m) if score[i, j] >= threshold + 1e-5}
+    unsure = {(i, j) for i in range(n) for j in range(m) if abs(score[i, j] - threshold) < 1e-5}
     assert sure <= set(found) <= sure | unsure
-    assert all(abs(s - best[i, j]) < 1e-5 for (i, j), s in found.items())
-    assert best[n - 1, 0] == pytest.approx(1.0, abs=1e-5)  # the cropped copy meets its crop
-    within = {(i, j) for i, j, _ in near_pairs(a, None, threshold, chunk, a_crops)}
-    square = np.maximum.reduce([ua @ ua.T, *[ua @ ca[:, c].T for c in range(k)], *[ca[:, c] @ ua.T for c in range(k)]])
+    assert all(abs(s - score[i, j]) < 1e-5 for (i, j), s in found.items())
+    assert score[n - 1, 0] == pytest.approx(1.0, abs=1e-5)  # the cropped copy meets its crop, both ways of looking
+    within = {(i, j) for i, j, _ in near_pairs(a, None, threshold, chunk, (a_crops, a_normal))}
+    square = expected(a, a_crops, a_normal, a, a_crops, a_normal)
     assert {(i, j) for i in range(n) for j in range(i + 1, n) if square[i, j] >= threshold + 1e-5} <= within
+    assert all(square[i, j] >= threshold - 1e-5 for i, j in within)
 
 
 @settings(max_examples=20, deadline=None)
@@ -152,16 +166,28 @@ def test_embed_copy_crops_finds_a_cropped_copy_that_whole_images_miss(finished_r
     big = np.asarray(Image.open(photos / "p03.png")).repeat(4, 0).repeat(4, 1)  # 96 px: a crop keeps its detail
     Image.fromarray(big).save(photos / "p03.png")
     Image.fromarray(big[4:90, 6:92]).resize((96, 96), Image.Resampling.BICUBIC).save(photos / "p03-cropped.png")
+    recoloured = ImageEnhance.Color(ImageEnhance.Brightness(Image.fromarray(big)).enhance(0.8)).enhance(1.25)
+    recoloured.save(photos / "p03-recoloured.png")
     encoder, out = str(finished_run.parent / "enc.safetensors"), tmp_path / "crops.npz"
     assert main(["embed", encoder, "--dataset", "imagefolder", "--data-dir", str(photos), "--split", "train",
                  "--out", str(out), "--quiet", "--copy-crops"]) == 0  # fmt: skip
     e = read_embeddings(out)
     assert e.crops is not None and e.crops.shape == (len(e), 49, e.features.shape[1])
-    rows = [[n.rsplit("/", 1)[-1] for n in e.names].index(f) for f in ("p03.png", "p03-cropped.png")]
-    whole = float(_unit(np.asarray(e.features[rows[0]])) @ _unit(np.asarray(e.features[rows[1]])))
-    ((_, _, with_crops),) = [p for p in near_pairs(np.asarray(e.features), None, -1.0, None, e.crops)
-                             if sorted(p[:2]) == sorted(rows)]  # fmt: skip
-    assert with_crops > whole  # one of the 49 crops of the photo is closer to the copy than the whole photo
+    assert e.normalised is not None and e.normalised.shape == (len(e), 50, e.features.shape[1])
+    names = [n.rsplit("/", 1)[-1] for n in e.names]
+    rows = [names.index(f) for f in ("p03.png", "p03-cropped.png", "p03-recoloured.png")]
+    unit = _unit(np.asarray(e.features))
+    whole = float(unit[rows[0]] @ unit[rows[1]])
+    ((_, _, with_crops),) = [p for p in near_pairs(np.asarray(e.features), None, -1.0, None, copy_views(e))
+                             if sorted(p[:2]) == sorted(rows[:2])]  # fmt: skip
+    plain = best_match(unit, unit, _unit(e.crops), _unit(e.crops))
+    assert with_crops > whole and plain[rows[0], rows[1]] > whole  # a crop of the photo is closer than the photo
+    # darkened and made more colourful, the copy's normalised image is its original's, up to clipping and rounding
+    normal = _unit(np.asarray(e.normalised[:, 0]))
+    assert float(normal[rows[0]] @ normal[rows[2]]) > max(float(unit[rows[0]] @ unit[rows[2]]), 0.99), (
+        float(normal[rows[0]] @ normal[rows[2]]),
+        float(unit[rows[0]] @ unit[rows[2]]),
+    )
     # the features are of whole images (a copy cropped to 90% would not fit the 224/256 centre crop) and a query
     # from outside the set is embedded the same way: the photo's own row, at similarity 1
     assert e.source["view"] == "whole"
@@ -217,6 +243,7 @@ def test_select_and_clusters_write_paths_and_contact_sheets(embedded, tmp_path):
         (["clusters", "{npz}", "--k", "500"], "--k must lie in [1, 26]"),
         (["select", "{npz}", "--count", "27"], "--count must lie in [1, 26]"),
         (["duplicates", "{npz}", "--threshold", "1.5"], "a cosine similarity in [-1, 1]"),
+        (["duplicates", "{oldcopy}"], "holds copy crops without their colour-normalised views"),
         (["select", "{npz}", "--count", "2", "--out", "{npz}"], "would overwrite"),
         (["select", "{npz}", "--count", "2"], "{derived}"),
     ],
@@ -227,7 +254,10 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, t
     if says == "{derived}":
         derived.write_text("a file of the user's")
         says = "features.select.json"
-    paths = {"missing": tmp_path / "none.npz", "notnpz": tmp_path / "not.npz", "npz": embedded}
+    features = np.ones((4, 8), dtype=np.float32)  # copy crops from before the colour-normalised views
+    np.savez(tmp_path / "old.npz", features=features, copy_crops=np.ones((4, 49, 8), dtype=np.float32))
+    paths = {"missing": tmp_path / "none.npz", "notnpz": tmp_path / "not.npz", "npz": embedded,
+             "oldcopy": tmp_path / "old.npz"}  # fmt: skip
     before = embedded.read_bytes()
     code = None
     try:
@@ -239,3 +269,23 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, t
     assert code == 2 and len(said) == 1 and says in said[0], err
     assert embedded.read_bytes() == before
     assert not derived.exists() or derived.read_text() == "a file of the user's"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), side=st.integers(4, 24), brightness=st.floats(0.8, 1.25),
+       colour=st.floats(0.8, 1.25))  # fmt: skip
+def test_colour_normalising_undoes_pils_brightness_and_colour_changes(seed, side, brightness, colour):
+    """A copy made brighter or darker and more or less colourful by PIL (byol duplicates' recoloured copies) is
+    normalised to its original's pixels, up to the rounding of the copy's own uint8 steps."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(40, 200, size=(side, side, 3), dtype=np.uint8)
+    copy = ImageEnhance.Color(ImageEnhance.Brightness(Image.fromarray(pixels)).enhance(brightness)).enhance(colour)
+    copy_pixels = np.asarray(copy)
+    assume(copy_pixels.min() > 0 and copy_pixels.max() < 255)  # nothing clipped: the change can be undone
+    normal = colour_normalised(torch.from_numpy(pixels).permute(2, 0, 1)).int()
+    normal_copy = colour_normalised(torch.from_numpy(copy_pixels.copy()).permute(2, 0, 1)).int()
+    assert (normal - normal_copy).abs().float().mean() < 1.5  # rounding, amplified where the colour is faint
+    luma = (normal.float() * torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)).sum(0)
+    assert abs(float(luma.mean()) - NORMAL_LUMA) < 1.0  # the level every image is brought to
+    grey = colour_normalised(torch.from_numpy(pixels[..., :1].copy()).permute(2, 0, 1))  # one channel: no colour
+    assert grey.shape == (1, side, side) and abs(float(grey.float().mean()) - NORMAL_LUMA) < 1.0

@@ -26,7 +26,7 @@ from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
-COPY_THRESHOLD = 0.998  # the same, where the .npz holds copy crops (`byol embed --copy-crops`)
+COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy views (`byol embed --copy-crops`)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
 
@@ -43,6 +43,7 @@ class Embeddings:
     digests: list[str]  # "" where the .npz predates them
     source: dict[str, Any]
     crops: np.ndarray | None = None  # (N, K, D) features of each image's copy crops, where embed made them
+    normalised: np.ndarray | None = None  # (N, 1+K, D): its whole image and copy crops colour-normalised, with them
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -85,6 +86,7 @@ def read_embeddings(path: Path) -> Embeddings:
                 raise DataError(f"{quoted(path)} has no features array; it is not a `byol embed` file")
             features = _member(path, "features")
             crops = _member(path, "copy_crops") if "copy_crops" in keys else None
+            normalised = _member(path, "copy_normalised") if "copy_normalised" in keys else None
             n = features.shape[0] if features.ndim == 2 else -1
             small = {k: arrays[k] for k in ("labels", "index", "paths", "digests", "source") if k in keys}
     except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
@@ -95,12 +97,20 @@ def read_embeddings(path: Path) -> Embeddings:
         raise DataError(f"{quoted(path)}: its arrays have different lengths; the file is damaged")
     if crops is not None and (crops.ndim != 3 or crops.shape[0] != n or crops.shape[2] != features.shape[1]):
         raise DataError(f"{quoted(path)}: copy_crops {crops.shape} do not match features {features.shape}")
+    if crops is not None and normalised is None:
+        raise DataError(f"{quoted(path)} holds copy crops without their colour-normalised views (an earlier `byol "
+                        "embed --copy-crops`); make it again with `byol embed --copy-crops`")  # fmt: skip
+    if normalised is not None and (crops is None or normalised.shape != (n, crops.shape[1] + 1, features.shape[1])):
+        raise DataError(f"{quoted(path)}: copy_normalised {normalised.shape} do not match copy_crops "
+                        f"{None if crops is None else crops.shape}")  # fmt: skip
     source = json.loads(str(small["source"])) if "source" in small else {}
     index = small.get("index", np.arange(n))
     names = [str(p) for p in small["paths"]] if "paths" in small else [
         f"{source.get('dataset', 'image')} {source.get('split', '')} #{i}" for i in index.tolist()]  # fmt: skip
     digests = [str(d) for d in small["digests"]] if "digests" in small else [""] * n
-    return Embeddings(path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops)
+    return Embeddings(
+        path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops, normalised
+    )
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -143,29 +153,46 @@ def nearest(
 
 def near_pairs(
     a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int | None = None,
-    a_crops: np.ndarray | None = None, b_crops: np.ndarray | None = None,
+    a_copy: tuple[np.ndarray, np.ndarray] | None = None, b_copy: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[int, int, float]]:  # fmt: skip
-    """Every pair (i in a, j in b) with cosine similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j.
-    Scored ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB). With copy
-    crops (``a_crops``, and ``b_crops`` unless ``b`` is None), a pair's similarity is the best of its two full
-    images' and of each full image against each crop of the other: a crop of a photo meets the photo's own crop."""
+    """Every pair (i in a, j in b) with similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j. Scored
+    ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB). Without copy views the
+    similarity is the cosine of the two images' features. With them (``a_copy`` and, unless ``b`` is None,
+    ``b_copy``: an image's (copy crops (K, D), colour-normalised whole image and crops (1+K, D)), as `byol embed
+    --copy-crops` makes them), it is the mean of two matches, each the best of the two whole images and of each
+    whole image against each crop of the other: one of the images as they are, one of them colour-normalised. A
+    cropped copy meets the photo's own crop; a recoloured copy meets it after both are normalised."""
     ua = _unit(a)
     ub = ua if b is None else _unit(b)
-    ca = None if a_crops is None else _unit(np.asarray(a_crops, dtype=np.float32))
-    cb = ca if b is None else (None if b_crops is None else _unit(np.asarray(b_crops, dtype=np.float32)))
+    views_a = None if a_copy is None else [_unit(np.asarray(v, dtype=np.float32)) for v in a_copy]
+    views_b = views_a if b is None else (None if b_copy is None else [_unit(np.asarray(v, dtype=np.float32))
+                                                                         for v in b_copy])  # fmt: skip
     chunk = chunk or max(1, (1 << 24) // max(len(ub), 1))
     pairs: list[tuple[int, int, float]] = []
     for start in range(0, len(ua), chunk):
-        sims = ua[start : start + chunk] @ ub.T
-        if ca is not None and cb is not None:
-            for k in range(ca.shape[1]):
-                np.maximum(sims, ua[start : start + chunk] @ cb[:, k].T, out=sims)
-                np.maximum(sims, ca[start : start + chunk, k] @ ub.T, out=sims)
+        rows_a = slice(start, start + chunk)
+        if views_a is None or views_b is None:
+            sims = ua[rows_a] @ ub.T
+        else:
+            (crops_a, normal_a), (crops_b, normal_b) = views_a, views_b
+            sims = best_match(ua[rows_a], ub, crops_a[rows_a], crops_b)
+            sims += best_match(normal_a[rows_a, 0], normal_b[:, 0], normal_a[rows_a, 1:], normal_b[:, 1:])
+            sims /= 2
         rows, cols = np.nonzero(sims >= threshold)
         keep = (rows + start < cols) if b is None else np.ones(len(rows), dtype=bool)
         rows, cols = rows[keep], cols[keep]
         pairs += zip((rows + start).tolist(), cols.tolist(), sims[rows, cols].astype(float).tolist(), strict=True)
     return pairs
+
+
+def best_match(whole_a: np.ndarray, whole_b: np.ndarray, crops_a: np.ndarray, crops_b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)): the best cosine of a's whole image against b's and each of b's crops, and of each of a's
+    crops against b's whole image (unit rows; crops (N, K, D))."""
+    sims = whole_a @ whole_b.T
+    for k in range(crops_a.shape[1]):
+        np.maximum(sims, whole_a @ crops_b[:, k].T, out=sims)
+        np.maximum(sims, crops_a[:, k] @ whole_b.T, out=sims)
+    return sims
 
 
 def component_labels(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -298,6 +325,11 @@ def thumbnails(embeddings: Embeddings, rows: Sequence[int], size: int = 64) -> l
     return dataset_thumbnails(images, [int(embeddings.index[r]) for r in rows], size)
 
 
+def copy_views(e: Embeddings) -> tuple[np.ndarray, np.ndarray] | None:
+    """The copy views `byol embed --copy-crops` made for ``e`` (see :func:`near_pairs`), or None."""
+    return None if e.crops is None or e.normalised is None else (e.crops, e.normalised)
+
+
 def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -> dict[str, Any]:
     """Within ``e``: groups of images whose features reach ``threshold`` (cosine) or whose contents are equal
     (``exact``: one digest for the whole group). With ``other``: each image of ``e`` with a twin in ``other``."""
@@ -306,8 +338,8 @@ def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -
             raise ConfigError(f"{quoted(other.path)} holds {other.features.shape[1]}-d features and {quoted(e.path)} "
                               f"{e.features.shape[1]}-d: compare features of one encoder")  # fmt: skip
         best: dict[int, tuple[int, float]] = {}
-        crops = (e.crops, other.crops) if e.crops is not None and other.crops is not None else (None, None)
-        for i, j, s in near_pairs(np.asarray(e.features), np.asarray(other.features), threshold, None, *crops):
+        copy = (copy_views(e), copy_views(other)) if e.crops is not None and other.crops is not None else (None, None)
+        for i, j, s in near_pairs(np.asarray(e.features), np.asarray(other.features), threshold, None, *copy):
             if s > best.get(i, (0, -2.0))[1]:
                 best[i] = (j, s)
         digests = {d: j for j, d in enumerate(other.digests) if d}
@@ -317,7 +349,7 @@ def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -
         twins = [{"row": i, "path": e.names[i], "other_row": j, "other": other.names[j], "similarity": s}
                  for i, (j, s) in sorted(best.items())]  # fmt: skip
         return {"twins": sorted(twins, key=lambda t: -t["similarity"])}
-    pairs = [(i, j) for i, j, _ in near_pairs(np.asarray(e.features), None, threshold, None, e.crops)]
+    pairs = [(i, j) for i, j, _ in near_pairs(np.asarray(e.features), None, threshold, None, copy_views(e))]
     by_digest: dict[str, list[int]] = {}
     for i, digest in enumerate(e.digests):
         if digest:

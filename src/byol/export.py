@@ -300,7 +300,8 @@ def embed(
     (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
     image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
-    (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images (docs/curation.md);
+    (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images, and
+    ``copy_normalised`` (N, 1+K, D), the whole image and the same crops colour-normalised (docs/curation.md);
     for copy detection every pixel counts, so ``features`` are then of image files' whole images, not of the
     evaluation's centre crop (``source`` records ``view``: "centre", or "whole" as in-memory sets always are, and
     a query file is embedded alike, normalised with the set's mean and std, which ``source`` records too)."""
@@ -345,18 +346,20 @@ def embed(
                      "mean": list(images.mean), "std": list(images.std)}  # fmt: skip
     arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
     if copy_crops:
-        arrays["copy_crops"] = crop_features(pretrained.encoder, images, found.indices, data.image_size,
-                                             resolve_device(device), progress)  # fmt: skip
+        arrays["copy_crops"], arrays["copy_normalised"] = copy_features(
+            pretrained.encoder, images, found.indices, data.image_size, resolve_device(device), progress
+        )
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     return out, tuple(found.features.shape)
 
 
-CROP_BATCH = 16  # images whose copy crops go through the encoder at once (16 x 49 crops)
+CROP_BATCH = 16  # images whose copy views go through the encoder at once (16 x 99 views)
 
 
-class _CopyCrops(torch.utils.data.Dataset):
-    """The copy crops of image files: (K, C, size, size) uint8 per image, cut from the decoded pixels of the whole
-    image (a crop of a crop would be blurred: cut at the input size, they found far fewer)."""
+class _CopyViews(torch.utils.data.Dataset):
+    """The copy views of image files, (2K+1, C, size, size) uint8 per image: its K copy crops, then the whole image
+    and its K crops again colour-normalised, cut from the decoded pixels of the whole image (a crop of a crop would
+    be blurred: cut at the input size, they found far fewer)."""
 
     def __init__(self, files: Any, indices: list[int], size: int) -> None:
         self.files, self.indices, self.size = files, indices, size
@@ -365,44 +368,58 @@ class _CopyCrops(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from byol.data.decode import copy_boxes, decode_crops, whole_box
+        from byol.data.decode import colour_normalised, copy_boxes, decode_crops, whole_box
 
-        crops = decode_crops(self.files.read(self.indices[i]), self.size, lambda w, h: copy_boxes(whole_box(w, h)))
-        return torch.stack(crops)
+        path = self.files.read(self.indices[i])
+        crops = decode_crops(path, self.size, lambda w, h: copy_boxes(whole_box(w, h)))
+        normal = decode_crops(path, self.size, lambda w, h: [whole_box(w, h), *copy_boxes(whole_box(w, h))],
+                              colour=colour_normalised)  # fmt: skip
+        return torch.stack(crops + normal)
 
 
-def crop_features(
+def _cut(pixels: torch.Tensor, boxes: list[tuple[int, ...]], size: int) -> torch.Tensor:
+    """(N, len(boxes), C, size, size) uint8: each box of in-memory ``pixels`` (N, C, H, W) resized with
+    antialiasing."""
+    return torch.stack([
+        torch.nn.functional.interpolate(
+            pixels[:, :, top:bottom, left:right].float(), size=(size, size), mode="bilinear", antialias=True,
+            align_corners=False,
+        ).round().clamp(0, 255).to(torch.uint8)
+        for left, top, right, bottom in boxes
+    ], 1)  # fmt: skip
+
+
+def copy_features(
     encoder: torch.nn.Module, images: Any, indices: torch.Tensor, image_size: int, device: torch.device, progress: bool
-) -> np.ndarray:
-    """(N, K, D) float32 features of each image's copy crops (:func:`byol.data.decode.copy_boxes`), for the rows
-    ``indices`` of ``images``, unaugmented, the encoder in inference mode."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of each image's copy views, for the rows ``indices`` of ``images``, unaugmented, the encoder in
+    inference mode: (N, K, D) float32 of its copy crops (:func:`byol.data.decode.copy_boxes`), and (N, 1+K, D) of
+    the whole image and the same crops colour-normalised (:func:`byol.data.decode.colour_normalised`)."""
     from tqdm import tqdm
 
     from byol.augment.pipeline import evaluation_view
-    from byol.data.decode import copy_boxes
+    from byol.data.decode import colour_normalised, copy_boxes
 
     rows = indices.tolist()
     if isinstance(images, Files):
-        batches: Any = torch.utils.data.DataLoader(_CopyCrops(images, rows, image_size), batch_size=CROP_BATCH)
-    else:  # in memory: whole pixels of each crop, resized with antialiasing
+        batches: Any = torch.utils.data.DataLoader(_CopyViews(images, rows, image_size), batch_size=CROP_BATCH)
+    else:  # in memory: whole pixels of each crop
         pixels = images.images[indices]
         _, _, height, width = pixels.shape
-        boxes = [tuple(round(v) for v in box) for box in copy_boxes((0, 0, width, height))]
+        whole = (0, 0, width, height)
+        boxes = [tuple(round(v) for v in box) for box in copy_boxes(whole)]
         batches = (
-            torch.stack([
-                torch.nn.functional.interpolate(
-                    chunk[:, :, top:bottom, left:right].float(), size=(image_size, image_size), mode="bilinear",
-                    antialias=True, align_corners=False,
-                ).round().clamp(0, 255).to(torch.uint8)
-                for left, top, right, bottom in boxes
-            ], 1)
+            torch.cat([_cut(chunk, boxes, image_size), _cut(colour_normalised(chunk), [whole, *boxes], image_size)], 1)
             for chunk in pixels.split(CROP_BATCH)
-        )  # fmt: skip
+        )
     encoder = encoder.eval().to(device)
-    out = []
+    crops, normal = [], []
+    k = len(copy_boxes((0, 0, 1, 1)))
     with torch.no_grad():
-        for crops in tqdm(batches, total=-(-len(rows) // CROP_BATCH), desc="copy crops", disable=not progress):
-            n, k = crops.shape[:2]
-            x = evaluation_view(crops.flatten(0, 1).to(device), image_size, images.mean, images.std)
-            out.append(encoder(x).float().cpu().view(n, k, -1))
-    return torch.cat(out).numpy()
+        for views in tqdm(batches, total=-(-len(rows) // CROP_BATCH), desc="copy views", disable=not progress):
+            n, v = views.shape[:2]
+            x = evaluation_view(views.flatten(0, 1).to(device), image_size, images.mean, images.std)
+            found = encoder(x).float().cpu().view(n, v, -1)
+            crops.append(found[:, :k])
+            normal.append(found[:, k:])
+    return torch.cat(crops).numpy(), torch.cat(normal).numpy()

@@ -195,9 +195,9 @@ def add_embed(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--copy-crops", action="store_true",
-        help="for copy detection: features of whole images (not the evaluation's centre crop) and of 49 crops of "
-        "90%% of each, which `byol duplicates` matches against whole images to find cropped copies (about 49x "
-        "the time, and 49x the features' bytes)",
+        help="for copy detection: features of whole images (not the evaluation's centre crop), of 49 crops of 90%% "
+        "of each, which `byol duplicates` matches against whole images to find cropped copies, and of the same "
+        "views colour-normalised, to find recoloured ones (about 100x the time, and 100x the features' bytes)",
     )  # fmt: skip
     quiet_flag(p)
     p.set_defaults(handler=embed)

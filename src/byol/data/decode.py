@@ -112,17 +112,21 @@ def load_oriented(path: Source, scale: int = 1) -> Image.Image:
 
 
 def decode_crops(
-    path: Source, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True
-) -> list[Tensor]:
+    path: Source, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True,
+    colour: Callable[[Tensor], Tensor] | None = None,
+) -> list[Tensor]:  # fmt: skip
     """uint8 (3, size, size) crops of the image at ``path``, upright: ``boxes(width, height)`` draws the boxes from
     the oriented size the header gives, then the file is decoded at the scale they need (``reduced=False``:
-    always in full) and each box is resized (antialiased bicubic) to ``size``."""
+    always in full) and each box is resized (antialiased bicubic) to ``size``; ``colour``: applied to the decoded
+    (3, H, W) pixels first (:func:`colour_normalised`)."""
     with open_image(path) as image:
         turn = orientation(image)
         width, height = image.size
         crops = boxes(*((height, width) if turn in TRANSPOSED else (width, height)))
         rgb, scale = _decode(image, decode_scale(crops, size) if reduced and image.format == "JPEG" else 1, turn)
     pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # (H, W, 3): channels last
+    if colour is not None:
+        pixels = colour(pixels.permute(2, 0, 1)).permute(1, 2, 0)
     return [resize(pixels, pixel_box(box, scale, pixels.shape[1], pixels.shape[0]), size) for box in crops]
 
 
@@ -193,6 +197,28 @@ def copy_boxes(box: Box) -> list[Box]:
     steps = np.linspace(0.0, 1.0 - COPY_SIDE, COPY_GRID).tolist()
     return [(left + x * width, top + y * height, left + (x + COPY_SIDE) * width, top + (y + COPY_SIDE) * height)
             for y in steps for x in steps]  # fmt: skip
+
+
+# Copy views, colour-normalised: the level and the colourfulness every image is brought to (0-255 scale)
+NORMAL_LUMA, NORMAL_CHROMA = 110.0, 25.0
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, the luma PIL's ImageEnhance.Color blends with
+
+
+def colour_normalised(pixels: Tensor) -> Tensor:
+    """uint8 (..., C, H, W) pixels with their brightness and colourfulness set to common values: each image's luma
+    scaled to mean :data:`NORMAL_LUMA` and its colour about the luma (RGB minus luma) to RMS :data:`NORMAL_CHROMA`.
+    A copy made brighter or darker (RGB times a factor) or more or less colourful (luma plus the colour times a
+    factor, as PIL's ImageEnhance.Brightness and Color do) comes out as its original, up to clipping and rounding:
+    what `byol duplicates` compares beside the pixels as they are (docs/curation.md)."""
+    x = pixels.float()
+    channels = x.shape[-3]
+    weights = torch.tensor(LUMA_WEIGHTS if channels == 3 else (1.0 / channels,) * channels).view(channels, 1, 1)
+    luma = (x * weights).sum(-3, keepdim=True)  # grey images: the pixels themselves, and no colour
+    chroma = x - luma
+    level = luma.mean((-3, -2, -1), keepdim=True).clamp_min(1.0)
+    spread = chroma.pow(2).mean((-3, -2, -1), keepdim=True).sqrt().clamp_min(1.0)
+    out = NORMAL_LUMA * luma / level + NORMAL_CHROMA * chroma / spread
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 # An item: crop 1, crop 2 (empty for the centre crop), label, the files skipped for it, the image's index.
