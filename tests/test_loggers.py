@@ -2,6 +2,7 @@
 read back from the tracker's own files, under the same names and steps; the config as parameters; the run's files,
 its report and its exports as artifacts; a resumed run continues the same tracker run."""
 
+import collections
 import json
 import logging
 
@@ -126,7 +127,8 @@ def test_wandb_offline_gets_every_record_and_the_config(tmp_path, monkeypatch):
     expected = {}
     for record in _records(run):
         expected.setdefault(record["step"], {}).update({k: v for k, v in record.items() if k != "step"})
-    assert logged == expected
+    kinds = collections.Counter(r.WhichOneof("record_type") for r in records)
+    assert logged == expected, (path.stat().st_size, kinds)
     config = {}  # the run record's config, beside W&B's own key (_wandb)
     for record in records:
         if record.WhichOneof("record_type") == "run":
