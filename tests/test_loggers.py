@@ -108,12 +108,14 @@ def _wandb_records(path):
     return records
 
 
-def test_wandb_offline_gets_every_record_and_the_config(tmp_path, monkeypatch):
+def test_wandb_offline_gets_every_record_and_the_config(tmp_path, monkeypatch, caplog):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    assert main([*TINY, "--run-dir", str(run), "--train.loggers", "wandb"]) == 0
+    with caplog.at_level(logging.WARNING, logger="byol.loggers"):
+        assert main([*TINY, "--run-dir", str(run), "--train.loggers", "wandb"]) == 0
+    assert not [r.getMessage() for r in caplog.records if r.name == "byol.loggers"]  # W&B never dropped on the way
 
     run_id = json.loads((run / TRACKERS_FILE).read_text())["wandb"]["run_id"]
     (path,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
