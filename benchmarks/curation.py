@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from byol.curate import _unit, best_match, component_labels, nearest, read_embeddings, select
+from byol.curate import _unit, component_labels, copy_similarity, nearest, read_embeddings, select
 
 BYOL = [sys.executable, "-m", "byol"]
 
@@ -119,9 +119,8 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     x = _unit(np.asarray(e.features))
     if e.crops is None or e.normalised is None:
         return group_scores(x @ x.T, planted, thresholds)
-    crops, normal = _unit(np.asarray(e.crops)), _unit(np.asarray(e.normalised))  # as near_pairs scores a pair
-    sims = best_match(x, x, crops, crops) + best_match(normal[:, 0], normal[:, 0], normal[:, 1:], normal[:, 1:])
-    return group_scores(sims / 2, planted, thresholds)
+    views = [_unit(np.asarray(e.crops)), _unit(np.asarray(e.normalised))]  # as near_pairs scores a pair
+    return group_scores(copy_similarity(x, x, views, views), planted, thresholds)
 
 
 def group_scores(sims: np.ndarray, planted: np.ndarray, thresholds) -> list[tuple[float, float, float, int]]:

@@ -174,15 +174,23 @@ def near_pairs(
         if views_a is None or views_b is None:
             sims = ua[rows_a] @ ub.T
         else:
-            (crops_a, normal_a), (crops_b, normal_b) = views_a, views_b
-            sims = best_match(ua[rows_a], ub, crops_a[rows_a], crops_b)
-            sims += best_match(normal_a[rows_a, 0], normal_b[:, 0], normal_a[rows_a, 1:], normal_b[:, 1:])
-            sims /= 2
+            sims = copy_similarity(ua[rows_a], ub, [v[rows_a] for v in views_a], views_b)
         rows, cols = np.nonzero(sims >= threshold)
         keep = (rows + start < cols) if b is None else np.ones(len(rows), dtype=bool)
         rows, cols = rows[keep], cols[keep]
         pairs += zip((rows + start).tolist(), cols.tolist(), sims[rows, cols].astype(float).tolist(), strict=True)
     return pairs
+
+
+def copy_similarity(
+    whole_a: np.ndarray, whole_b: np.ndarray, views_a: Sequence[np.ndarray], views_b: Sequence[np.ndarray]
+) -> np.ndarray:
+    """(len(a), len(b)): :func:`near_pairs`' similarity with copy views (unit rows; views: copy crops (N, K, D),
+    normalised whole image and crops (N, 1+K, D)): the mean of the plain and the colour-normalised best match."""
+    (crops_a, normal_a), (crops_b, normal_b) = views_a, views_b
+    sims = best_match(whole_a, whole_b, crops_a, crops_b)
+    sims += best_match(normal_a[:, 0], normal_b[:, 0], normal_a[:, 1:], normal_b[:, 1:])
+    return sims / 2
 
 
 def best_match(whole_a: np.ndarray, whole_b: np.ndarray, crops_a: np.ndarray, crops_b: np.ndarray) -> np.ndarray:
@@ -338,7 +346,7 @@ def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -
             raise ConfigError(f"{quoted(other.path)} holds {other.features.shape[1]}-d features and {quoted(e.path)} "
                               f"{e.features.shape[1]}-d: compare features of one encoder")  # fmt: skip
         best: dict[int, tuple[int, float]] = {}
-        copy = (copy_views(e), copy_views(other)) if e.crops is not None and other.crops is not None else (None, None)
+        copy = (copy_views(e), copy_views(other))  # near_pairs matches views where both sets have them
         for i, j, s in near_pairs(np.asarray(e.features), np.asarray(other.features), threshold, None, *copy):
             if s > best.get(i, (0, -2.0))[1]:
                 best[i] = (j, s)

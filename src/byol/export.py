@@ -368,13 +368,13 @@ class _CopyViews(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from byol.data.decode import colour_normalised, copy_boxes, decode_crops, whole_box
+        from byol.data.decode import colour_normalised, copy_boxes, decode_boxes, resize, whole_box
 
-        path = self.files.read(self.indices[i])
-        crops = decode_crops(path, self.size, lambda w, h: copy_boxes(whole_box(w, h)))
-        normal = decode_crops(path, self.size, lambda w, h: [whole_box(w, h), *copy_boxes(whole_box(w, h))],
-                              colour=colour_normalised)  # fmt: skip
-        return torch.stack(crops + normal)
+        pixels, boxes = decode_boxes(self.files.read(self.indices[i]), self.size,
+                                     lambda w, h: [whole_box(w, h), *copy_boxes(whole_box(w, h))])  # fmt: skip
+        normal = colour_normalised(pixels.permute(2, 0, 1)).permute(1, 2, 0)  # one decode for both
+        return torch.stack([resize(pixels, box, self.size) for box in boxes[1:]]
+                           + [resize(normal, box, self.size) for box in boxes])  # fmt: skip
 
 
 def _cut(pixels: torch.Tensor, boxes: list[tuple[int, ...]], size: int) -> torch.Tensor:
@@ -398,7 +398,7 @@ def copy_features(
     from tqdm import tqdm
 
     from byol.augment.pipeline import evaluation_view
-    from byol.data.decode import colour_normalised, copy_boxes
+    from byol.data.decode import COPY_GRID, colour_normalised, copy_boxes
 
     rows = indices.tolist()
     if isinstance(images, Files):
@@ -414,7 +414,7 @@ def copy_features(
         )
     encoder = encoder.eval().to(device)
     crops, normal = [], []
-    k = len(copy_boxes((0, 0, 1, 1)))
+    k = COPY_GRID**2  # the copy crops come first, then the normalised views
     with torch.no_grad():
         for views in tqdm(batches, total=-(-len(rows) // CROP_BATCH), desc="copy views", disable=not progress):
             n, v = views.shape[:2]

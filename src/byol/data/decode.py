@@ -112,22 +112,27 @@ def load_oriented(path: Source, scale: int = 1) -> Image.Image:
 
 
 def decode_crops(
-    path: Source, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True,
-    colour: Callable[[Tensor], Tensor] | None = None,
-) -> list[Tensor]:  # fmt: skip
+    path: Source, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True
+) -> list[Tensor]:
     """uint8 (3, size, size) crops of the image at ``path``, upright: ``boxes(width, height)`` draws the boxes from
     the oriented size the header gives, then the file is decoded at the scale they need (``reduced=False``:
-    always in full) and each box is resized (antialiased bicubic) to ``size``; ``colour``: applied to the decoded
-    (3, H, W) pixels first (:func:`colour_normalised`)."""
+    always in full) and each box is resized (antialiased bicubic) to ``size``."""
+    pixels, pixel_boxes = decode_boxes(path, size, boxes, reduced=reduced)
+    return [resize(pixels, box, size) for box in pixel_boxes]
+
+
+def decode_boxes(
+    path: Source, size: int, boxes: Callable[[int, int], Sequence[Box]], *, reduced: bool = True
+) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+    """What :func:`decode_crops` cuts its crops from: the decoded (H, W, 3) uint8 pixels and the boxes in them, for
+    a caller that cuts the same boxes from the pixels changed (:func:`colour_normalised`)."""
     with open_image(path) as image:
         turn = orientation(image)
         width, height = image.size
         crops = boxes(*((height, width) if turn in TRANSPOSED else (width, height)))
         rgb, scale = _decode(image, decode_scale(crops, size) if reduced and image.format == "JPEG" else 1, turn)
     pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))  # (H, W, 3): channels last
-    if colour is not None:
-        pixels = colour(pixels.permute(2, 0, 1)).permute(1, 2, 0)
-    return [resize(pixels, pixel_box(box, scale, pixels.shape[1], pixels.shape[0]), size) for box in crops]
+    return pixels, [pixel_box(box, scale, pixels.shape[1], pixels.shape[0]) for box in crops]
 
 
 def pixel_box(box: Box, scale: int, width: int, height: int) -> tuple[int, int, int, int]:
