@@ -84,14 +84,16 @@ def test_near_pairs_with_copy_views_average_the_best_plain_and_colour_normalised
 
 @settings(max_examples=20, deadline=None)
 @given(features=FEATURES, chunk=st.integers(1, 64))
-def test_typicality_is_the_inverse_mean_distance_to_the_20_nearest_whatever_the_chunk(features, chunk):
+def test_typicality_is_the_inverse_mean_squared_distance_to_the_20_nearest_whatever_the_chunk(features, chunk):
+    """TypiClust's, as its authors' code computes it: squared Euclidean distances (faiss's IndexFlatL2) to the 20
+    nearest, or to half the cluster where it has fewer than 40 images."""
     x = _unit(features)
     if len(x) < 2:
         return
-    distance = np.sqrt(np.maximum(2 - 2 * x @ x.T, 0))
-    np.fill_diagonal(distance, np.inf)
-    k = min(20, len(x) - 1)
-    expected = 1 / (np.sort(distance, axis=1)[:, :k].mean(axis=1) + 1e-12)
+    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(squared, np.inf)
+    k = max(1, min(20, len(x) // 2))
+    expected = 1 / (np.sort(squared, axis=1)[:, :k].mean(axis=1) + 1e-12)
     assert np.allclose(typicality(x, chunk=chunk), expected, rtol=1e-4)
 
 
@@ -111,6 +113,23 @@ def test_typical_takes_the_densest_point_of_each_cluster_and_diverse_the_farthes
         assert np.isclose(distance[diverse[n]], distance.max())
     assert select(features, 7, "random", 3) == select(features, 7, "random", 3) != select(features, 7, "random", 4)
     assert len(set(select(features, 200, "random", 0))) == 200
+
+
+def test_typical_passes_over_small_clusters_until_the_larger_ones_have_given_one_each():
+    """TypiClust's rounds: clusters of 5 images or fewer (outlying groups) are passed over while larger ones have
+    images left: the budget goes round the larger clusters again, each time to the most typical image left."""
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((5, 8)) * 10
+    sizes = (50, 50, 50, 4, 4)  # the last two blobs: 4 images each
+    features = np.concatenate([c + rng.standard_normal((n, 8)) for c, n in zip(centres, sizes, strict=True)])
+    blob = np.repeat(np.arange(5), sizes)
+    chosen = select(features.astype(np.float32), 5, "typical", seed=0)  # 5 clusters: the 5 blobs
+    assert len(set(chosen)) == 5 and sorted(blob[chosen[:3]]) == [0, 1, 2] and set(blob[chosen[3:]]) <= {0, 1, 2}
+    assert blob[chosen[3]] != blob[chosen[4]]
+    x = _unit(features)
+    for n, i in enumerate(chosen):  # each the most typical of what its cluster has left
+        same = [j for j in np.flatnonzero(blob == blob[i]) if j not in chosen[:n]]
+        assert i == same[int(np.argmax(typicality(x[same])))]
 
 
 @pytest.fixture

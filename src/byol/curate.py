@@ -28,7 +28,14 @@ CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
 COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy views (`byol embed --copy-crops`)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
-TYPICALITY_NEIGHBOURS = 20  # TypiClust (Hacohen et al. 2022, eq. 1): inverse mean distance to the 20 nearest
+# TypiClust (Hacohen et al., ICML 2022) as its authors' code runs it: typicality is the inverse mean squared distance
+# to the 20 nearest images of the cluster (half the cluster where it is smaller); clusters of 5 images or fewer are
+# passed over while larger ones have images left; k-means restarted 10 times up to 50 clusters (scikit-learn's
+# KMeans then), once past that. As many clusters as images to choose, as the paper says (its code caps them at 500:
+# docs/curation.md)
+TYPICALITY_NEIGHBOURS = 20
+TYPICAL_MIN_CLUSTER = 5
+TYPICAL_RESTARTS = (50, 10)  # (up to how many clusters, restarts)
 
 
 @dataclass
@@ -222,16 +229,17 @@ def groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
     return sorted((g for g in found.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 
-def kmeans(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's k-means on the unit features, exact (Lloyd's KMeans) where rows × clusters stays under
-    5 million (seconds on a CPU), MiniBatchKMeans past that: (cluster of each row, centres (k, D))."""
+def kmeans(features: np.ndarray, k: int, seed: int, restarts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's k-means on the unit features, exact (Lloyd's KMeans, the best of ``restarts``) where rows ×
+    clusters stays under 5 million (seconds on a CPU), MiniBatchKMeans past that: (cluster of each row, centres
+    (k, D))."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     x = _unit(np.asarray(features))
     if not 1 <= k <= len(x):
         raise ConfigError(f"--k must lie in [1, {len(x)}] (the number of images), got {k}")
     model: Any = (
-        KMeans(k, n_init=1, random_state=seed) if len(x) * k <= EXACT_KMEANS
+        KMeans(k, n_init=restarts, random_state=seed) if len(x) * k <= EXACT_KMEANS
         else MiniBatchKMeans(k, n_init=1, random_state=seed, batch_size=4096)
     )  # fmt: skip
     assignment = model.fit_predict(x)
@@ -245,22 +253,24 @@ def centre_distances(features: np.ndarray, assignment: np.ndarray, centres: np.n
 
 
 def typicality(x: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, chunk: int = 1024) -> np.ndarray:
-    """TypiClust's typicality of each row of ``x`` (unit rows): 1 / mean distance to its nearest ``neighbours``,
-    ``chunk`` rows at a time (memory ``chunk`` × N, not N², for a cluster of any size)."""
+    """TypiClust's typicality of each row of ``x`` (unit rows): 1 / mean squared distance to its nearest
+    ``neighbours`` (at most half the rows, at least one), ``chunk`` rows at a time (memory ``chunk`` × N, not N²,
+    for a cluster of any size)."""
     if len(x) == 1:
         return np.ones(1)
-    k = min(neighbours, len(x) - 1)
+    k = max(1, min(neighbours, len(x) // 2))
     mean_distance = np.empty(len(x))
     for start in range(0, len(x), chunk):
-        distances = np.sqrt(np.maximum(2 - 2 * (x[start : start + chunk] @ x.T), 0))
+        distances = np.maximum(2 - 2 * (x[start : start + chunk] @ x.T), 0)  # squared, on the unit sphere
         distances[np.arange(len(distances)), np.arange(start, start + len(distances))] = np.inf  # not itself
         mean_distance[start : start + len(distances)] = np.partition(distances, k - 1, axis=1)[:, :k].mean(axis=1)
     return 1.0 / (mean_distance + 1e-12)
 
 
 def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int]:
-    """``count`` rows to label first. typical (TypiClust): k-means into ``count`` clusters, the most typical row of
-    each, largest clusters first; diverse: k-center greedy (each next row the farthest from those chosen, from the
+    """``count`` rows to label first. typical (TypiClust): k-means into ``count`` clusters, then in turns, largest
+    cluster first, the most typical row left in each cluster of more than 5 rows (the smaller ones once those run
+    out); diverse: k-center greedy (each next row the farthest from those chosen, from the
     row nearest the mean); random: a seeded sample."""
     n = len(features)
     if method not in METHODS:
@@ -278,13 +288,19 @@ def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int
             chosen.append(int(np.argmax(distance)))
             distance = np.minimum(distance, np.sqrt(np.maximum(2 - 2 * (x @ x[chosen[-1]]), 0)))
         return chosen
-    assignment, _ = kmeans(x, count, seed)
-    sizes = np.bincount(assignment, minlength=count)
+    most, restarts = TYPICAL_RESTARTS
+    assignment, _ = kmeans(x, count, seed, restarts if count <= most else 1)
+    by_size = np.argsort(-np.bincount(assignment, minlength=count), kind="stable")
+    left = {int(c): np.flatnonzero(assignment == c) for c in by_size}
+    turns = [c for c in left if len(left[c]) > TYPICAL_MIN_CLUSTER]
     chosen = []
-    for cluster in np.argsort(-sizes, kind="stable"):
-        members = np.flatnonzero(assignment == cluster)
-        if len(members):
-            chosen.append(int(members[np.argmax(typicality(x[members]))]))
+    while len(chosen) < count:
+        turns = [c for c in turns if len(left[c])] or [c for c in left if len(left[c])]
+        for cluster in turns[: count - len(chosen)]:
+            members = left[cluster]
+            best = int(np.argmax(typicality(x[members])))
+            chosen.append(int(members[best]))
+            left[cluster] = np.delete(members, best)
     return chosen
 
 
