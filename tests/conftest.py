@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+# torch is imported where a test needs it, not here: under pytest-xdist the process that hands out the tests loads
+# this file too, before it starts the workers, and never runs a test (2 s of torch import off the suite's wall time).
 # Under pytest-xdist (`make test` runs one worker per core) each worker and the processes its tests start compute
 # on one thread: two workers of two threads each on two cores would slow each other down.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
     torch.set_num_threads(1)
 
 # Runs `byol ARGS` in a child process whose checkpoint write of one step stalls half-way (a few bytes in the
@@ -43,28 +45,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-class OpCounter(TorchDispatchMode):
-    """Counts the aten operators run inside it: ``kernels`` (operators that compute, not views of a tensor) and
-    ``syncs``, those that make the host wait for a GPU: nonzero, .item(), bool(tensor), and a tensor made from
-    host data (``lift_fresh``; on a GPU a blocking copy)."""
-
-    SYNCS = frozenset(
-        {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::item", "aten::lift_fresh"}
-    )
-
-    def __init__(self):
-        super().__init__()
-        self.kernels = self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        self.syncs += name in self.SYNCS
-        self.kernels += not (func.is_view or name in ("aten::lift_fresh", "aten::scalar_tensor"))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
+    import torch
+
     torch.manual_seed(0)
     yield
 
@@ -121,6 +105,8 @@ def run_killed_and_resumed(args, tmp_path, kill_at_step, resume=("--resume",)):
 
 def assert_same_networks(a, b):
     """Two checkpoints' states hold the same step and the same online and target weights, bit for bit."""
+    import torch
+
     assert a["step"] == b["step"]
     for network in ("online", "target"):
         for name, tensor in a[network].items():
@@ -129,6 +115,8 @@ def assert_same_networks(a, b):
 
 def tiny_state(schedule, config=None):
     """A training state of ``config`` (default: the tiny preset) for 3-channel images of 4 classes on the CPU."""
+    import torch
+
     from byol.config import get_preset
     from byol.train import create_state
 

@@ -1,10 +1,12 @@
 """The ablation runner: tables resolve to valid configs, cells are reused, resumed or refused, the table."""
 
+import dataclasses
 import json
 
 import pytest
 
 import byol.ablate as ablate
+import byol.evaluate.frozen as frozen
 from byol.ablate import TABLES, Row, format_table, run_table
 from byol.ablate.runner import _resolve
 from byol.ablate.tables import RANDOM_INIT
@@ -20,8 +22,14 @@ def test_every_table_row_resolves_to_a_valid_config():
     assert _resolve(base, {"optim.base_lr": "x2"}).optim.base_lr == 2 * base.optim.base_lr
 
 
-def one_epoch():  # a scale, as ablate.SCALES holds them: tiny for 16 steps, the grid's work halved
-    return apply_overrides(get_preset("tiny"), {"train.epochs": 1})
+def one_epoch():  # a scale, as ablate.SCALES holds them: tiny for 4 steps (these tests check the grid, not learning)
+    return apply_overrides(get_preset("tiny"), {"train.epochs": 1, "train.max_steps": 4})
+
+
+@pytest.fixture(autouse=True)
+def _one_learning_rate(monkeypatch):
+    """The cells' linear protocol at one learning rate and 2 epochs (the protocol itself: tests/test_evaluate.py)."""
+    monkeypatch.setattr(frozen, "CACHED_LINEAR", dataclasses.replace(frozen.CACHED_LINEAR, epochs=2, base_lrs=(0.1,)))
 
 
 def test_grid_runs_writes_the_table_and_reuses_finished_runs(tmp_path, monkeypatch):
@@ -72,7 +80,14 @@ def test_a_table_scale_override_applies_and_the_users_own_wins(tmp_path, monkeyp
     monkeypatch.setitem(ablate.SCALES, "tiny", lambda: get_preset("tiny"))
     table = ablate.Table("test", (Row("r"),), scale_overrides={"tiny": {"train.epochs": "2", "train.seed": "7"}})
     monkeypatch.setitem(ablate.TABLES, "t", table)
-    path = run_table("t", "tiny", seeds=[0], out_dir=tmp_path, progress=False, overrides={"train.epochs": "1"})
+    path = run_table(
+        "t",
+        "tiny",
+        seeds=[0],
+        out_dir=tmp_path,
+        progress=False,
+        overrides={"train.epochs": "1", "train.max_steps": "4"},
+    )
     config = json.loads((tmp_path / "r" / "seed0" / "config.json").read_text())
     assert config["train"]["epochs"] == 1.0  # the user's override beats the table's
     assert "train.epochs 1" in path.read_text() and "train.epochs 2" not in path.read_text()

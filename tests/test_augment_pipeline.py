@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import OpCounter
+from op_counter import OpCounter
 
 from byol.augment import BYOL_T, BYOL_T_PRIME, PRESETS, TwoViews, ViewPipeline, get_views
 from byol.augment import functional as AF

@@ -164,55 +164,68 @@ CASES = [pytest.param(*case, marks=pytest.mark.slow) if case in UNREAD else case
          for case in itertools.product(RUN_FILES, sorted(COMMANDS))]  # fmt: skip
 
 
+# Each generated case of the two tests below runs a command on a damaged run (0.3 to 1 s): `make test` draws a few
+# per case, `make test-slow` (CI runs both) several times more.
+DRAWS = pytest.mark.parametrize("draws", [2, pytest.param(8, marks=pytest.mark.slow)])
+
+
+@DRAWS
 @pytest.mark.parametrize(("name", "command"), CASES)
-@settings(PROPERTY, max_examples=3)
-@given(data=st.data())
 def test_a_damaged_run_file_gives_a_result_or_one_line_and_changes_nothing_else(
-    two_checkpoint_run, capsys, name, command, data
+    two_checkpoint_run, capsys, name, command, draws
 ):
-    with tempfile.TemporaryDirectory() as tmp:
-        run, out = Path(tmp) / "run", Path(tmp) / "out"
-        shutil.copytree(two_checkpoint_run, run)
-        out.mkdir()
-        target = run / name
-        target.write_bytes(data.draw(damage(target.read_bytes(), name), label="damage"))
-        before = _snapshot(run)
-        capsys.readouterr()
-        code = main(COMMANDS[command](run, out))
-        err = capsys.readouterr().err
-        assert code in (0, 2), err
-        assert code == 0 or name in NEEDS[command], err
-        if code == 2:
-            assert len(err.strip().splitlines()) == 1 and err.startswith(
-                f"byol {COMMANDS[command](run, out)[0]}: error:"
-            )
-        after = _snapshot(run)
-        for path, content in before.items():
-            if any(path.startswith(prefix) for prefix in MAY_WRITE[command]):
-                continue
-            moved = after.get(path + ".unreadable")
-            assert after.get(path) == content or moved == content, f"{command} changed {path}"
-        if code == 0 and command in ("knn", "linear"):
-            (result,) = [p for p in (run / "eval").glob(f"{command}*.json")]
-            assert 0 <= json.loads(result.read_text())["top1"] <= 100
-        if code == 0 and command == "resume":
-            assert (run / "checkpoints" / "step_000000008.pt").is_file()
+    @settings(PROPERTY, max_examples=draws)
+    @given(data=st.data())
+    def check(data):
+        with tempfile.TemporaryDirectory() as tmp:
+            run, out = Path(tmp) / "run", Path(tmp) / "out"
+            shutil.copytree(two_checkpoint_run, run)
+            out.mkdir()
+            target = run / name
+            target.write_bytes(data.draw(damage(target.read_bytes(), name), label="damage"))
+            before = _snapshot(run)
+            capsys.readouterr()
+            code = main(COMMANDS[command](run, out))
+            err = capsys.readouterr().err
+            assert code in (0, 2), err
+            assert code == 0 or name in NEEDS[command], err
+            if code == 2:
+                assert len(err.strip().splitlines()) == 1 and err.startswith(
+                    f"byol {COMMANDS[command](run, out)[0]}: error:"
+                )
+            after = _snapshot(run)
+            for path, content in before.items():
+                if any(path.startswith(prefix) for prefix in MAY_WRITE[command]):
+                    continue
+                moved = after.get(path + ".unreadable")
+                assert after.get(path) == content or moved == content, f"{command} changed {path}"
+            if code == 0 and command in ("knn", "linear"):
+                (result,) = [p for p in (run / "eval").glob(f"{command}*.json")]
+                assert 0 <= json.loads(result.read_text())["top1"] <= 100
+            if code == 0 and command == "resume":
+                assert (run / "checkpoints" / "step_000000008.pt").is_file()
+
+    check()
 
 
-@settings(PROPERTY, max_examples=10)
-@given(data=st.data())
-def test_resume_falls_back_past_a_newest_checkpoint_damaged_in_any_way(two_checkpoint_run, capsys, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        shutil.copytree(two_checkpoint_run, run)
-        newest = run / "checkpoints" / "step_000000008.pt"
-        kind = data.draw(st.sampled_from(["truncate", "flip", "foreign"]), label="kind")
-        damaged = data.draw(damage(newest.read_bytes(), "step.pt", kinds=[kind]), label="damage")
-        newest.write_bytes(damaged)
-        assert main(["pretrain", "--resume", "--run-dir", str(run), "--quiet"]) == 0, capsys.readouterr().err
-        aside = newest.with_name(newest.name + ".unreadable")
-        assert not aside.exists() or aside.read_bytes() == damaged  # moved aside whole, never changed
-        assert (run / "checkpoints" / "step_000000008.pt").is_file()  # the run reached its end again
+@DRAWS
+@pytest.mark.parametrize("kind", ["truncate", "flip", "foreign"])
+def test_resume_falls_back_past_a_newest_checkpoint_damaged_in_any_way(two_checkpoint_run, capsys, kind, draws):
+    @settings(PROPERTY, max_examples=draws)
+    @given(data=st.data())
+    def check(data):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / "run"
+            shutil.copytree(two_checkpoint_run, run)
+            newest = run / "checkpoints" / "step_000000008.pt"
+            damaged = data.draw(damage(newest.read_bytes(), "step.pt", kinds=[kind]), label="damage")
+            newest.write_bytes(damaged)
+            assert main(["pretrain", "--resume", "--run-dir", str(run), "--quiet"]) == 0, capsys.readouterr().err
+            aside = newest.with_name(newest.name + ".unreadable")
+            assert not aside.exists() or aside.read_bytes() == damaged  # moved aside whole, never changed
+            assert (run / "checkpoints" / "step_000000008.pt").is_file()  # the run reached its end again
+
+    check()
 
 
 @settings(PROPERTY, max_examples=40)

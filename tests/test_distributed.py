@@ -59,7 +59,8 @@ def _free_port():
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # forked, not spawned: the ranks start with torch and this module loaded instead of importing them again
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ddp = torch.load(tmp_path / "ddp.pt")
     state = tiny_state(SCHEDULE)
     metrics = train_step(state, ViewBatch(*_inputs()))

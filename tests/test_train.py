@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from conftest import OpCounter, tiny_state
+from conftest import tiny_state
+from op_counter import OpCounter
 from torch import nn
 from torch.nn import functional as F
 
