@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from byol.optim import LARS, is_excluded_from_lars, lars_param_groups
+from byol.optim import LARS, SGD, is_excluded_from_lars, lars_param_groups
 
 ETA, MOMENTUM, WD, LR = 1e-3, 0.9, 0.5, 0.1
 
@@ -99,10 +99,35 @@ def test_bad_hyperparameters_are_refused():
         LARS(_model().parameters(), momentum=1.5)
 
 
+@pytest.mark.parametrize(
+    "options", [{"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}, {"momentum": 0.9}, {"weight_decay": 0.5}]
+)
+def test_sgd_takes_torchs_sgd_steps_bit_for_bit(options):
+    """The evaluations' SGD (torch's, without the wrappers that import torch._dynamo) against torch.optim.SGD: the
+    same parameters after 4 steps, a learning rate changed between them, and the same state_dict."""
+    ours, theirs = _model(), _model()
+    theirs.load_state_dict(ours.state_dict())
+    a, b = SGD(ours.parameters(), lr=LR, **options), torch.optim.SGD(theirs.parameters(), lr=LR, **options)
+    for step in range(4):
+        for model, optimizer in ((ours, a), (theirs, b)):
+            for group in optimizer.param_groups:
+                group["lr"] = LR / (step + 1)
+            optimizer.zero_grad()
+            _set_grads(model, scale=step + 1.0)
+            optimizer.step()
+    for (name, x), y in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    saved, expected = a.state_dict(), b.state_dict()
+    assert saved["param_groups"] == expected["param_groups"]
+    for index, state in expected["state"].items():
+        assert torch.equal(saved["state"][index]["momentum_buffer"], state["momentum_buffer"])
+
+
 _DYNAMO_PROBE = """
 import sys, torch
 from torch import nn
 from byol.optim import LARS, lars_param_groups
+from byol.evaluate.common import fit_classifier
 model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
 optimizer = LARS(lars_param_groups(model, 1e-6), lr=0.1)
 model(torch.randn(4, 3)).square().sum().backward()
@@ -110,11 +135,13 @@ optimizer.step()
 optimizer.load_state_dict(optimizer.state_dict())
 optimizer.zero_grad()
 assert all(p.grad is None for p in model.parameters())
+batch = (torch.randn(8, 3), torch.arange(8) % 2)  # the evaluations' optimizer (linear, fine-tuning)
+fit_classifier(nn.Linear(3, 2), lambda epoch: iter([batch]), steps_per_epoch=1, epochs=2, lr=0.1, weight_decay=1e-4)
 print("torch._dynamo" in sys.modules)
 """
 
 
-def test_lars_works_without_importing_torch_dynamo():
+def test_lars_and_the_evaluations_sgd_work_without_importing_torch_dynamo():
     # torch's wrappers on Optimizer methods import torch._dynamo on first use, 1.7 s of a run's start-up on a CPU
     result = subprocess.run([sys.executable, "-c", _DYNAMO_PROBE], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -25,6 +25,7 @@ from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, DataError, first_line
 from byol.files import write_json
 from byol.networks import ResNet, build_encoder, input_channels
+from byol.optim import SGD
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
 from byol.schedules import cosine_decay
@@ -191,7 +192,7 @@ def fit_classifier(
 ) -> None:
     """``loss`` (cross-entropy) with SGD, Nesterov momentum 0.9 and a per-step cosine schedule from ``lr`` to 0:
     the paper's linear evaluation and fine-tuning optimizer (appendix C). The caller sets train or eval mode."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    optimizer = SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total, step = epochs * steps_per_epoch, 0
     for epoch in range(epochs):
         for x, y in batches(epoch):

@@ -39,6 +39,7 @@ from byol.data.masks import Classes, SegmentationSplit, channel_stats, fraction_
 from byol.errors import ConfigError, TrainingError
 from byol.evaluate.settings import SegmentConfig
 from byol.networks import BN_EPS, BN_MOMENTUM, ResNet, dilate_last_stage
+from byol.optim import SGD
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def train_network(
     if config.frozen:
         model.encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     g = torch.Generator().manual_seed(seed)
     images = [normalise(image) for image in train.images]
     order: list[int] = []
