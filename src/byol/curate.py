@@ -270,8 +270,8 @@ def typicality(x: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, chunk: in
 def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int]:
     """``count`` rows to label first. typical (TypiClust): k-means into ``count`` clusters, then in turns, largest
     cluster first, the most typical row left in each cluster of more than 5 rows (the smaller ones once those run
-    out); diverse: k-center greedy (each next row the farthest from those chosen, from the
-    row nearest the mean); random: a seeded sample."""
+    out); diverse: k-center greedy (each next row the farthest from those chosen, from the row nearest the mean);
+    random: a seeded sample."""
     n = len(features)
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not valid; choose one of {', '.join(METHODS)}")
