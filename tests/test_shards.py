@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import (
+    alive,
     assert_all_end,
     assert_same_networks,
     child_pids,
@@ -218,6 +221,32 @@ def test_a_sigkilled_prepare_resumes_and_leaves_no_worker_running(tmp_path):
     whole = tmp_path / "whole"
     assert main(["prepare", str(src), "--out", str(whole), "--shard-size", "2", "--quiet"]) == 0
     assert json.loads((whole / MANIFEST).read_text())["splits"] == json.loads((out / MANIFEST).read_text())["splits"]
+
+
+_ORPHAN = """
+import os, sys, time
+import byol.processes as processes
+processes.libc = lambda: None  # no prctl, as off Linux: the watch thread alone
+parent = os.getpid()
+child = os.fork()
+if child == 0:
+    processes.die_with_parent(parent)
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_child_whose_parent_is_killed_ends_without_the_kernels_signal():
+    """die_with_parent's watch thread: a forked child ends once its parent is gone, where no parent-death signal
+    comes (no prctl; the signal missed a SIGKILLed prepare's pool workers in a few runs of the suite)."""
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert alive(child)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert_all_end([child], "the child of a SIGKILLed parent")
 
 
 def test_prepare_refuses_outputs_it_may_not_write_in_one_line(tmp_path, capsys):
