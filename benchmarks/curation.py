@@ -29,7 +29,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from byol.curate import _unit, component_labels, copy_similarity, nearest, read_embeddings, select
+from byol.curate import (
+    _unit,
+    component_labels,
+    copy_similarity,
+    copy_views,
+    nearest,
+    read_embeddings,
+    select,
+    unit_views,
+)
 
 BYOL = [sys.executable, "-m", "byol"]
 
@@ -117,10 +126,10 @@ def _scores(e, truth: set[frozenset[str]], thresholds) -> list[tuple[float, floa
     where = {n: i for i, n in enumerate(names)}
     planted = np.array([[where[a], where[b]] for a, b in (tuple(p) for p in truth)])
     x = _unit(np.asarray(e.features))
-    if e.crops is None or e.normalised is None:
+    views = unit_views(copy_views(e))
+    if views is None:
         return group_scores(x @ x.T, planted, thresholds)
-    views = [_unit(np.asarray(e.crops)), _unit(np.asarray(e.normalised))]  # as near_pairs scores a pair
-    return group_scores(copy_similarity(x, x, views, views), planted, thresholds)
+    return group_scores(copy_similarity(x, x, views, views), planted, thresholds)  # as near_pairs scores a pair
 
 
 def group_scores(sims: np.ndarray, planted: np.ndarray, thresholds) -> list[tuple[float, float, float, int]]:

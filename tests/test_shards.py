@@ -224,7 +224,7 @@ def test_a_sigkilled_prepare_resumes_and_leaves_no_worker_running(tmp_path):
 
 
 _ORPHAN = """
-import os, sys, time
+import os, time
 import byol.processes as processes
 processes.libc = lambda: None  # no prctl, as off Linux: the watch thread alone
 parent = os.getpid()

@@ -171,9 +171,8 @@ def near_pairs(
     cropped copy meets the photo's own crop; a recoloured copy meets it after both are normalised."""
     ua = _unit(a)
     ub = ua if b is None else _unit(b)
-    views_a = None if a_copy is None else [_unit(np.asarray(v, dtype=np.float32)) for v in a_copy]
-    views_b = views_a if b is None else (None if b_copy is None else [_unit(np.asarray(v, dtype=np.float32))
-                                                                         for v in b_copy])  # fmt: skip
+    views_a = unit_views(a_copy)
+    views_b = views_a if b is None else unit_views(b_copy)
     chunk = chunk or max(1, (1 << 24) // max(len(ub), 1))
     pairs: list[tuple[int, int, float]] = []
     for start in range(0, len(ua), chunk):
@@ -187,6 +186,11 @@ def near_pairs(
         rows, cols = rows[keep], cols[keep]
         pairs += zip((rows + start).tolist(), cols.tolist(), sims[rows, cols].astype(float).tolist(), strict=True)
     return pairs
+
+
+def unit_views(views: Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
+    """Copy views (:func:`copy_views`) as unit float32 rows, as :func:`copy_similarity` takes them."""
+    return None if views is None else [_unit(np.asarray(v, dtype=np.float32)) for v in views]
 
 
 def copy_similarity(

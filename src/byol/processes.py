@@ -4,8 +4,9 @@
 SIGKILL never closes it for them: without this they would wait on it for good. Linux's
 ``prctl(PR_SET_PDEATHSIG)`` delivers a signal to the child when the thread that forked it ends, however it ends;
 a watch thread in the child that ends it once its parent is gone does the same where there is no ``prctl`` (not
-Linux), and catches the pool workers the signal missed: two of them, blocked on their task pipe, outlived a SIGKILLed
-`byol prepare` in 3 of about 15 runs of the test suite on a loaded 2-core machine.
+Linux), and is a second guard where the signal does not come: two pool workers, blocked on their task pipe, outlived
+a SIGKILLed `byol prepare` in 3 of about 15 runs of the test suite on a loaded 2-core machine (why the signal missed
+them is not known; none was left after the watch was added, in the runs made since).
 """
 
 from __future__ import annotations
