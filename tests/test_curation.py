@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance
 
 from byol.cli import main
 from byol.curate import _unit, best_match, copy_views, groups, near_pairs, nearest, read_embeddings, select, typicality
-from byol.data.decode import LUMA_WEIGHTS, NORMAL_LUMA, colour_normalised
+from byol.data.decode import LUMA_WEIGHTS, NORMAL_LUMA, PIXEL_SIDE, colour_normalised, pixel_descriptors
 
 FEATURES = st.tuples(st.integers(1, 120), st.integers(1, 12), st.integers(0, 2**31 - 1)).map(
     lambda t: np.random.default_rng(t[2]).standard_normal((t[0], t[1])).astype(np.float32) * 3
@@ -52,32 +52,36 @@ def test_near_pairs_and_groups_match_the_brute_force(features, threshold, chunk)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 40), m=st.integers(1, 30), k=st.integers(1, 5),
        threshold=st.floats(-1.0, 1.0), chunk=st.integers(1, 40))  # fmt: skip
-def test_near_pairs_with_copy_views_average_the_best_plain_and_colour_normalised_matches(seed, n, m, k, threshold,
+def test_near_pairs_with_copy_views_average_the_best_plain_normalised_and_pixel_matches(seed, n, m, k, threshold,
                                                                                         chunk):  # fmt: skip
     rng = np.random.default_rng(seed)
-    a, a_crops, a_normal = (rng.standard_normal(shape) for shape in ((n, 6), (n, k, 6), (n, k + 1, 6)))
-    b, b_crops, b_normal = (rng.standard_normal(shape) for shape in ((m, 6), (m, k, 6), (m, k + 1, 6)))
+    shapes = ((n, 6), (n, k, 6), (n, k + 1, 6), (n, k + 1, 5))
+    a, a_crops, a_normal, a_pixels = (rng.standard_normal(shape) for shape in shapes)
+    b, b_crops, b_normal, b_pixels = (rng.standard_normal((m, *shape[1:])) for shape in shapes)
     b[0] = a_crops[n - 1, k - 1] * 2  # a copy cropped out of a: its whole image is one of a's crops,
     b_normal[0, 0] = a_normal[n - 1, k] * 3  # and so is its colour-normalised whole image
+    b_pixels[0, 0] = a_pixels[n - 1, k] * 4  # and its pixel descriptor
 
     def best(whole_a, whole_b, crops_a, crops_b):  # the best of whole · whole, whole · crop, crop · whole
         wa, wb, ca, cb = _unit(whole_a), _unit(whole_b), _unit(crops_a), _unit(crops_b)
         views = [wa @ wb.T, *[wa @ cb[:, c].T for c in range(k)], *[ca[:, c] @ wb.T for c in range(k)]]
         return np.maximum.reduce(views)
 
-    def expected(x, x_crops, x_normal, y, y_crops, y_normal):
+    def expected(x, x_crops, x_normal, x_pixels, y, y_crops, y_normal, y_pixels):
         plain = best(x, y, x_crops, y_crops)
-        return (plain + best(x_normal[:, 0], y_normal[:, 0], x_normal[:, 1:], y_normal[:, 1:])) / 2
+        normal = best(x_normal[:, 0], y_normal[:, 0], x_normal[:, 1:], y_normal[:, 1:])
+        return (plain + normal + best(x_pixels[:, 0], y_pixels[:, 0], x_pixels[:, 1:], y_pixels[:, 1:])) / 3
 
-    score = expected(a, a_crops, a_normal, b, b_crops, b_normal)
-    found = {(i, j): s for i, j, s in near_pairs(a, b, threshold, chunk, (a_crops, a_normal), (b_crops, b_normal))}
+    views_a, views_b = (a_crops, a_normal, a_pixels), (b_crops, b_normal, b_pixels)
+    score = expected(a, *views_a, b, *views_b)
+    found = {(i, j): s for i, j, s in near_pairs(a, b, threshold, chunk, views_a, views_b)}
     sure = {(i, j) for i in range(n) for j in range(m) if score[i, j] >= threshold + 1e-5}
     unsure = {(i, j) for i in range(n) for j in range(m) if abs(score[i, j] - threshold) < 1e-5}
     assert sure <= set(found) <= sure | unsure
     assert all(abs(s - score[i, j]) < 1e-5 for (i, j), s in found.items())
     assert score[n - 1, 0] == pytest.approx(1.0, abs=1e-5)  # the cropped copy meets its crop, both ways of looking
-    within = {(i, j) for i, j, _ in near_pairs(a, None, threshold, chunk, (a_crops, a_normal))}
-    square = expected(a, a_crops, a_normal, a, a_crops, a_normal)
+    within = {(i, j) for i, j, _ in near_pairs(a, None, threshold, chunk, views_a)}
+    square = expected(a, *views_a, a, *views_a)
     assert {(i, j) for i in range(n) for j in range(i + 1, n) if square[i, j] >= threshold + 1e-5} <= within
     assert all(square[i, j] >= threshold - 1e-5 for i, j in within)
 
@@ -193,6 +197,7 @@ def test_embed_copy_crops_finds_a_cropped_copy_that_whole_images_miss(finished_r
     e = read_embeddings(out)
     assert e.crops is not None and e.crops.shape == (len(e), 49, e.features.shape[1])
     assert e.normalised is not None and e.normalised.shape == (len(e), 50, e.features.shape[1])
+    assert e.pixels is not None and e.pixels.shape == (len(e), 50, 3 * PIXEL_SIDE**2)
     names = [n.rsplit("/", 1)[-1] for n in e.names]
     rows = [names.index(f) for f in ("p03.png", "p03-cropped.png", "p03-recoloured.png")]
     unit = _unit(np.asarray(e.features))
@@ -263,6 +268,7 @@ def test_select_and_clusters_write_paths_and_contact_sheets(embedded, tmp_path):
         (["select", "{npz}", "--count", "27"], "--count must lie in [1, 26]"),
         (["duplicates", "{npz}", "--threshold", "1.5"], "a cosine similarity in [-1, 1]"),
         (["duplicates", "{oldcopy}"], "holds copy crops without their colour-normalised views"),
+        (["duplicates", "{oldcopy2}"], "or pixel descriptors"),
         (["select", "{npz}", "--count", "2", "--out", "{npz}"], "would overwrite"),
         (["select", "{npz}", "--count", "2"], "{derived}"),
     ],
@@ -275,8 +281,10 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, t
         says = "features.select.json"
     features = np.ones((4, 8), dtype=np.float32)  # copy crops from before the colour-normalised views
     np.savez(tmp_path / "old.npz", features=features, copy_crops=np.ones((4, 49, 8), dtype=np.float32))
+    np.savez(tmp_path / "old2.npz", features=features, copy_crops=np.ones((4, 49, 8), dtype=np.float32),
+             copy_normalised=np.ones((4, 50, 8), dtype=np.float32))  # from before the pixel descriptors  # fmt: skip
     paths = {"missing": tmp_path / "none.npz", "notnpz": tmp_path / "not.npz", "npz": embedded,
-             "oldcopy": tmp_path / "old.npz"}  # fmt: skip
+             "oldcopy": tmp_path / "old.npz", "oldcopy2": tmp_path / "old2.npz"}  # fmt: skip
     before = embedded.read_bytes()
     code = None
     try:
@@ -308,3 +316,23 @@ def test_colour_normalising_undoes_pils_brightness_and_colour_changes(seed, side
     assert abs(float(luma.mean()) - NORMAL_LUMA) < 1.0  # the level every image is brought to
     grey = colour_normalised(torch.from_numpy(pixels[..., :1].copy()).permute(2, 0, 1))  # one channel: no colour
     assert grey.shape == (1, side, side) and abs(float(grey.float().mean()) - NORMAL_LUMA) < 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 3), channels=st.sampled_from([1, 3]),
+       side=st.integers(8, 48), gain=st.floats(0.25, 4.0), offset=st.floats(-50.0, 50.0))  # fmt: skip
+def test_pixel_descriptors_are_unit_rows_of_8x8_blind_to_level_and_contrast(seed, n, channels, side, gain, offset):
+    """Each view at 8 x 8, its mean taken off, unit length: a view and the same view brighter or of another
+    contrast (a * x + b, a > 0) have one descriptor, and a view's descriptor is its 8 x 8 antialiased resize."""
+    rng = np.random.default_rng(seed)
+    views = torch.from_numpy(rng.uniform(0, 255, size=(n, 2, channels, side, side))).float()
+    views[:, :, :, 0, 0] += 1.0  # never flat: a flat view has no direction
+    found = pixel_descriptors(views)
+    assert found.shape == (n, 2, channels * PIXEL_SIDE**2)
+    assert torch.allclose(found.norm(dim=-1), torch.ones(n, 2), atol=1e-5)
+    assert torch.allclose(found.mean(-1), torch.zeros(n, 2), atol=1e-6)
+    assert torch.allclose(pixel_descriptors(views * gain + offset), found, atol=1e-4)
+    small = torch.nn.functional.interpolate(views[0], size=(PIXEL_SIDE, PIXEL_SIDE), mode="bilinear",
+                                            antialias=True, align_corners=False).flatten(1)  # fmt: skip
+    small = small - small.mean(1, keepdim=True)
+    assert torch.allclose(found[0], small / small.norm(dim=1, keepdim=True), atol=1e-5)

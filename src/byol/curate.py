@@ -26,7 +26,7 @@ from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
 DUPLICATE_THRESHOLD = 0.995  # best F1 on a calibration set apart from the one that scores it (docs/curation.md)
-COPY_THRESHOLD = 0.9975  # the same, where the .npz holds copy views (`byol embed --copy-crops`)
+COPY_THRESHOLD = 0.99525  # the same, where the .npz holds copy views (`byol embed --copy-crops`)
 EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd's), minibatch past it
 # TypiClust (Hacohen et al., ICML 2022) as its authors' code runs it: typicality is the inverse mean squared distance
 # to the 20 nearest images of the cluster (half the cluster where it is smaller); clusters of 5 images or fewer are
@@ -36,6 +36,10 @@ EXACT_KMEANS = 5_000_000  # rows × clusters up to which k-means is exact (Lloyd
 TYPICALITY_NEIGHBOURS = 20
 TYPICAL_MIN_CLUSTER = 5
 TYPICAL_RESTARTS = (50, 10)  # (up to how many clusters, restarts)
+
+# an image's copy views, as `byol embed --copy-crops` makes them: copy crops (K, D), its whole image and crops
+# colour-normalised (1+K, D), and those normalised views' pixel descriptors (1+K, P)
+CopyViews = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Embeddings:
     source: dict[str, Any]
     crops: np.ndarray | None = None  # (N, K, D) features of each image's copy crops, where embed made them
     normalised: np.ndarray | None = None  # (N, 1+K, D): its whole image and copy crops colour-normalised, with them
+    pixels: np.ndarray | None = None  # (N, 1+K, P): the pixel descriptors of those normalised views, with them
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -94,6 +99,7 @@ def read_embeddings(path: Path) -> Embeddings:
             features = _member(path, "features")
             crops = _member(path, "copy_crops") if "copy_crops" in keys else None
             normalised = _member(path, "copy_normalised") if "copy_normalised" in keys else None
+            pixels = _member(path, "copy_pixels") if "copy_pixels" in keys else None
             n = features.shape[0] if features.ndim == 2 else -1
             small = {k: arrays[k] for k in ("labels", "index", "paths", "digests", "source") if k in keys}
     except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
@@ -104,19 +110,23 @@ def read_embeddings(path: Path) -> Embeddings:
         raise DataError(f"{quoted(path)}: its arrays have different lengths; the file is damaged")
     if crops is not None and (crops.ndim != 3 or crops.shape[0] != n or crops.shape[2] != features.shape[1]):
         raise DataError(f"{quoted(path)}: copy_crops {crops.shape} do not match features {features.shape}")
-    if crops is not None and normalised is None:
-        raise DataError(f"{quoted(path)} holds copy crops without their colour-normalised views (an earlier `byol "
-                        "embed --copy-crops`); make it again with `byol embed --copy-crops`")  # fmt: skip
+    if crops is not None and (normalised is None or pixels is None):
+        raise DataError(f"{quoted(path)} holds copy crops without their colour-normalised views or pixel "
+                        "descriptors (an earlier `byol embed --copy-crops`); make it again with `byol embed "
+                        "--copy-crops`")  # fmt: skip
     if normalised is not None and (crops is None or normalised.shape != (n, crops.shape[1] + 1, features.shape[1])):
         raise DataError(f"{quoted(path)}: copy_normalised {normalised.shape} do not match copy_crops "
                         f"{None if crops is None else crops.shape}")  # fmt: skip
+    if pixels is not None and (normalised is None or pixels.ndim != 3 or pixels.shape[:2] != normalised.shape[:2]):
+        raise DataError(f"{quoted(path)}: copy_pixels {pixels.shape} do not match copy_normalised "
+                        f"{None if normalised is None else normalised.shape}")  # fmt: skip
     source = json.loads(str(small["source"])) if "source" in small else {}
     index = small.get("index", np.arange(n))
     names = [str(p) for p in small["paths"]] if "paths" in small else [
         f"{source.get('dataset', 'image')} {source.get('split', '')} #{i}" for i in index.tolist()]  # fmt: skip
     digests = [str(d) for d in small["digests"]] if "digests" in small else [""] * n
     return Embeddings(
-        path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops, normalised
+        path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops, normalised, pixels
     )
 
 
@@ -160,15 +170,16 @@ def nearest(
 
 def near_pairs(
     a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int | None = None,
-    a_copy: tuple[np.ndarray, np.ndarray] | None = None, b_copy: tuple[np.ndarray, np.ndarray] | None = None,
+    a_copy: CopyViews | None = None, b_copy: CopyViews | None = None,
 ) -> list[tuple[int, int, float]]:  # fmt: skip
     """Every pair (i in a, j in b) with similarity >= ``threshold``; ``b`` None: pairs within ``a``, i < j. Scored
     ``chunk`` rows of ``a`` at a time (default: as many as keep a block of scores at 64 MB). Without copy views the
     similarity is the cosine of the two images' features. With them (``a_copy`` and, unless ``b`` is None,
-    ``b_copy``: an image's (copy crops (K, D), colour-normalised whole image and crops (1+K, D)), as `byol embed
-    --copy-crops` makes them), it is the mean of two matches, each the best of the two whole images and of each
-    whole image against each crop of the other: one of the images as they are, one of them colour-normalised. A
-    cropped copy meets the photo's own crop; a recoloured copy meets it after both are normalised."""
+    ``b_copy``: :data:`CopyViews`), it is :func:`copy_similarity`: the mean of three matches, each the best of the
+    two whole images and of each whole image against each crop of the other: the encoder's features of the images
+    as they are, of them colour-normalised, and the pixel descriptors of them colour-normalised. A cropped copy
+    meets the photo's own crop; a recoloured copy meets it after both are normalised; a blurred one keeps its
+    coarse pixels."""
     ua = _unit(a)
     ub = ua if b is None else _unit(b)
     views_a = unit_views(a_copy)
@@ -196,12 +207,13 @@ def unit_views(views: Sequence[np.ndarray] | None) -> list[np.ndarray] | None:
 def copy_similarity(
     whole_a: np.ndarray, whole_b: np.ndarray, views_a: Sequence[np.ndarray], views_b: Sequence[np.ndarray]
 ) -> np.ndarray:
-    """(len(a), len(b)): :func:`near_pairs`' similarity with copy views (unit rows; views: copy crops (N, K, D),
-    normalised whole image and crops (N, 1+K, D)): the mean of the plain and the colour-normalised best match."""
-    (crops_a, normal_a), (crops_b, normal_b) = views_a, views_b
+    """(len(a), len(b)): :func:`near_pairs`' similarity with copy views (unit rows, :data:`CopyViews` of N images):
+    the mean of the plain, the colour-normalised and the pixel descriptors' best match."""
+    (crops_a, normal_a, pixels_a), (crops_b, normal_b, pixels_b) = views_a, views_b
     sims = best_match(whole_a, whole_b, crops_a, crops_b)
     sims += best_match(normal_a[:, 0], normal_b[:, 0], normal_a[:, 1:], normal_b[:, 1:])
-    return sims / 2
+    sims += best_match(pixels_a[:, 0], pixels_b[:, 0], pixels_a[:, 1:], pixels_b[:, 1:])
+    return sims / 3
 
 
 def best_match(whole_a: np.ndarray, whole_b: np.ndarray, crops_a: np.ndarray, crops_b: np.ndarray) -> np.ndarray:
@@ -353,9 +365,11 @@ def thumbnails(embeddings: Embeddings, rows: Sequence[int], size: int = 64) -> l
     return dataset_thumbnails(images, [int(embeddings.index[r]) for r in rows], size)
 
 
-def copy_views(e: Embeddings) -> tuple[np.ndarray, np.ndarray] | None:
+def copy_views(e: Embeddings) -> CopyViews | None:
     """The copy views `byol embed --copy-crops` made for ``e`` (see :func:`near_pairs`), or None."""
-    return None if e.crops is None or e.normalised is None else (e.crops, e.normalised)
+    if e.crops is None or e.normalised is None or e.pixels is None:
+        return None
+    return (e.crops, e.normalised, e.pixels)
 
 
 def find_duplicates(e: Embeddings, other: Embeddings | None, threshold: float) -> dict[str, Any]:

@@ -301,7 +301,8 @@ def embed(
     image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
     (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images, and
-    ``copy_normalised`` (N, 1+K, D), the whole image and the same crops colour-normalised (docs/curation.md);
+    ``copy_normalised`` (N, 1+K, D), the whole image and the same crops colour-normalised, and ``copy_pixels``
+    (N, 1+K, P), those normalised views' pixel descriptors (docs/curation.md);
     for copy detection every pixel counts, so ``features`` are then of image files' whole images, not of the
     evaluation's centre crop (``source`` records ``view``: "centre", or "whole" as in-memory sets always are, and
     a query file is embedded alike, normalised with the set's mean and std, which ``source`` records too)."""
@@ -346,7 +347,7 @@ def embed(
                      "mean": list(images.mean), "std": list(images.std)}  # fmt: skip
     arrays["source"] = np.array(json.dumps(source_record))  # what `byol search` embeds a new query with
     if copy_crops:
-        arrays["copy_crops"], arrays["copy_normalised"] = copy_features(
+        arrays["copy_crops"], arrays["copy_normalised"], arrays["copy_pixels"] = copy_features(
             pretrained.encoder, images, found.indices, data.image_size, resolve_device(device), progress
         )
     atomic_write(out, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
@@ -391,14 +392,15 @@ def _cut(pixels: torch.Tensor, boxes: list[tuple[int, ...]], size: int) -> torch
 
 def copy_features(
     encoder: torch.nn.Module, images: Any, indices: torch.Tensor, image_size: int, device: torch.device, progress: bool
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features of each image's copy views, for the rows ``indices`` of ``images``, unaugmented, the encoder in
-    inference mode: (N, K, D) float32 of its copy crops (:func:`byol.data.decode.copy_boxes`), and (N, 1+K, D) of
-    the whole image and the same crops colour-normalised (:func:`byol.data.decode.colour_normalised`)."""
+    inference mode: (N, K, D) float32 of its copy crops (:func:`byol.data.decode.copy_boxes`), (N, 1+K, D) of the
+    whole image and the same crops colour-normalised (:func:`byol.data.decode.colour_normalised`), and (N, 1+K, P)
+    the pixel descriptors of those colour-normalised views (:func:`byol.data.decode.pixel_descriptors`)."""
     from tqdm import tqdm
 
     from byol.augment.pipeline import evaluation_view
-    from byol.data.decode import COPY_GRID, colour_normalised, copy_boxes
+    from byol.data.decode import COPY_GRID, colour_normalised, copy_boxes, pixel_descriptors
 
     rows = indices.tolist()
     if isinstance(images, Files):
@@ -413,7 +415,7 @@ def copy_features(
             for chunk in pixels.split(CROP_BATCH)
         )
     encoder = encoder.eval().to(device)
-    crops, normal = [], []
+    crops, normal, pixels = [], [], []
     k = COPY_GRID**2  # the copy crops come first, then the normalised views
     with torch.no_grad():
         for views in tqdm(batches, total=-(-len(rows) // CROP_BATCH), desc="copy views", disable=not progress):
@@ -422,4 +424,5 @@ def copy_features(
             found = encoder(x).float().cpu().view(n, v, -1)
             crops.append(found[:, :k])
             normal.append(found[:, k:])
-    return torch.cat(crops).numpy(), torch.cat(normal).numpy()
+            pixels.append(pixel_descriptors(views[:, k:]))
+    return torch.cat(crops).numpy(), torch.cat(normal).numpy(), torch.cat(pixels).numpy()

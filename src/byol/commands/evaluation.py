@@ -197,7 +197,8 @@ def add_embed(sub: Any) -> None:
         "--copy-crops", action="store_true",
         help="for copy detection: features of whole images (not the evaluation's centre crop), of 49 crops of 90%% "
         "of each, which `byol duplicates` matches against whole images to find cropped copies, and of the same "
-        "views colour-normalised, to find recoloured ones (about 100x the time, and 100x the features' bytes)",
+        "views colour-normalised, to find recoloured ones, with their 8x8 pixel descriptors, to find blurred ones "
+        "(about 100x the time, and 100x the features' bytes)",
     )  # fmt: skip
     quiet_flag(p)
     p.set_defaults(handler=embed)

@@ -226,6 +226,20 @@ def colour_normalised(pixels: Tensor) -> Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+PIXEL_SIDE = 8  # copy views' pixel descriptor: each view at 8 x 8 pixels (docs/curation.md)
+
+
+def pixel_descriptors(views: Tensor) -> Tensor:
+    """(..., C, H, W) uint8 views → (..., C·8·8) float32 unit rows: each view resized to :data:`PIXEL_SIDE` pixels
+    a side (antialiased), its mean taken off. What `byol duplicates` compares beside the encoder's features: a copy
+    blurred or re-encoded keeps the coarse layout of its pixels where a small encoder's features drift."""
+    lead, (channels, height, width) = views.shape[:-3], views.shape[-3:]
+    x = views.reshape(-1, channels, height, width).float()
+    x = F.interpolate(x, size=(PIXEL_SIDE, PIXEL_SIDE), mode="bilinear", antialias=True, align_corners=False)
+    x = x.flatten(1)
+    return F.normalize(x - x.mean(1, keepdim=True), dim=1).reshape(*lead, -1)
+
+
 # An item: crop 1, crop 2 (empty for the centre crop), label, the files skipped for it, the image's index.
 Item = tuple[Tensor, Tensor, int, tuple[str, ...], int]
 EMPTY = torch.empty(0, dtype=torch.uint8)
