@@ -4,9 +4,9 @@
 SIGKILL never closes it for them: without this they would wait on it for good. Linux's
 ``prctl(PR_SET_PDEATHSIG)`` delivers a signal to the child when the thread that forked it ends, however it ends;
 a watch thread in the child that ends it once its parent is gone does the same where there is no ``prctl`` (not
-Linux), and is a second guard where the signal does not come: two pool workers, blocked on their task pipe, outlived
-a SIGKILLed `byol prepare` in 3 of about 15 runs of the test suite on a loaded 2-core machine (why the signal missed
-them is not known; none was left after the watch was added, in the runs made since).
+Linux), and is a second guard should the signal not come. (Pool workers left running beside test runs were once
+taken for missed signals; every one examined since came from the issue's own, older suite, run beside for timing,
+from before any guard: docs/reliability.md.)
 """
 
 from __future__ import annotations
