@@ -240,7 +240,7 @@ time.sleep(600)
 
 def test_a_child_whose_parent_is_killed_ends_without_the_kernels_signal():
     """die_with_parent's watch thread: a forked child ends once its parent is gone, where no parent-death signal
-    comes (no prctl; the signal missed a SIGKILLed prepare's pool workers in a few runs of the suite)."""
+    comes (no prctl, as off Linux)."""
     proc = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True)
     child = int(proc.stdout.readline())
     assert alive(child)
