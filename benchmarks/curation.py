@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/curation.py search --work /tmp/cur
     # duplicates: planted near-duplicates among real photos (CIFAR-10), a BYOL encoder pretrained here
     .venv/bin/python benchmarks/curation.py duplicates --encoder RUN --cifar /tmp/c10 --work /tmp/cur
-    # select: which N CIFAR-10 train images to label; a linear classifier on them, test top-1, 5 seeds
+    # select: which N CIFAR-10 train images to label; a linear classifier on them, test top-1, 5 seeds (select
+    # chooses in the projector's output, as `byol select` does on an .npz from a run; --space features: the encoder's)
     .venv/bin/python benchmarks/curation.py select --encoder RUN --cifar /tmp/c10 --work /tmp/cur
 
 duplicates: a calibration set (10,000 CIFAR-10 train images, 500 of them planted again, changed) chooses the
@@ -29,7 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from byol.choices import SELECT_SPACES
 from byol.curate import (
+    Embeddings,
     _unit,
     component_labels,
     copy_similarity,
@@ -37,6 +40,7 @@ from byol.curate import (
     nearest,
     read_embeddings,
     select,
+    selection_space,
     unit_views,
 )
 
@@ -176,36 +180,52 @@ def bench_duplicates(encoder: str, cifar: Path, work: Path, crops: bool = False)
     )
 
 
-def _features(encoder: str, cifar: Path, work: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _features(encoder: str, cifar: Path, work: Path, split: str) -> Embeddings:
     out = work / f"cifar10-{split}.npz"
     if not out.exists():
         subprocess.run([*BYOL, "embed", encoder, "--dataset", "cifar10", "--data-dir", str(cifar), "--split", split,
                         "--out", str(out), "--quiet"], check=True)  # fmt: skip
-    with np.load(out) as f:
-        return f["features"], f["labels"]
+    return read_embeddings(out)
 
 
-def bench_select(encoder: str, cifar: Path, work: Path, counts: list[int], seeds: int) -> None:
+HELD_OUT = 10_000  # --held-out: the last train images grade, the others are chosen from (the test split unused)
+
+
+def bench_select(
+    encoder: str, cifar: Path, work: Path, counts: list[int], seeds: int, space: str | None, held_out: bool
+) -> None:
+    """`select` chooses in ``space`` (as the command does: the head where the .npz has it); the classifier is
+    always trained on the encoder's features of the chosen images. ``held_out``: chosen from the first 40,000
+    train images, graded on the last 10,000 (how a setting is chosen without the test split)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    train_x, train_y = _features(encoder, cifar, work, "train")
-    test_x, test_y = _features(encoder, cifar, work, "test")
+    train = _features(encoder, cifar, work, "train")
+    space, choose_in = selection_space(train, space)
+    train_x, train_y, choose_in = np.asarray(train.features), train.labels, np.asarray(choose_in)
     scaler = StandardScaler().fit(train_x)  # statistics of every train image: no label is used
-    train_s, test_s = scaler.transform(train_x), scaler.transform(test_x)
+    if held_out:
+        pool_s, pool_y, choose_in = scaler.transform(train_x[:-HELD_OUT]), train_y[:-HELD_OUT], choose_in[:-HELD_OUT]
+        grade_s, grade_y, graded = scaler.transform(train_x[-HELD_OUT:]), train_y[-HELD_OUT:], "held-out train"
+    else:
+        test = _features(encoder, cifar, work, "test")
+        pool_s, pool_y = scaler.transform(train_x), train_y
+        grade_s, grade_y, graded = scaler.transform(np.asarray(test.features)), test.labels, "test"
+    print(f"select chooses among {len(choose_in)} images in the {space} space ({choose_in.shape[1]}-d); "
+          f"graded on the {graded} images")  # fmt: skip
     results: dict[tuple[str, int], list[float]] = {}
     for count in counts:
         for method in ("random", "typical", "diverse"):
             for seed in range(seeds):
-                rows = select(train_x, count, method, seed)
-                classifier = LogisticRegression(max_iter=2000, C=1.0).fit(train_s[rows], train_y[rows])
-                top1 = 100 * float((classifier.predict(test_s) == test_y).mean())
+                rows = select(choose_in, count, method, seed)
+                classifier = LogisticRegression(max_iter=2000, C=1.0).fit(pool_s[rows], pool_y[rows])
+                top1 = 100 * float((classifier.predict(grade_s) == grade_y).mean())
                 results.setdefault((method, count), []).append(top1)
                 print(
-                    f"  N={count} {method} seed {seed}: {top1:.2f} ({len(set(train_y[rows].tolist()))} classes)",
+                    f"  N={count} {method} seed {seed}: {top1:.2f} ({len(set(pool_y[rows].tolist()))} classes)",
                     flush=True,
                 )
-    print("N, method, test top-1 mean ± std over seeds, gain over random")
+    print(f"N, method, {graded} top-1 mean ± std over seeds, gain over random")
     for count in counts:
         base = np.mean(results[("random", count)])
         for method in ("random", "typical", "diverse"):
@@ -222,6 +242,8 @@ def main() -> None:
     parser.add_argument("--counts", default="10,100,1000")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--copy-crops", action="store_true", help="duplicates: embed with --copy-crops")
+    parser.add_argument("--space", choices=SELECT_SPACES, help="select: as `byol select --space` (default: its own)")
+    parser.add_argument("--held-out", action="store_true", help="select: grade on the last 10,000 train images")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "search":
@@ -229,7 +251,8 @@ def main() -> None:
     elif args.what == "duplicates":
         bench_duplicates(args.encoder, args.cifar, args.work, args.copy_crops)
     else:
-        bench_select(args.encoder, args.cifar, args.work, [int(c) for c in args.counts.split(",")], args.seeds)
+        counts = [int(c) for c in args.counts.split(",")]
+        bench_select(args.encoder, args.cifar, args.work, counts, args.seeds, args.space, args.held_out)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,33 @@ def test_select_and_clusters_write_paths_and_contact_sheets(embedded, tmp_path):
     assert main(["clusters", str(embedded), "--k", "2"]) == 0  # its own earlier result and sheets are replaced
 
 
+def test_embed_of_a_run_adds_the_projectors_output_and_select_chooses_in_it(finished_run, photos, tmp_path):
+    """From a run, embed also writes z = g(y), the online projector (BN in inference mode) on each row's features,
+    as the checkpoint's own online network computes it; select clusters there unless told otherwise, and an
+    export, which has no projector, gives features only."""
+    from byol.checkpoint import latest_checkpoint, load_checkpoint, run_config
+    from byol.networks import build_online_network
+
+    out = tmp_path / "run.npz"
+    assert main(["embed", str(finished_run), "--dataset", "imagefolder", "--data-dir", str(photos), "--split",
+                 "train", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    e = read_embeddings(out)
+    payload = load_checkpoint(latest_checkpoint(finished_run))
+    online = build_online_network(run_config(payload, finished_run).model, 3)
+    online.load_state_dict(payload["state"]["online"])
+    with torch.no_grad():
+        z = online.eval().projector(torch.from_numpy(np.array(e.features))).numpy()
+    assert e.head is not None and e.head.shape == z.shape and e.head.shape[1] != e.features.shape[1]
+    np.testing.assert_allclose(e.head, z, rtol=1e-5, atol=1e-6)
+    for space, rows in (("head", e.head), ("features", e.features)):
+        result = tmp_path / f"{space}.json"
+        flags = [] if space == "head" else ["--space", "features"]
+        assert main(["select", str(out), "--count", "4", "--out", str(result), *flags]) == 0
+        written = json.loads(result.read_text())
+        assert written["space"] == space
+        assert [c["row"] for c in written["selected"]] == select(np.asarray(rows), 4, "typical", 0)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -271,6 +298,8 @@ def test_select_and_clusters_write_paths_and_contact_sheets(embedded, tmp_path):
         (["duplicates", "{oldcopy2}"], "or pixel descriptors"),
         (["select", "{npz}", "--count", "2", "--out", "{npz}"], "would overwrite"),
         (["select", "{npz}", "--count", "2"], "{derived}"),
+        (["select", "{npz}", "--count", "2", "--space", "head"], "has no head features"),
+        (["select", "{badhead}", "--count", "2"], "head (3, 8) float32 must be (N, P) floats for its 4 rows"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, tmp_path, capsys, args, says):
@@ -283,8 +312,10 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_is_written(embedded, t
     np.savez(tmp_path / "old.npz", features=features, copy_crops=np.ones((4, 49, 8), dtype=np.float32))
     np.savez(tmp_path / "old2.npz", features=features, copy_crops=np.ones((4, 49, 8), dtype=np.float32),
              copy_normalised=np.ones((4, 50, 8), dtype=np.float32))  # from before the pixel descriptors  # fmt: skip
+    np.savez(tmp_path / "badhead.npz", features=features, head=np.ones((3, 8), dtype=np.float32))
     paths = {"missing": tmp_path / "none.npz", "notnpz": tmp_path / "not.npz", "npz": embedded,
-             "oldcopy": tmp_path / "old.npz", "oldcopy2": tmp_path / "old2.npz"}  # fmt: skip
+             "oldcopy": tmp_path / "old.npz", "oldcopy2": tmp_path / "old2.npz",
+             "badhead": tmp_path / "badhead.npz"}  # fmt: skip
     before = embedded.read_bytes()
     code = None
     try:

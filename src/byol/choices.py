@@ -27,6 +27,7 @@ DEMO_BUDGET_MINUTES = {"cpu": 9.0, "cuda": 1.5}
 
 # byol.curate: how `byol select` chooses the images to label first
 SELECT_METHODS = ("typical", "diverse", "random")
+SELECT_SPACES = ("head", "features")  # the projector's output (where the .npz has it, the default) or the encoder's
 
 # byol.prepare: the file, in a prepared folder, that lists the source files left out as unreadable
 UNREADABLE = "unreadable.tsv"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -285,6 +286,12 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
 
 
+@functools.cache
+def _field_types(section: type) -> dict[str, Any]:
+    """A config section's field types, resolved once (the annotations are strings: ``from __future__``)."""
+    return typing.get_type_hints(section)
+
+
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
     """A new config with the dotted keys replaced; unknown keys are refused with the list of valid ones."""
     sections: dict[str, dict[str, Any]] = {}
@@ -295,8 +302,8 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
             f.name for f in dataclasses.fields(section_config)
         }:
             raise unknown_key(key)
-        hints = typing.get_type_hints(type(section_config))
-        sections.setdefault(section, {})[name] = _convert(key, value, hints[name])
+        kind: type = type(section_config)
+        sections.setdefault(section, {})[name] = _convert(key, value, _field_types(kind)[name])
     replaced = {s: dataclasses.replace(getattr(config, s), **v) for s, v in sections.items()}
     return dataclasses.replace(config, **replaced)
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from byol.choices import SELECT_METHODS as METHODS
+from byol.choices import SELECT_SPACES as SPACES
 from byol.errors import ConfigError, DataError, quoted
 
 CHUNK = 8192  # rows per block of a scan (4 MB of 128-d features): a block stays in cache while it is scored
@@ -56,6 +57,7 @@ class Embeddings:
     crops: np.ndarray | None = None  # (N, K, D) features of each image's copy crops, where embed made them
     normalised: np.ndarray | None = None  # (N, 1+K, D): its whole image and copy crops colour-normalised, with them
     pixels: np.ndarray | None = None  # (N, 1+K, P): the pixel descriptors of those normalised views, with them
+    head: np.ndarray | None = None  # (N, P): the online projector's output, where embed read a run or checkpoint
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -100,6 +102,7 @@ def read_embeddings(path: Path) -> Embeddings:
             crops = _member(path, "copy_crops") if "copy_crops" in keys else None
             normalised = _member(path, "copy_normalised") if "copy_normalised" in keys else None
             pixels = _member(path, "copy_pixels") if "copy_pixels" in keys else None
+            head = _member(path, "head") if "head" in keys else None
             n = features.shape[0] if features.ndim == 2 else -1
             small = {k: arrays[k] for k in ("labels", "index", "paths", "digests", "source") if k in keys}
     except (OSError, ValueError, zipfile.BadZipFile, KeyError, EOFError) as e:
@@ -108,6 +111,8 @@ def read_embeddings(path: Path) -> Embeddings:
         raise DataError(f"{quoted(path)}: features must be a non-empty (N, D) float array, got {features.shape}")
     if any(len(small[k]) != n for k in ("labels", "index", "paths", "digests") if k in small):
         raise DataError(f"{quoted(path)}: its arrays have different lengths; the file is damaged")
+    if head is not None and (head.ndim != 2 or head.shape[0] != n or not np.issubdtype(head.dtype, np.floating)):
+        raise DataError(f"{quoted(path)}: head {head.shape} {head.dtype} must be (N, P) floats for its {n} rows")
     if crops is not None and (crops.ndim != 3 or crops.shape[0] != n or crops.shape[2] != features.shape[1]):
         raise DataError(f"{quoted(path)}: copy_crops {crops.shape} do not match features {features.shape}")
     if crops is not None and (normalised is None or pixels is None):
@@ -125,9 +130,8 @@ def read_embeddings(path: Path) -> Embeddings:
     names = [str(p) for p in small["paths"]] if "paths" in small else [
         f"{source.get('dataset', 'image')} {source.get('split', '')} #{i}" for i in index.tolist()]  # fmt: skip
     digests = [str(d) for d in small["digests"]] if "digests" in small else [""] * n
-    return Embeddings(
-        path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops, normalised, pixels
-    )
+    return Embeddings(path, features, names, small.get("labels", np.full(n, -1)), index, digests, source, crops,
+                      normalised, pixels, head)  # fmt: skip
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -318,6 +322,20 @@ def select(features: np.ndarray, count: int, method: str, seed: int) -> list[int
             chosen.append(int(members[best]))
             left[cluster] = np.delete(members, best)
     return chosen
+
+
+def selection_space(e: Embeddings, space: str | None) -> tuple[str, np.ndarray]:
+    """The rows `select` chooses among: the projector's output where the .npz has it (TypiClust clusters a
+    self-supervised head's output, and it chose better than the encoder's features on held-out images:
+    docs/curation.md), else the encoder's features; ``space`` names one."""
+    if space not in (None, *SPACES):
+        raise ConfigError(f"--space {space!r} is not valid; choose one of {', '.join(SPACES)}")
+    if space == "head" and e.head is None:
+        raise ConfigError(f"{quoted(e.path)} has no head features: an exported encoder has no projector; embed a run "
+                          "or a checkpoint for them, or choose --space features")  # fmt: skip
+    if space == "features" or e.head is None:
+        return "features", e.features
+    return "head", e.head
 
 
 def embed_image(embeddings: Embeddings, image: Path) -> np.ndarray:

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 FORMATS = EXPORT_FORMATS
 HUB_CONFIG, HUB_WEIGHTS = "config.json", "model.safetensors"  # the Hub's names (huggingface_hub.constants)
 HUB_FILES = frozenset({HUB_CONFIG, HUB_WEIGHTS, "README.md"})
+HEAD_BATCH = 4096  # features through the projector at once (`byol embed`)
 
 
 def metadata_path(weights: Path) -> Path:
@@ -299,6 +300,8 @@ def embed(
     ONE .npz file (written atomically: a kill leaves the old file or the new one, never a mix): ``features``
     (N, D) float32, ``labels`` (N,) (−1: unlabelled), ``index`` (N,) the images' indices in the split, and for
     image folders ``paths`` (N,), each row's file. An unreadable file has no row (it is named in a warning).
+    From a run or checkpoint also ``head`` (N, P): the online projector's output z = g(y) of each row, the space
+    `byol select` chooses in (TypiClust clusters a self-supervised head's output; docs/curation.md).
     ``copy_crops``: ``copy_crops`` (N, K, D) float32 too, the features of K crops of each image
     (:func:`byol.data.decode.copy_boxes`), which `byol duplicates` matches against whole images, and
     ``copy_normalised`` (N, 1+K, D), the whole image and the same crops colour-normalised, and ``copy_pixels``
@@ -338,6 +341,10 @@ def embed(
         whole=copy_crops,
     )
     arrays = {"features": found.features.numpy(), "labels": found.labels.numpy(), "index": found.indices.numpy()}
+    projector = pretrained.projector()
+    if projector is not None:  # `byol select` clusters in this space, as TypiClust clusters SimCLR's head output
+        with torch.no_grad():
+            arrays["head"] = torch.cat([projector(rows) for rows in found.features.split(HEAD_BATCH)]).numpy()
     if isinstance(images, Files):  # the file of each row (prepared shards: shard and member)
         arrays["paths"] = np.array([images.describe(i) for i in found.indices.tolist()], dtype=str)
     arrays["digests"] = np.array([content_digest(images, i) for i in found.indices.tolist()], dtype=str)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from byol.choices import SELECT_METHODS
+from byol.choices import SELECT_METHODS, SELECT_SPACES
 from byol.commands.common import number, positive_int, seed
 from byol.errors import ConfigError
 
@@ -53,6 +53,9 @@ def add_select(sub: Any) -> None:
     p.add_argument("--count", type=positive_int, required=True, help="how many images to choose")
     p.add_argument("--method", choices=SELECT_METHODS, default="typical", help="(default: typical)")
     p.add_argument("--seed", type=seed, default=0, help="k-means and random seed (default: 0)")
+    p.add_argument("--space", choices=SELECT_SPACES,
+                   help="where to cluster: head, the projector's output (the default where the .npz has it: embed "
+                   "of a run or checkpoint), or features, the encoder's (docs/curation.md)")  # fmt: skip
     p.set_defaults(handler=select)
 
 
@@ -148,19 +151,20 @@ def duplicates(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def select(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from byol.curate import read_embeddings
+    from byol.curate import read_embeddings, selection_space
     from byol.curate import select as choose
 
     e = read_embeddings(args.embeddings)
     out = _checked_out(args, "select", [args.embeddings])
-    rows = choose(e.features, args.count, args.method, args.seed)
-    print(f"{len(rows)} image(s) to label first ({args.method}, seed {args.seed}):")
+    space, rows_of = selection_space(e, args.space)
+    rows = choose(rows_of, args.count, args.method, args.seed)
+    print(f"{len(rows)} image(s) to label first ({args.method} in the {space} space, seed {args.seed}):")
     for i in rows[:10]:
         print(f"  {e.names[i]}")
     if len(rows) > 10:
         print(f"  ... and {len(rows) - 10} more")
     chosen = [{"row": i, "path": e.names[i]} for i in rows]
-    result = {"method": args.method, "seed": args.seed, "count": len(rows), "selected": chosen}
+    result = {"method": args.method, "space": space, "seed": args.seed, "count": len(rows), "selected": chosen}
     _write(out, args, "select", result)
     return 0
 

@@ -24,7 +24,7 @@ from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, DataError, first_line
 from byol.files import write_json
-from byol.networks import ResNet, build_encoder, input_channels
+from byol.networks import MLP, ResNet, build_encoder, input_channels
 from byol.optim import SGD
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
@@ -37,12 +37,27 @@ INITS = ("pretrained", "random")
 
 @dataclass
 class Pretrained:
-    """An encoder with the config of the run it came from."""
+    """An encoder with the config of the run it came from; from a run or checkpoint, the online projector's
+    weights too (an export holds the encoder only)."""
 
     encoder: ResNet
     config: Config
     in_channels: int
     source: str
+    projector_state: dict[str, Tensor] | None = None
+
+    def projector(self) -> nn.Module | None:
+        """The online projector g_θ (BN in inference mode), where the source holds it."""
+        if self.projector_state is None:
+            return None
+        m = self.config.model
+        g = MLP(self.encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
+        try:
+            g.load_state_dict(self.projector_state)
+        except RuntimeError as e:
+            message = f"{self.source}: its projector does not match its architecture ({first_line(e)})"
+            raise CheckpointError(message) from None
+        return g.eval()
 
 
 def random_encoder(config: Config, in_channels: int) -> ResNet:
@@ -78,7 +93,9 @@ def load_encoder_from_run(path: str | Path, init: str = "pretrained") -> Pretrai
             encoder.load_state_dict(weights)
         except RuntimeError as e:
             raise CheckpointError(f"{checkpoint} does not match its own architecture ({first_line(e)})") from None
-    return Pretrained(encoder=encoder, config=config, in_channels=in_channels, source=str(checkpoint))
+    head = {k.removeprefix("projector."): v for k, v in online.items() if k.startswith("projector.")}
+    return Pretrained(encoder=encoder, config=config, in_channels=in_channels, source=str(checkpoint),
+                      projector_state=head if init == "pretrained" and head else None)  # fmt: skip
 
 
 def check_compatible(pretrained: Pretrained, dataset: Dataset) -> None:
