@@ -185,7 +185,8 @@ def add_embed(sub: Any) -> None:
         "embed",
         help="write encoder features of a dataset split to one .npz file",
         description="Writes features, labels (-1: unlabelled), indices and, for image folders, the file of each "
-        "row to one .npz file: numpy.load(path)['features'], ['labels'], ['index'], ['paths'].",
+        "row to one .npz file: numpy.load(path)['features'], ['labels'], ['index'], ['paths']; from a run or "
+        "checkpoint also ['head'], the online projector's output, where `byol select` chooses.",
     )
     p.add_argument("source", type=Path, help="run directory, checkpoint, or exported .safetensors encoder")
     p.add_argument("--out", type=Path, required=True, help="output .npz file")
