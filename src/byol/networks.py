@@ -261,10 +261,15 @@ def build_encoder(m: ModelConfig, in_channels: int) -> ResNet:
     )
 
 
+def build_projector(m: ModelConfig, in_dim: int) -> MLP:
+    """The projector g_θ that ``m`` describes, on an encoder of ``in_dim`` features."""
+    return MLP(in_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
+
+
 def build_online_network(m: ModelConfig, in_channels: int) -> OnlineNetwork:
     """The online network of the paper as ``m`` describes it; without a predictor unless ``m.predictor`` is mlp."""
     encoder = build_encoder(m, in_channels)
-    projector = MLP(encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
+    projector = build_projector(m, encoder.out_dim)
     predictor = MLP(m.projection_dim, hidden_dim=m.predictor_hidden, out_dim=m.projection_dim, depth=m.predictor_depth)
     return OnlineNetwork(encoder, projector, predictor if m.predictor == "mlp" else None)
 

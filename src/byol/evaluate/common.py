@@ -24,7 +24,7 @@ from byol.config import Config
 from byol.data import Dataset, TrainBatches, eval_batches
 from byol.errors import CheckpointError, ConfigError, DataError, first_line
 from byol.files import write_json
-from byol.networks import MLP, ResNet, build_encoder, input_channels
+from byol.networks import ResNet, build_encoder, build_projector, input_channels
 from byol.optim import SGD
 from byol.precision import FP32, Precision
 from byol.rundir import EVAL_DIR
@@ -50,8 +50,7 @@ class Pretrained:
         """The online projector g_θ (BN in inference mode), where the source holds it."""
         if self.projector_state is None:
             return None
-        m = self.config.model
-        g = MLP(self.encoder.out_dim, hidden_dim=m.projector_hidden, out_dim=m.projection_dim, depth=m.projector_depth)
+        g = build_projector(self.config.model, self.encoder.out_dim)
         try:
             g.load_state_dict(self.projector_state)
         except RuntimeError as e:
